@@ -1,0 +1,51 @@
+# Two commands do everything from a fresh clone: `make demo` and `make test`.
+# Everything installs into .venv from the package registries; nothing by hand.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Re-install when the dependency declarations change.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+OUT    ?= demo-run
+
+.PHONY: help venv demo test test-fast bench soak arm64-check tflite-env lint clean
+
+help:
+	@echo "make demo         full pipeline on the virtual cortex -> $(OUT)/report.json"
+	@echo "make test         install (if needed) and run the test suite"
+	@echo "make bench        benchmarks under bench/ (tables + JSON in bench/results/)"
+	@echo "make soak         1-hour fault-injection soak of the edge runtime"
+	@echo "make arm64-check  the edge path in an emulated arm64 Python (qemu-user)"
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[edge,train,quantize,io,dev]'
+	# onnx2tf 1.29.24 (newest for Python 3.11) hard-pins old tensorflow/numpy/onnx, and
+	# tf-keras's deps pull the full tensorflow wheel: both go in without deps (TOOLCHAIN.md).
+	$(BIN)/python -m pip install -q --no-deps onnx2tf==1.29.24 tf-keras==2.21.0
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/phosphene demo --out $(OUT) --overwrite
+
+test: venv
+	$(BIN)/python -m pytest -q -ra
+
+bench: venv
+	$(BIN)/python bench/run_all.py
+
+soak: venv
+	$(BIN)/python -m pytest -q -ra -m soak --timeout 5400
+
+arm64-check: venv
+	bash arm64/check.sh
+
+lint: venv
+	$(BIN)/ruff check phosphene edge train quantize firmware_bridge tests bench
+
+clean:
+	rm -rf $(VENV) .venv-* build *.egg-info $(OUT) bench/results .pytest_cache

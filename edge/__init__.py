@@ -1,0 +1,1 @@
+"""phosphene.edge"""

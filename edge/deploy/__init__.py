@@ -1,0 +1,1 @@
+"""Deployment files for the bedside runtime (systemd unit, watchdog)."""

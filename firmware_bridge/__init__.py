@@ -1,0 +1,1 @@
+"""phosphene.firmware_bridge"""

@@ -1,0 +1,3 @@
+from phosphene.cli import main
+
+main()

@@ -1,0 +1,112 @@
+"""The `phosphene` command line: one click group, subcommands loaded lazily.
+
+Each subcommand lives beside the code it drives (train/cli.py, edge/cli.py, ...) and is
+imported only when invoked, so `phosphene run` on a bedside board never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from phosphene import __version__
+
+# name -> "module:attribute"; the order is the order of `phosphene --help`.
+COMMANDS: dict[str, str] = {
+    "demo": "phosphene.demo:demo",
+    "simulate": "phosphene.commands:simulate",
+    "info": "phosphene.commands:info",
+    "import": "phosphene.train.importers:import_group",
+    "export": "phosphene.train.importers:export_group",
+    "pretrain": "phosphene.train.cli:pretrain",
+    "probe": "phosphene.train.cli:probe",
+    "distill": "phosphene.train.cli:distill",
+    "quantize": "phosphene.quantize.cli:quantize",
+    "verify": "phosphene.edge.cli:verify",
+    "run": "phosphene.edge.cli:run",
+    "bench": "phosphene.edge.cli:bench",
+}
+
+SIMULATE_COMMANDS: dict[str, str] = {
+    "dataset": "phosphene.commands:simulate_dataset",
+    "stream": "phosphene.firmware_bridge.cli:simulate_stream",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def __init__(self, *args, lazy_commands: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.lazy_commands) + sorted(set(super().list_commands(ctx)) - set(self.lazy_commands))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy_commands:
+            module_name, attr = self.lazy_commands[name].split(":")
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as exc:
+                missing = getattr(exc, "name", None) or str(exc)
+                raise click.ClickException(
+                    f"`phosphene {name}` needs a package that is not installed ({missing}); "
+                    "on a workstation install phosphene[train,quantize], on a board phosphene[edge]"
+                ) from None
+            return getattr(module, attr)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Listing help must not import torch: show the first docstring line from a table.
+        rows = [(name, COMMAND_SUMMARIES.get(name, "")) for name in self.list_commands(ctx)
+                if name in self.lazy_commands]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+COMMAND_SUMMARIES = {
+    "demo": "Run the whole pipeline on the virtual cortex and write a report.",
+    "simulate": "Generate virtual-cortex datasets or stream frames over serial.",
+    "info": "Summarise a dataset.",
+    "import": "Import Blackrock or NWB recordings into a dataset.",
+    "export": "Export a dataset to NWB.",
+    "pretrain": "Pretrain the masked-autoencoder teacher on resting data.",
+    "probe": "Fit and score linear probes (MAE latents vs raw and PCA baselines).",
+    "distill": "Distil the teacher into a small student encoder for the edge.",
+    "quantize": "Export the student to int8 TFLite and write a verified bundle.",
+    "verify": "Check a bundle's hashes and print what it holds.",
+    "run": "Decode a live serial stream on the bedside device.",
+    "bench": "Benchmark a bundle's decision latency on this device.",
+    "dataset": "Generate a virtual-cortex dataset (resting, psychometric, threshold).",
+    "stream": "Stream virtual-cortex frames over serial at real-time pace.",
+}
+
+
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="phosphene")
+def cli() -> None:
+    """phosphene: decode phosphene perception from V1 activity, workstation to bedside.
+
+    \b
+    Start here:
+      phosphene demo --out demo-run        # the whole pipeline on the virtual cortex
+      phosphene simulate dataset data --preset demo
+      phosphene info data
+    """
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except KeyboardInterrupt:  # pragma: no cover - click handles most, this is the rest
+        click.echo("Error: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

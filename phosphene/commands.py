@@ -1,0 +1,190 @@
+"""Core CLI commands: `simulate dataset` and `info` (numpy + click only)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from phosphene.cli import SIMULATE_COMMANDS, LazyGroup
+
+__all__ = ["simulate", "simulate_dataset", "info", "echo_json", "ProgressLine", "dataset_argument"]
+
+
+def echo_json(obj) -> None:
+    """Print one JSON document on stdout (nothing else goes to stdout with --json)."""
+    click.echo(json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(obj):
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+class ProgressLine:
+    """A one-line progress bar on stderr, redrawn at most ~10 times a second."""
+
+    def __init__(self, label: str, *, enabled: bool = True, width: int = 28):
+        self.label, self.enabled, self.width = label, enabled and sys.stderr.isatty(), width
+        self._last = 0.0
+        self._start = time.monotonic()
+        self._plain = enabled and not sys.stderr.isatty()
+        self._last_pct = -10
+
+    def update(self, fraction: float, text: str = "") -> None:
+        fraction = min(max(fraction, 0.0), 1.0)
+        now = time.monotonic()
+        if self.enabled and (now - self._last > 0.1 or fraction >= 1.0):
+            filled = int(self.width * fraction)
+            bar = "#" * filled + "-" * (self.width - filled)
+            click.echo(f"\r{self.label} [{bar}] {100 * fraction:5.1f}% {text}".ljust(100)[:140],
+                       err=True, nl=False)
+            self._last = now
+        elif self._plain and (100 * fraction - self._last_pct >= 10 or fraction >= 1.0):
+            # not a terminal (CI, logs): a line per 10%
+            click.echo(f"{self.label}: {100 * fraction:5.1f}% {text}", err=True)
+            self._last_pct = 100 * fraction
+
+    def close(self, text: str = "") -> None:
+        elapsed = time.monotonic() - self._start
+        if self.enabled:
+            click.echo("", err=True)
+        if text:
+            click.echo(f"{self.label}: {text} ({elapsed:.1f} s)", err=True)
+
+
+def dataset_argument(func):
+    """DATASET positional argument that must exist (the message says what it expected)."""
+    return click.argument("dataset", type=click.Path(file_okay=False, path_type=str))(func)
+
+
+def open_dataset(path: str):
+    """Open a dataset or raise ClickException with the reason in one line."""
+    from phosphene.dataset import Dataset, DatasetError
+
+    try:
+        return Dataset.open(path)
+    except DatasetError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=LazyGroup, lazy_commands=SIMULATE_COMMANDS)
+def simulate() -> None:
+    """Generate virtual-cortex data: datasets on disk, or live frames over serial.
+
+    \b
+    Examples:
+      phosphene simulate dataset data --preset demo --seed 0
+      phosphene simulate stream --pty --duration 60 --kind psychometric
+    """
+
+
+@simulate.command("dataset")
+@click.argument("out", type=click.Path(path_type=str))
+@click.option("--preset", default="demo", show_default=True,
+              help="Dataset scale: tiny (tests), demo (minutes, fast on 2 cores) or paper "
+                   "(Table 2 of the paper: 14.6 h resting, 1,205 + 1,760 trials).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Generator seed: same seed, same bytes.")
+@click.option("--channels", type=int, default=None,
+              help="Channel count (default: the 96-channel Utah map); other counts use a grid.")
+@click.option("--map", "map_file", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Channel map CSV/JSON/.cmp (id,row,col,x_um,y_um) instead of the Utah default.")
+@click.option("--resting-hours", type=float, default=None,
+              help="Override the preset's total resting hours (e.g. 0.5).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the new one is complete).")
+@click.option("--json", "as_json", is_flag=True, help="Print the dataset summary as JSON.")
+def simulate_dataset(out, preset, seed, channels, map_file, resting_hours, overwrite, as_json):
+    """Generate a virtual-cortex dataset shaped like the paper's three.
+
+    Writes resting-state, psychometric (12 electrodes x 6 currents, 1-81 uA) and
+    threshold (4 electrodes at their 50% current) sessions, with the ground-truth
+    perception probability of every trial and the ideal observer's accuracy.
+
+    \b
+    Example:
+      phosphene simulate dataset data --preset demo --seed 0
+      phosphene info data
+    """
+    from dataclasses import replace
+
+    from phosphene.cortex import PRESETS, generate_dataset
+    from phosphene.geometry import ChannelMap, map_for_channels
+
+    if preset not in PRESETS:
+        raise click.ClickException(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    if channels is not None and map_file is not None:
+        raise click.UsageError("give either --channels or --map, not both")
+    if channels is not None and channels <= 0:
+        raise click.ClickException(f"--channels must be a positive count, got {channels}")
+    spec = PRESETS[preset]
+    if resting_hours is not None:
+        if not resting_hours > 0:
+            raise click.ClickException(f"--resting-hours must be positive, got {resting_hours}")
+        spec = replace(spec, resting_session_s=resting_hours * 3600 / spec.resting_sessions)
+    try:
+        channel_map = ChannelMap.load(map_file) if map_file else (
+            map_for_channels(channels) if channels else None)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    bar = ProgressLine("simulate")
+    try:
+        ds = generate_dataset(out, preset=spec, seed=seed, channel_map=channel_map,
+                              overwrite=overwrite, progress=lambda label, f: bar.update(f, label))
+    except FileExistsError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"could not write {out}: {exc}") from None
+    bar.close(f"wrote {out}")
+    summary = ds.summary()
+    if as_json:
+        echo_json(summary)
+    else:
+        _print_summary(summary)
+
+
+@click.command("info")
+@dataset_argument
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--check", is_flag=True, help="Also read every sample and fail on NaN/inf.")
+def info(dataset, as_json, check):
+    """Summarise a dataset: sessions, hours, trials, electrodes, currents, ideal observer.
+
+    \b
+    Example:
+      phosphene info data --json
+    """
+    from phosphene.dataset import DatasetError
+
+    ds = open_dataset(dataset)
+    if check:
+        try:
+            for s in ds.sessions:
+                ds.check_finite(s.session)
+        except DatasetError as exc:
+            raise click.ClickException(str(exc)) from None
+    summary = ds.summary()
+    if as_json:
+        echo_json(summary)
+    else:
+        _print_summary(summary)
+
+
+def _print_summary(s: dict) -> None:
+    click.echo(f"dataset   {s['path']}")
+    click.echo(f"channels  {s['n_channels']} ({s['channel_map']}), {s['sample_rate_hz']:g} Hz, "
+               f"{s['units']}")
+    click.echo(f"{'kind':<13} {'sessions':>8} {'days':>5} {'hours':>8} {'trials':>7} {'perceived':>9}")
+    for kind, k in s["kinds"].items():
+        pf = k.get("perceived_fraction")
+        click.echo(f"{kind:<13} {k['sessions']:>8} {k['days']:>5} {k['hours']:>8.3f} "
+                   f"{k.get('trials', ''):>7} {'' if pf is None else f'{pf:.0%}':>9}")
+    if s.get("ideal_observer"):
+        parts = ", ".join(f"{t} {v:.1%}" for t, v in s["ideal_observer"].items())
+        click.echo(f"ideal observer (balanced accuracy, test split): {parts}")

@@ -1,0 +1,307 @@
+"""The one signal definition: MUA extraction, normalisation and window timing.
+
+Training, import and the bedside runtime all call this module, so the decoder never sees
+a different input distribution than it was trained on (paper Table 3). Everything here is
+causal streaming code with explicit state: feeding a recording in one call or in any
+chunking gives the same samples (tests/test_signal.py proves it over random chunkings).
+
+Arrays are (T, C): time first, channels second, so a window is a contiguous block of rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "WindowSpec",
+    "MuaConfig",
+    "MuaExtractor",
+    "NormaliserConfig",
+    "Normaliser",
+    "normalise_recording",
+    "interpolate_blanked",
+]
+
+MUA_RATE_HZ = 1000.0  # every dataset, model and wire frame runs at this rate
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Window timing, stored in every checkpoint and bundle (never a literal in a runtime).
+
+    The paper decodes 128 ms of 1 kHz MUA starting 170 ms after stimulation onset, cut
+    into 16-sample patches.
+    """
+
+    sample_rate_hz: float = MUA_RATE_HZ  # MUA rate after extraction
+    window_samples: int = 128  # samples per decoded window (128 ms at 1 kHz)
+    patch_samples: int = 16  # samples per patch: the model's token and continuous cadence
+    offset_ms: float = 170.0  # triggered window start after stimulation onset (artifact ends)
+
+    def __post_init__(self) -> None:
+        if self.sample_rate_hz <= 0:
+            raise ValueError(f"sample rate must be positive, got {self.sample_rate_hz}")
+        if self.window_samples <= 0 or self.patch_samples <= 0:
+            raise ValueError("window and patch lengths must be positive sample counts")
+        if self.window_samples % self.patch_samples:
+            raise ValueError(f"window ({self.window_samples} samples) must be a whole number of "
+                             f"patches ({self.patch_samples} samples)")
+        if self.offset_ms < 0:
+            raise ValueError(f"post-stimulus offset must be >= 0 ms, got {self.offset_ms}")
+
+    @property
+    def n_patches(self) -> int:
+        return self.window_samples // self.patch_samples
+
+    @property
+    def offset_samples(self) -> int:
+        return int(round(self.offset_ms * self.sample_rate_hz / 1000.0))
+
+    @property
+    def window_ms(self) -> float:
+        return self.window_samples * 1000.0 / self.sample_rate_hz
+
+    def triggered_window(self, onset_sample: int) -> tuple[int, int]:
+        """[start, stop) sample indices of the window decoded for a stimulation at onset."""
+        start = int(onset_sample) + self.offset_samples
+        return start, start + self.window_samples
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> WindowSpec:
+        return cls(**{k: d[k] for k in ("sample_rate_hz", "window_samples", "patch_samples",
+                                        "offset_ms") if k in d})
+
+
+# --------------------------------------------------------------------------------------
+# Broadband -> MUA (workstation side: needs scipy for the filter design and sosfilt)
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MuaConfig:
+    """Paper Table 3, steps 1-6."""
+
+    clip_uv: float = 5000.0  # clip broadband after common average reference
+    band_hz: tuple[float, float] = (500.0, 5000.0)  # spiking band
+    band_order: int = 2  # Butterworth order per band edge (4th-order band-pass)
+    lowpass_hz: float = 200.0  # envelope low-pass after rectification
+    lowpass_order: int = 4
+    output_rate_hz: float = MUA_RATE_HZ
+    common_average: bool = True
+
+
+class MuaExtractor:
+    """Causal broadband -> MUA at 1 kHz with carried filter and pooling state.
+
+    process(x: (n, C) broadband in uV) -> (m, C) MUA in uV, m = samples completed so far.
+    The input rate must be an integer multiple of the output rate (e.g. 30 kHz, 10 kHz,
+    2 kHz); the upper band edge is lowered to 0.45 x the input rate when needed.
+    """
+
+    def __init__(self, *, n_channels: int, input_rate_hz: float, config: MuaConfig = MuaConfig()):
+        try:
+            from scipy import signal as sps
+        except ImportError as exc:  # pragma: no cover - the workstation extras include scipy
+            raise ImportError("broadband MUA extraction needs scipy: pip install 'phosphene[io]'") from exc
+        if n_channels <= 0:
+            raise ValueError(f"channel count must be positive, got {n_channels}")
+        ratio = input_rate_hz / config.output_rate_hz
+        if ratio < 2 or abs(ratio - round(ratio)) > 1e-9:
+            raise ValueError(
+                f"input rate {input_rate_hz:g} Hz cannot be average-pooled to "
+                f"{config.output_rate_hz:g} Hz: it must be an integer multiple of at least 2x "
+                "(e.g. 30000, 10000 or 2000 Hz)")
+        low, high = config.band_hz
+        high = min(high, 0.45 * input_rate_hz)
+        if high <= low:
+            raise ValueError(f"input rate {input_rate_hz:g} Hz is too low for the "
+                             f"{low:g} Hz spiking band")
+        self.config = config
+        self.n_channels = n_channels
+        self.input_rate_hz = float(input_rate_hz)
+        self.pool = int(round(ratio))
+        self.band_sos = sps.butter(config.band_order, [low, high], btype="bandpass",
+                                   fs=input_rate_hz, output="sos")
+        self.low_sos = sps.butter(config.lowpass_order, config.lowpass_hz, btype="lowpass",
+                                  fs=input_rate_hz, output="sos")
+        self._sosfilt = sps.sosfilt
+        self.reset()
+
+    def reset(self) -> None:
+        C = self.n_channels
+        self._band_zi = np.zeros((self.band_sos.shape[0], 2, C))
+        self._low_zi = np.zeros((self.low_sos.shape[0], 2, C))
+        self._carry = np.zeros((0, C))
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.n_channels:
+            raise ValueError(f"expected broadband of shape (n, {self.n_channels}), got {x.shape}")
+        if x.shape[0] == 0:
+            return np.zeros((0, self.n_channels), dtype=np.float32)
+        if self.config.common_average:
+            x = x - x.mean(axis=1, keepdims=True)
+        x = np.clip(x, -self.config.clip_uv, self.config.clip_uv)
+        x, self._band_zi = self._sosfilt(self.band_sos, x, axis=0, zi=self._band_zi)
+        x = np.abs(x)
+        x, self._low_zi = self._sosfilt(self.low_sos, x, axis=0, zi=self._low_zi)
+        x = np.concatenate([self._carry, x], axis=0)
+        n_out = x.shape[0] // self.pool
+        self._carry = x[n_out * self.pool:]
+        pooled = x[: n_out * self.pool].reshape(n_out, self.pool, self.n_channels).mean(axis=1)
+        return pooled.astype(np.float32)
+
+
+def interpolate_blanked(x: np.ndarray, intervals: list[tuple[int, int]]) -> np.ndarray:
+    """Replace samples in each [start, stop) by a line between its neighbours (paper Table 3).
+
+    Offline use on stimulation recordings, before the band-pass, so the artifact does not
+    ring through the filters. x: (T, C); returns a copy.
+    """
+    out = np.array(x, dtype=np.float64, copy=True)
+    T = out.shape[0]
+    for start, stop in intervals:
+        start, stop = max(0, int(start)), min(T, int(stop))
+        if stop <= start:
+            continue
+        left = out[start - 1] if start > 0 else out[stop] if stop < T else np.zeros(out.shape[1])
+        right = out[stop] if stop < T else left
+        frac = (np.arange(1, stop - start + 1) / (stop - start + 1))[:, None]
+        out[start:stop] = left + (right - left) * frac
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Normalisation (numpy only: runs on the bedside board)
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NormaliserConfig:
+    """Rolling per-channel normalisation over a trailing window.
+
+    Statistics are recomputed every `refresh_s` at absolute sample-index boundaries from
+    the trailing `window_s` of input, and applied to the samples that follow. That makes
+    the output a pure function of the recording (any chunking gives the same bytes) and
+    costs the bedside board one statistics pass per refresh, not per sample.
+    """
+
+    method: str = "robust"  # "robust": median / (1.4826 MAD), paper's stim-data choice; "zscore": mean / std
+    window_s: float = 10.0  # trailing window for the statistics (paper: 10 s)
+    refresh_s: float = 1.0  # how often the statistics are recomputed
+    decimate: int = 4  # statistics use every k-th sample (MUA is low-passed at 200 Hz)
+    clip: float = 8.0  # output clipped to +/- this many robust SDs (bounds the int8 range)
+    floor_uv: float = 0.01  # smallest scale, so a dead channel does not blow up
+    sample_rate_hz: float = MUA_RATE_HZ
+
+    def __post_init__(self) -> None:
+        if self.method not in ("robust", "zscore"):
+            raise ValueError(f"normaliser method must be 'robust' or 'zscore', got {self.method!r}")
+        if self.window_s <= 0 or self.refresh_s <= 0:
+            raise ValueError("normaliser window and refresh must be positive seconds")
+        if self.decimate < 1:
+            raise ValueError("decimate must be >= 1")
+        if self.window_samples % self.decimate or self.refresh_samples % self.decimate:
+            raise ValueError("window and refresh must be whole multiples of `decimate` samples")
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.window_s * self.sample_rate_hz))
+
+    @property
+    def refresh_samples(self) -> int:
+        return int(round(self.refresh_s * self.sample_rate_hz))
+
+    @property
+    def warmup_samples(self) -> int:
+        """Samples before the first statistics exist (output is NaN until then)."""
+        return self.refresh_samples
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NormaliserConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class Normaliser:
+    """Streaming normaliser with explicit state.
+
+    process(x: (n, C) MUA in uV) -> (n, C) float32 normalised MUA; NaN during warm-up
+    (the first `refresh_s`), which the edge reports as "warming up" and training skips.
+    """
+
+    n_channels: int
+    config: NormaliserConfig = field(default_factory=NormaliserConfig)
+
+    def __post_init__(self) -> None:
+        if self.n_channels <= 0:
+            raise ValueError(f"channel count must be positive, got {self.n_channels}")
+        self.reset()
+
+    def reset(self) -> None:
+        self.samples_seen = 0
+        self._ring = np.zeros((self.config.window_samples, self.n_channels), dtype=np.float32)
+        self.center = np.full(self.n_channels, np.nan, dtype=np.float32)
+        self.inv_scale = np.full(self.n_channels, np.nan, dtype=np.float32)
+
+    @property
+    def ready(self) -> bool:
+        return self.samples_seen >= self.config.warmup_samples
+
+    def _refresh(self) -> None:
+        W, k = self.config.window_samples, self.config.decimate
+        filled = min(self.samples_seen, W)
+        data = self._ring[:filled:k]  # ring slots are aligned to absolute sample index
+        if self.config.method == "robust":
+            center = np.median(data, axis=0)
+            scale = 1.4826 * np.median(np.abs(data - center), axis=0)
+        else:
+            center = data.mean(axis=0, dtype=np.float64)
+            scale = data.std(axis=0, dtype=np.float64)
+        self.center = center.astype(np.float32)
+        self.inv_scale = (1.0 / np.maximum(scale, self.config.floor_uv)).astype(np.float32)
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.n_channels:
+            raise ValueError(f"expected MUA of shape (n, {self.n_channels}), got {x.shape}")
+        n = x.shape[0]
+        out = np.empty_like(x)
+        R, W, clip = self.config.refresh_samples, self.config.window_samples, self.config.clip
+        pos = 0
+        while pos < n:
+            t = self.samples_seen
+            if t > 0 and t % R == 0:
+                self._refresh()
+            take = min(n - pos, (t // R + 1) * R - t)
+            seg = x[pos:pos + take]
+            np.multiply(seg - self.center, self.inv_scale, out=out[pos:pos + take])
+            slot = t % W  # take <= R <= W, so at most one wrap
+            first = min(take, W - slot)
+            self._ring[slot:slot + first] = seg[:first]
+            if first < take:
+                self._ring[: take - first] = seg[first:]
+            self.samples_seen += take
+            pos += take
+        np.clip(out, -clip, clip, out=out)  # NaN stays NaN through clip
+        return out
+
+
+def normalise_recording(x: np.ndarray, config: NormaliserConfig = NormaliserConfig(),
+                        *, chunk_samples: int = 65536, out: np.ndarray | None = None) -> np.ndarray:
+    """Run the streaming normaliser over a whole (T, C) recording, chunk by chunk.
+
+    The same code path the edge runs frame by frame; `out` may be a memory map.
+    """
+    T, C = x.shape
+    norm = Normaliser(C, config)
+    if out is None:
+        out = np.empty((T, C), dtype=np.float32)
+    for start in range(0, T, chunk_samples):
+        out[start:start + chunk_samples] = norm.process(np.asarray(x[start:start + chunk_samples]))
+    return out
