@@ -1,0 +1,87 @@
+"""Core CLI: exact exit codes, one Error: line, JSON on stdout."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from phosphene import __version__
+from phosphene.cli import cli
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_version_and_help(runner):
+    r = runner.invoke(cli, ["--version"])
+    assert r.exit_code == 0 and __version__ in r.output
+    r = runner.invoke(cli, ["--help"])
+    assert r.exit_code == 0 and "simulate" in r.output and "pretrain" in r.output
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; from click.testing import CliRunner; from phosphene.cli import cli; "
+            "r = CliRunner().invoke(cli, ['--help']); "
+            "assert r.exit_code == 0; assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_info_json(runner, tiny_dataset):
+    r = runner.invoke(cli, ["info", str(tiny_dataset.path), "--json"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert s["n_channels"] == 96 and s["kinds"]["psychometric"]["trials"] == 60
+
+
+@pytest.mark.parametrize("args, error", [
+    (["info", "/nonexistent/data"], "Error: dataset not found: /nonexistent/data"),
+    (["simulate", "dataset", "OUT", "--preset", "huge"],
+     "Error: unknown preset 'huge'; choose one of: tiny, demo, paper"),
+    (["simulate", "dataset", "OUT", "--channels", "0"], "Error: --channels must be a positive count, got 0"),
+    (["simulate", "dataset", "OUT", "--resting-hours", "-2"],
+     "Error: --resting-hours must be positive, got -2.0"),
+    (["simulate", "dataset", "OUT", "--map", "/nonexistent.csv"],
+     "Error: channel map not found: /nonexistent.csv"),
+])
+def test_bad_input_is_one_error_line(runner, tmp_path, args, error):
+    args = [str(tmp_path / a) if a == "OUT" else a for a in args]
+    r = runner.invoke(cli, args)
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines()[-1] == error
+    assert "Traceback" not in r.output
+    assert not (tmp_path / "OUT").exists()
+
+
+def test_wrong_channel_count_dataset(runner, tiny_dataset, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_dataset.path, bad, ignore=shutil.ignore_patterns("cache"))
+    meta = json.loads((bad / "dataset.json").read_text())
+    meta["n_channels"] = 64
+    (bad / "dataset.json").write_text(json.dumps(meta))
+    r = runner.invoke(cli, ["info", str(bad)])
+    assert r.exit_code == 1
+    assert r.output.strip() == (f"Error: {bad}: channel_map.csv has 96 electrodes but "
+                                "dataset.json says 64 channels")
+
+
+def test_simulate_dataset_with_custom_channels(runner, tmp_path):
+    out = tmp_path / "d"
+    r = runner.invoke(cli, ["simulate", "dataset", str(out), "--preset", "tiny", "--channels", "12",
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["n_channels"] == 12
+    r = runner.invoke(cli, ["simulate", "dataset", str(out), "--preset", "tiny"])
+    assert r.exit_code == 1 and "already exists" in r.output
+
+
+def test_usage_error_for_conflicting_options(runner, tmp_path):
+    r = runner.invoke(cli, ["simulate", "dataset", str(tmp_path / "x"), "--channels", "4",
+                            "--map", "m.csv"])
+    assert r.exit_code == 2 and "either --channels or --map" in r.output
