@@ -1,0 +1,377 @@
+"""The bundle the edge runs: load it, verify it, and expose what it holds (numpy + stdlib).
+
+A bundle is a directory written by `phosphene quantize` (docs/bundle.md is the written
+specification):
+
+    manifest.json   format + version, SHA-256 of every other file, channel count and map,
+                    sample rate, window spec, normaliser config, input/output quantisation,
+                    parity report, calibration set, training metrics, latency budget, tools
+    model.tflite    the full-int8 student encoder: int8 window (1, T, C) -> int8 latent (1, D)
+    probe.json      linear probe(s) on the dequantised latent: P(perceived) = sigmoid(w.z + b)
+
+`load_bundle(path)` refuses a bundle whose format version is newer than this code, whose
+files are missing or differ from their recorded hash, or whose channel count disagrees
+with its own channel map; the message names the file. `check_stream` refuses a stream
+whose channel count or sample rate differs from the bundle's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from phosphene.geometry import ChannelMap
+from phosphene.signal import NormaliserConfig, WindowSpec
+
+__all__ = [
+    "BUNDLE_FORMAT", "BUNDLE_VERSION", "PROBE_FORMAT", "PROBE_VERSION",
+    "MANIFEST_FILE", "MODEL_FILE", "PROBE_FILE",
+    "BundleError", "QuantParams", "Probe", "Bundle",
+    "load_bundle", "check_stream", "file_sha256", "probe_from_json", "probes_to_json",
+]
+
+BUNDLE_FORMAT = "phosphene-bundle"
+BUNDLE_VERSION = 1
+PROBE_FORMAT = "phosphene-probe"
+PROBE_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.tflite"
+PROBE_FILE = "probe.json"
+
+_INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
+
+
+class BundleError(ValueError):
+    """A bundle is missing, corrupt, too new or does not fit the stream; says which file/field."""
+
+
+def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------
+# Quantisation parameters of one tensor
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QuantParams:
+    """Affine quantisation of a tensor: real = (q - zero_point) * scale (per-tensor).
+
+    `quantize` is clip(round(x / scale + zero_point), qmin, qmax) (STYLE.md rule 14); the
+    round trip dequantize(quantize(x)) is within scale / 2 of x inside the representable
+    range.
+    """
+
+    scale: float
+    zero_point: int
+    dtype: str  # "int8" (the bundle's model), "uint8" or "int16"
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _INT_RANGES:
+            raise ValueError(f"quantised dtype must be one of {', '.join(_INT_RANGES)}, "
+                             f"got {self.dtype!r}")
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"quantisation scale must be a positive number, got {self.scale}")
+        qmin, qmax = _INT_RANGES[self.dtype]
+        if not qmin <= self.zero_point <= qmax:
+            raise ValueError(f"zero point {self.zero_point} is outside the {self.dtype} range")
+
+    @property
+    def qmin(self) -> int:
+        return _INT_RANGES[self.dtype][0]
+
+    @property
+    def qmax(self) -> int:
+        return _INT_RANGES[self.dtype][1]
+
+    @property
+    def real_range(self) -> tuple[float, float]:
+        """The smallest and largest real values the integer range represents."""
+        return ((self.qmin - self.zero_point) * self.scale, (self.qmax - self.zero_point) * self.scale)
+
+    def quantize(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """x: float array -> integer array of `dtype` (into `out` when given, no allocation)."""
+        y = np.asarray(x, dtype=np.float32) * np.float32(1.0 / self.scale)
+        y += np.float32(self.zero_point)
+        np.rint(y, out=y)
+        np.clip(y, self.qmin, self.qmax, out=y)
+        if out is None:
+            return y.astype(self.dtype)
+        out[...] = y  # the float -> int cast of values already in range
+        return out
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        """q: integer array -> float32 array."""
+        return (np.asarray(q, dtype=np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)
+
+    def to_dict(self) -> dict:
+        return {"scale": float(self.scale), "zero_point": int(self.zero_point),
+                "dtype": self.dtype, "shape": [int(s) for s in self.shape]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> QuantParams:
+        return cls(scale=float(d["scale"]), zero_point=int(d["zero_point"]), dtype=str(d["dtype"]),
+                   shape=tuple(int(s) for s in d["shape"]))
+
+
+# --------------------------------------------------------------------------------------
+# The probe
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Probe:
+    """A linear probe on the student latent with any standardisation folded in.
+
+    P(perceived) = sigmoid(weights . latent + bias); the decision is P >= threshold.
+    """
+
+    task: str  # "psychometric" or "threshold": the trials it was fitted on
+    weights: np.ndarray  # (D,) float64
+    bias: float
+    threshold: float = 0.5  # on P(perceived)
+    source: str = ""  # "teacher" (the teacher's probe applied as is) or "refit" (on student latents)
+
+    def logit(self, latent: np.ndarray) -> np.ndarray:
+        """latent: (D,) or (N, D) -> logit () or (N,)."""
+        return np.asarray(latent, dtype=np.float64) @ self.weights + self.bias
+
+    def p_perceived(self, latent: np.ndarray) -> np.ndarray:
+        z = self.logit(latent)
+        return 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic function without overflow
+
+    def decide(self, latent: np.ndarray) -> tuple[float, bool]:
+        """latent: (D,) -> (P(perceived), decision)."""
+        p = float(self.p_perceived(latent))
+        return p, p >= self.threshold
+
+    def to_dict(self) -> dict:
+        return {"weights": [float(w) for w in self.weights], "bias": float(self.bias),
+                "threshold": float(self.threshold), "source": self.source}
+
+
+def probe_from_json(obj: dict, *, latent_dim: int | None = None,
+                    where: str = PROBE_FILE) -> tuple[str, dict[str, Probe]]:
+    """Parse a bundle probe.json -> (default task, {task: Probe}); raises BundleError."""
+    if not isinstance(obj, dict) or obj.get("format") != PROBE_FORMAT:
+        raise BundleError(f"{where} is not a {PROBE_FORMAT} file")
+    version = obj.get("version")
+    if not isinstance(version, int) or version > PROBE_VERSION:
+        raise BundleError(f"{where} has probe format version {version!r}; this phosphene reads "
+                          f"version {PROBE_VERSION} (upgrade phosphene on this device)")
+    probes: dict[str, Probe] = {}
+    raw = obj.get("probes")
+    if not isinstance(raw, dict) or not raw:
+        raise BundleError(f"{where} holds no probes")
+    for task, p in raw.items():
+        try:
+            weights = np.asarray(p["weights"], dtype=np.float64)
+            probe = Probe(task=str(task), weights=weights, bias=float(p["bias"]),
+                          threshold=float(p.get("threshold", 0.5)), source=str(p.get("source", "")))
+        except (KeyError, TypeError, ValueError):
+            raise BundleError(f"{where}: probe {task!r} needs weights (list), bias and "
+                              "threshold numbers") from None
+        if weights.ndim != 1 or not np.all(np.isfinite(weights)) or not math.isfinite(probe.bias):
+            raise BundleError(f"{where}: probe {task!r} weights must be a finite 1-D list")
+        if not 0.0 <= probe.threshold <= 1.0:
+            raise BundleError(f"{where}: probe {task!r} threshold {probe.threshold} is not a "
+                              "probability in [0, 1]")
+        if latent_dim is not None and weights.shape[0] != latent_dim:
+            raise BundleError(f"{where}: probe {task!r} has {weights.shape[0]} weights but the "
+                              f"model's latent has {latent_dim} values")
+        probes[str(task)] = probe
+    default = str(obj.get("task", next(iter(probes))))
+    if default not in probes:
+        raise BundleError(f"{where}: default task {default!r} has no probe")
+    return default, probes
+
+
+def probes_to_json(probes: dict[str, Probe], *, task: str, latent_dim: int) -> dict:
+    """The probe.json object for `probes`, with `task` as the runtime's default."""
+    if task not in probes:
+        raise ValueError(f"no probe for task {task!r}; have {', '.join(probes)}")
+    return {"format": PROBE_FORMAT, "version": PROBE_VERSION, "latent_dim": int(latent_dim),
+            "task": task, "probes": {t: p.to_dict() for t, p in probes.items()}}
+
+
+# --------------------------------------------------------------------------------------
+# The bundle
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle. Construct with `load_bundle(path)`."""
+
+    path: Path
+    manifest: dict
+    window_spec: WindowSpec
+    normaliser_config: NormaliserConfig
+    channel_map: ChannelMap
+    input_quant: QuantParams  # the model's int8 input (1, T, C)
+    output_quant: QuantParams  # the model's int8 latent (1, D)
+    probes: dict[str, Probe] = field(default_factory=dict)
+    task: str = ""  # the default probe's task
+
+    @property
+    def probe(self) -> Probe:
+        """The probe the runtime applies by default."""
+        return self.probes[self.task]
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.manifest["model"]["file"]
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.manifest["n_channels"])
+
+    @property
+    def sample_rate_hz(self) -> float:
+        return float(self.manifest["sample_rate_hz"])
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.output_quant.shape[-1])
+
+    @property
+    def latency_budget_ms(self) -> float:
+        return float(self.manifest["latency_budget_ms"])
+
+    @property
+    def version(self) -> int:
+        return int(self.manifest["version"])
+
+    def summary(self) -> dict:
+        """What `phosphene verify` prints: JSON-ready, without the long arrays."""
+        m = self.manifest
+        return {
+            "path": str(self.path),
+            "format": m["format"], "version": m["version"],
+            "created_utc": m.get("created_utc"),
+            "files": {name: meta["sha256"] for name, meta in m["files"].items()},
+            "n_channels": self.n_channels,
+            "channel_map": self.channel_map.name,
+            "sample_rate_hz": self.sample_rate_hz,
+            "window": self.window_spec.to_dict(),
+            "normaliser": self.normaliser_config.to_dict(),
+            "model": {k: v for k, v in m["model"].items() if k not in ("student_config",)},
+            "probe": {"task": self.task, "tasks": {t: {"source": p.source, "threshold": p.threshold}
+                                                   for t, p in self.probes.items()}},
+            "parity": m.get("parity", {}),
+            "calibration": m.get("calibration", {}),
+            "training": m.get("training", {}),
+            "latency_budget_ms": self.latency_budget_ms,
+            "tools": m.get("tools", {}),
+        }
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{file} is not valid JSON: {exc}") from None
+
+
+def _require(m: dict, key: str, kind: type | tuple, where: str):
+    if key not in m or not isinstance(m[key], kind):
+        raise BundleError(f"{where} is missing {key!r} (or it has the wrong type): "
+                          "rebuild the bundle with `phosphene quantize`")
+    return m[key]
+
+
+def load_bundle(path: str | os.PathLike, *, verify_hashes: bool = True) -> Bundle:
+    """Open and verify a bundle directory; raise BundleError naming what is wrong.
+
+    Checks, in order: the manifest exists and parses; its format is ours and its version is
+    not newer than this code; every file it lists exists and has the recorded SHA-256 (and
+    the model and probe are among them); the channel count agrees with the channel map; the
+    window, normaliser and quantisation fields parse; the probe's width matches the latent.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"bundle not found: {path}")
+    if not path.is_dir():
+        raise BundleError(f"{path} is not a bundle directory (expected {MANIFEST_FILE} inside)")
+    manifest_file = path / MANIFEST_FILE
+    if not manifest_file.is_file():
+        raise BundleError(f"{path} has no {MANIFEST_FILE}: not a phosphene bundle")
+    m = _read_json(manifest_file)
+    where = str(manifest_file)
+    if not isinstance(m, dict) or m.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{where} is not a {BUNDLE_FORMAT} manifest")
+    version = m.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise BundleError(f"{where} has no valid format version")
+    if version > BUNDLE_VERSION:
+        raise BundleError(f"{where} has bundle format version {version}, newer than this "
+                          f"phosphene reads ({BUNDLE_VERSION}): upgrade phosphene on this device")
+
+    files = _require(m, "files", dict, where)
+    model_meta = _require(m, "model", dict, where)
+    probe_meta = _require(m, "probe", dict, where)
+    for role, meta in (("model", model_meta), ("probe", probe_meta)):
+        name = meta.get("file")
+        if not isinstance(name, str) or name not in files:
+            raise BundleError(f"{where}: the {role} file is not listed under 'files' with a hash")
+    for name, meta in files.items():
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise BundleError(f"{where}: file name {name!r} must be relative to the bundle")
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"bundle file {name} is missing from {path}")
+        expected = meta.get("sha256") if isinstance(meta, dict) else None
+        if not isinstance(expected, str):
+            raise BundleError(f"{where}: no sha256 recorded for {name}")
+        if verify_hashes and file_sha256(file) != expected:
+            raise BundleError(f"bundle file {name} does not match its SHA-256 in {MANIFEST_FILE} "
+                              "(corrupted or modified): copy the bundle again")
+
+    n_channels = _require(m, "n_channels", int, where)
+    try:
+        channel_map = ChannelMap.from_json(_require(m, "channel_map", dict, where))
+    except ValueError as exc:
+        raise BundleError(f"{where}: channel_map: {exc}") from None
+    if channel_map.n_channels != n_channels:
+        raise BundleError(f"{where}: n_channels is {n_channels} but the channel map lists "
+                          f"{channel_map.n_channels} electrodes")
+    try:
+        spec = WindowSpec.from_dict(_require(m, "window", dict, where))
+        norm = NormaliserConfig.from_dict(_require(m, "normaliser", dict, where))
+        in_q = QuantParams.from_dict(_require(model_meta, "input", dict, where + " model"))
+        out_q = QuantParams.from_dict(_require(model_meta, "output", dict, where + " model"))
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, BundleError):
+            raise
+        raise BundleError(f"{where}: bad window/normaliser/quantisation field: {exc}") from None
+    rate = _require(m, "sample_rate_hz", (int, float), where)
+    if float(rate) != spec.sample_rate_hz:
+        raise BundleError(f"{where}: sample_rate_hz {rate} disagrees with the window's "
+                          f"{spec.sample_rate_hz}")
+    if tuple(in_q.shape) != (1, spec.window_samples, n_channels):
+        raise BundleError(f"{where}: model input shape {list(in_q.shape)} is not "
+                          f"[1, {spec.window_samples}, {n_channels}] (1 x window x channels)")
+    _require(m, "latency_budget_ms", (int, float), where)
+
+    latent_dim = int(out_q.shape[-1])
+    task, probes = probe_from_json(_read_json(path / probe_meta["file"]), latent_dim=latent_dim,
+                                   where=f"bundle file {probe_meta['file']}")
+    return Bundle(path=path, manifest=m, window_spec=spec, normaliser_config=norm,
+                  channel_map=channel_map, input_quant=in_q, output_quant=out_q,
+                  probes=probes, task=task)
+
+
+def check_stream(bundle: Bundle, n_channels: int, sample_rate_hz: float) -> None:
+    """Refuse a stream that does not fit the bundle (raises BundleError saying which)."""
+    if int(n_channels) != bundle.n_channels:
+        raise BundleError(f"the stream has {n_channels} channels but the bundle at {bundle.path} "
+                          f"was built for {bundle.n_channels}: use a bundle made for this array")
+    if abs(float(sample_rate_hz) - bundle.sample_rate_hz) > 1e-6:
+        raise BundleError(f"the stream runs at {sample_rate_hz:g} Hz but the bundle expects "
+                          f"{bundle.sample_rate_hz:g} Hz MUA")

@@ -1,0 +1,385 @@
+"""Distil the teacher's latent into a small student encoder, on unlabelled resting windows.
+
+No labels: the student regresses the frozen teacher's latent z_t = teacher.encode(x) on
+windows of resting activity. The loss is (1 - cosine) of the latents centred by the
+teacher's mean latent (raw cosine of mean-pooled transformer latents is dominated by their
+shared offset and says little) plus their MSE divided by the teacher's latent variance
+(scale-free). Teacher latents are computed once for a fixed pool of windows, since the
+teacher costs far more per window than a student step.
+
+Flow: sample_resting_windows -> Teacher.encode (cached pool) -> train_student (plain loop,
+small helpers) -> save_student (student.pt with config, step, WindowSpec, normaliser,
+latent width, teacher hash).
+
+Windows come from the first `1 - heldout_fraction` of every resting session; the held-out
+tail of each session is never trained on, calibrated on or used by quantize's calibration,
+so fidelity and parity are measured on unseen activity.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from phosphene.dataset import Dataset, DatasetError
+from phosphene.io import atomic_path, sha256_file, write_json
+from phosphene.signal import NormaliserConfig, WindowSpec
+from phosphene.train.data import Source, WindowSampler
+from phosphene.train.student import (ARCHS, StudentConfig, build_student, count_parameters,
+                                     student_config)
+
+__all__ = ["DistillConfig", "DISTILL_PRESETS", "Teacher", "load_teacher_for_distill",
+           "sample_resting_windows", "heldout_resting_windows", "resting_sources", "train_student", "distill",
+           "load_student", "save_student", "latent_fidelity", "STUDENT_FORMAT",
+           "STUDENT_VERSION", "STUDENT_FILE"]
+
+log = logging.getLogger(__name__)
+
+STUDENT_FORMAT = "phosphene-student"
+STUDENT_VERSION = 1
+STUDENT_FILE = "student.pt"
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Distillation schedule and data; named presets below."""
+
+    steps: int = 3000  # optimizer steps
+    batch_size: int = 128  # windows per step
+    lr: float = 2e-3  # peak learning rate (AdamW)
+    lr_min: float = 5e-5  # cosine floor
+    warmup_steps: int = 100  # linear warm-up
+    weight_decay: float = 1e-4  # small: the student is small and the targets are smooth
+    pool_windows: int = 8192  # resting windows with cached teacher latents (training pool)
+    val_windows: int = 512  # held-out resting windows for latent fidelity
+    heldout_fraction: float = 0.1  # tail of every resting session kept out of training
+    cosine_weight: float = 1.0  # weight of (1 - centred cosine)
+    mse_weight: float = 1.0  # weight of MSE / teacher latent variance
+    teacher_batch: int = 64  # windows per teacher forward pass (memory vs. speed)
+    student_preset: str = "small"  # size preset of the student (train/student.py PRESETS)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.pool_windows < 1 or self.val_windows < 1:
+            raise ValueError("steps, batch_size, pool_windows and val_windows must be >= 1")
+        if not (self.lr > 0 and 0 <= self.lr_min <= self.lr):
+            raise ValueError("need lr > 0 and 0 <= lr_min <= lr")
+        if not 0.0 < self.heldout_fraction < 0.5:
+            raise ValueError("heldout_fraction must be in (0, 0.5)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> DistillConfig:
+        if name not in DISTILL_PRESETS:
+            raise ValueError(f"unknown distill preset {name!r}; choose one of "
+                             f"{', '.join(DISTILL_PRESETS)}")
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**{**DISTILL_PRESETS[name], **clean})
+
+
+DISTILL_PRESETS: dict[str, dict] = {
+    "tiny": dict(steps=40, batch_size=32, pool_windows=256, val_windows=64, warmup_steps=5,
+                 student_preset="tiny"),
+    "small": dict(steps=3000, batch_size=128, pool_windows=8192, val_windows=512),
+    "paper": dict(steps=20000, batch_size=256, pool_windows=65536, val_windows=2048,
+                  student_preset="base"),
+}
+
+
+# --------------------------------------------------------------------------------------
+# The teacher, as distillation sees it
+# --------------------------------------------------------------------------------------
+@dataclass
+class Teacher:
+    """A frozen encoder: encode(x: (N, T, C) float32 tensor) -> (N, D) tensor, plus its data contract."""
+
+    encode: Callable[[torch.Tensor], torch.Tensor]
+    latent_dim: int
+    spec: WindowSpec
+    norm_config: NormaliserConfig
+    n_channels: int
+    sha256: str = ""  # of the checkpoint file, recorded in the student and the bundle
+    path: str = ""
+    model: torch.nn.Module | None = None  # for benchmarks (torch eager)
+    meta: dict = field(default_factory=dict)
+
+    @torch.no_grad()
+    def encode_numpy(self, x: np.ndarray, batch: int = 64) -> np.ndarray:
+        """x: (N, T, C) float32 -> (N, D) float32, in batches."""
+        out = [self.encode(torch.from_numpy(np.ascontiguousarray(x[i:i + batch], dtype=np.float32)))
+               .float().numpy() for i in range(0, len(x), batch)]
+        return np.concatenate(out) if out else np.zeros((0, self.latent_dim), np.float32)
+
+
+def load_teacher_for_distill(path: str | os.PathLike) -> Teacher:
+    """Open a pretraining run directory (its best.pt) or a teacher checkpoint file."""
+    from phosphene.train.checkpoint import load_teacher  # the teacher's own loader
+
+    model, meta = load_teacher(path)
+    cfg = meta["config"]
+    file = Path(meta["path"])
+    return Teacher(encode=model.encode, latent_dim=int(cfg.embed_dim), spec=meta["window_spec"],
+                   norm_config=meta["normaliser"], n_channels=int(cfg.n_channels),
+                   sha256=sha256_file(file), path=str(file), model=model, meta=meta)
+
+
+# --------------------------------------------------------------------------------------
+# Windows of resting activity
+# --------------------------------------------------------------------------------------
+def resting_sources(ds: Dataset, norm: NormaliserConfig, heldout_fraction: float,
+                    part: str) -> list[Source]:
+    """The train part (first 1 - heldout_fraction) or held-out tail of every resting session."""
+    if part not in ("train", "heldout"):
+        raise ValueError(f"part must be 'train' or 'heldout', got {part!r}")
+    sources = []
+    for s in ds.sessions_of("resting"):
+        usable0 = norm.warmup_samples  # the normaliser's warm-up rows are NaN
+        split = usable0 + int((1.0 - heldout_fraction) * (s.n_samples - usable0))
+        lo, hi = (usable0, split) if part == "train" else (split, s.n_samples)
+        if hi > lo:
+            sources.append(Source(s.session, lo, hi))
+    if not sources:
+        raise DatasetError(f"{ds.path} has no resting sessions to distil on")
+    return sources
+
+
+def sample_resting_windows(ds: Dataset, spec: WindowSpec, norm: NormaliserConfig, n: int, *,
+                           seed: int = 0, part: str = "train",
+                           heldout_fraction: float = 0.1) -> np.ndarray:
+    """n random normalised resting windows -> (n, T, C) float32.
+
+    part="train" draws from the first (1 - heldout_fraction) of every resting session,
+    part="heldout" from the rest. Windows are exactly what the runtime decodes: rows of
+    `ds.normalised(session, norm)`, the one signal definition (via train.data.WindowSampler).
+    """
+    sources = resting_sources(ds, norm, heldout_fraction, part)
+    sampler = WindowSampler(ds, sources, spec=spec, norm_config=norm, session_index_map={},
+                            unknown_index=0, seed=seed)
+    return sampler.sample(n)[0]
+
+
+def heldout_resting_windows(ds: Dataset, spec: WindowSpec, norm: NormaliserConfig, n: int, *,
+                            seed: int = 1, heldout_fraction: float = 0.1) -> np.ndarray:
+    """(n, T, C) windows from the held-out tail of the resting sessions."""
+    return sample_resting_windows(ds, spec, norm, n, seed=seed, part="heldout",
+                                  heldout_fraction=heldout_fraction)
+
+
+# --------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------
+def lr_at(step: int, cfg: DistillConfig) -> float:
+    """Linear warm-up then cosine decay to lr_min."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def distill_loss(student_z: torch.Tensor, teacher_z: torch.Tensor, center: torch.Tensor,
+                 variance: float, cfg: DistillConfig) -> tuple[torch.Tensor, dict]:
+    """student_z, teacher_z: (N, D); center: (D,) teacher mean latent; variance: scalar."""
+    cos = F.cosine_similarity(student_z - center, teacher_z - center, dim=1).mean()
+    mse = F.mse_loss(student_z, teacher_z) / variance
+    loss = cfg.cosine_weight * (1 - cos) + cfg.mse_weight * mse
+    return loss, {"cosine_centred": float(cos.detach()), "mse_rel": float(mse.detach())}
+
+
+def latent_fidelity(pred: np.ndarray, target: np.ndarray, center: np.ndarray | None = None) -> dict:
+    """How well latents `pred` (N, D) reproduce `target` (N, D).
+
+    cosine: raw, per window (mean/min); cosine_centred: after subtracting `center` (the
+    teacher's mean latent); r2: 1 - SSE / total variance of the target.
+    """
+    pred = np.asarray(pred, np.float64)
+    target = np.asarray(target, np.float64)
+    center = target.mean(0) if center is None else np.asarray(center, np.float64)
+
+    def cos(a, b):
+        na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+        return (a * b).sum(1) / np.maximum(na * nb, 1e-12)
+
+    c = cos(pred, target)
+    cc = cos(pred - center, target - center)
+    sse = ((pred - target) ** 2).sum()
+    sst = ((target - target.mean(0)) ** 2).sum()
+    return {"cosine_mean": float(c.mean()), "cosine_min": float(c.min()),
+            "cosine_centred_mean": float(cc.mean()), "cosine_centred_min": float(cc.min()),
+            "r2": float(1 - sse / max(sst, 1e-12)),
+            "max_abs_error": float(np.abs(pred - target).max()), "n_windows": int(len(pred))}
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """x: (N, T, C) -> (N, D) float32 with the model in eval mode."""
+    model.eval()
+    out = [model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch]))).numpy()
+           for i in range(0, len(x), batch)]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def train_student(student_cfg: StudentConfig, x_pool: np.ndarray, z_pool: np.ndarray,
+                  x_val: np.ndarray, z_val: np.ndarray, cfg: DistillConfig, *,
+                  progress: Callable[[str], None] | None = None) -> tuple[torch.nn.Module, dict]:
+    """Fit a student to the teacher latents; returns (model in eval mode, metrics).
+
+    x_pool: (N, T, C) windows, z_pool: (N, D) their teacher latents; x_val/z_val held out.
+    """
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model = build_student(student_cfg)
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    center_np = z_pool.mean(0)
+    center = torch.from_numpy(center_np.astype(np.float32))
+    variance = float(z_pool.var(0).mean()) or 1.0
+    x_t, z_t = torch.from_numpy(x_pool), torch.from_numpy(z_pool.astype(np.float32))
+    n = len(x_pool)
+    t0 = time.perf_counter()
+    last: dict = {}
+    report_every = max(1, cfg.steps // 10)
+    model.train()
+    for step in range(cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        idx = torch.from_numpy(rng.integers(0, n, size=min(cfg.batch_size, n)))
+        loss, last = distill_loss(model(x_t[idx]), z_t[idx], center, variance, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if progress and ((step + 1) % report_every == 0 or step + 1 == cfg.steps):
+            progress(f"{student_cfg.arch} step {step + 1}/{cfg.steps} loss {float(loss):.4f} "
+                     f"cos {last['cosine_centred']:.3f} ({time.perf_counter() - t0:.0f} s)")
+    model.eval()
+    metrics = {"steps": cfg.steps, "train_seconds": round(time.perf_counter() - t0, 1),
+               "final_loss": float(loss), "parameters": count_parameters(model),
+               "val": latent_fidelity(predict(model, x_val), z_val, center_np)}
+    return model, metrics
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------
+def save_student(out_dir: str | os.PathLike, model: torch.nn.Module, *, step: int,
+                 spec: WindowSpec, norm: NormaliserConfig, teacher: Teacher, ds: Dataset,
+                 distill_config: DistillConfig, metrics: dict,
+                 latent_center: np.ndarray) -> Path:
+    """Write out_dir/student.pt (atomically) and out_dir/metrics.json; returns the .pt path."""
+    cfg: StudentConfig = model.cfg
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = {
+        "format": STUDENT_FORMAT, "version": STUDENT_VERSION,
+        "arch": cfg.arch, "config": cfg.to_dict(), "step": int(step),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "window_spec": spec.to_dict(), "normaliser": norm.to_dict(),
+        "latent_dim": cfg.latent_dim, "n_channels": cfg.n_channels,
+        "sample_rate_hz": ds.sample_rate_hz, "channel_map": ds.channel_map.to_json(),
+        "teacher": {"path": teacher.path, "sha256": teacher.sha256,
+                    "latent_dim": teacher.latent_dim},
+        "dataset": str(ds.path), "distill_config": distill_config.to_dict(),
+        "latent_center": [float(v) for v in latent_center], "metrics": metrics,
+    }
+    file = out_dir / STUDENT_FILE
+    with atomic_path(file, suffix=".pt") as tmp:
+        torch.save(ckpt, tmp)
+    write_json(out_dir / "metrics.json", {"arch": cfg.arch, "step": int(step), **metrics})
+    return file
+
+
+def load_student(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
+    """student.pt (or its directory) -> (model in eval mode, checkpoint metadata without weights)."""
+    path = Path(path)
+    file = path / STUDENT_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise ValueError(f"no student checkpoint at {file}: run `phosphene distill` first")
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise ValueError(f"{file} is not a readable student checkpoint: {exc}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != STUDENT_FORMAT:
+        raise ValueError(f"{file} is not a {STUDENT_FORMAT} checkpoint")
+    if int(ckpt.get("version", 0)) > STUDENT_VERSION:
+        raise ValueError(f"{file} was written by a newer phosphene (student format "
+                         f"{ckpt.get('version')}); upgrade phosphene")
+    model = build_student(StudentConfig.from_dict(ckpt["config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    meta["path"] = str(file)
+    return model, meta
+
+
+# --------------------------------------------------------------------------------------
+# The library entry point
+# --------------------------------------------------------------------------------------
+def _as_teacher(teacher: str | os.PathLike | Teacher) -> Teacher:
+    return teacher if isinstance(teacher, Teacher) else load_teacher_for_distill(teacher)
+
+
+def teacher_pool(ds: Dataset, teacher: Teacher, cfg: DistillConfig, *,
+                 progress: Callable[[str], None] | None = None) -> dict:
+    """Sample training and held-out resting windows and their teacher latents (cached once)."""
+    spec, norm = teacher.spec, teacher.norm_config
+    if "config" in teacher.meta:  # a real teacher checkpoint: electrodes in the same order
+        from phosphene.train.checkpoint import check_dataset_compatible
+        check_dataset_compatible(ds, teacher.meta)
+    if ds.n_channels != teacher.n_channels:
+        raise ValueError(f"the dataset has {ds.n_channels} channels but the teacher was trained "
+                         f"on {teacher.n_channels}")
+    t0 = time.perf_counter()
+    x_pool = sample_resting_windows(ds, spec, norm, cfg.pool_windows, seed=cfg.seed,
+                                    heldout_fraction=cfg.heldout_fraction)
+    x_val = heldout_resting_windows(ds, spec, norm, cfg.val_windows, seed=cfg.seed + 1,
+                                    heldout_fraction=cfg.heldout_fraction)
+    if progress:
+        progress(f"teacher latents for {len(x_pool)} + {len(x_val)} resting windows ...")
+    z_pool = teacher.encode_numpy(x_pool, cfg.teacher_batch)
+    z_val = teacher.encode_numpy(x_val, cfg.teacher_batch)
+    if progress:
+        progress(f"teacher latents done ({time.perf_counter() - t0:.0f} s)")
+    if z_pool.shape[1] != teacher.latent_dim:
+        raise ValueError(f"teacher returned {z_pool.shape[1]}-d latents, expected {teacher.latent_dim}")
+    return {"x_pool": x_pool, "z_pool": z_pool, "x_val": x_val, "z_val": z_val}
+
+
+def distill(ds: Dataset, teacher_path: str | os.PathLike | Teacher, out_dir: str | os.PathLike,
+            *, arch: str = "mixer", steps: int | None = None, preset: str = "small",
+            config: DistillConfig | None = None, student_preset: str | None = None,
+            pool: dict | None = None,
+            progress: Callable[[str], None] | None = None) -> dict:
+    """Train one student and save it to out_dir/student.pt; returns its metrics.
+
+    teacher_path: a pretraining run / checkpoint (train.pretrain.load_teacher) or a Teacher.
+    pool: the output of `teacher_pool` to reuse cached teacher latents (used by --compare).
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown student arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    cfg = config or DistillConfig.preset(preset, steps=steps)
+    if steps is not None:
+        cfg = replace(cfg, steps=int(steps))
+    if student_preset is not None:
+        cfg = replace(cfg, student_preset=student_preset)
+    teacher = _as_teacher(teacher_path)
+    pool = pool or teacher_pool(ds, teacher, cfg, progress=progress)
+    scfg = student_config(arch, spec=teacher.spec, n_channels=ds.n_channels,
+                          latent_dim=teacher.latent_dim, preset=cfg.student_preset)
+    model, metrics = train_student(scfg, pool["x_pool"], pool["z_pool"], pool["x_val"],
+                                   pool["z_val"], cfg, progress=progress)
+    file = save_student(out_dir, model, step=cfg.steps, spec=teacher.spec, norm=teacher.norm_config,
+                        teacher=teacher, ds=ds, distill_config=cfg, metrics=metrics,
+                        latent_center=pool["z_pool"].mean(0))
+    return {"arch": arch, "student": str(file), **metrics}
