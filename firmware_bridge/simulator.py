@@ -183,6 +183,9 @@ class SimulatorConfig:
     seed: int = 0  # seeds the fault generator (the source has its own seed)
     faults: FaultConfig = field(default_factory=FaultConfig)
     progress_every_s: float = 1.0  # wall-clock period of the on_progress callback
+    # How long the device's transmit buffer holds bytes nobody reads. After that the
+    # device drops what it cannot send (counted as tx_overflow_*) until the reader drains.
+    tx_timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0 < self.frame_samples <= 0xFFFF:
@@ -229,6 +232,8 @@ class SimulatorCounts:
     elapsed_s: float = 0.0
     max_late_ms: float = 0.0  # worst lateness of a frame against its deadline
     tx_blocked_s: float = 0.0  # time spent waiting for the port to take bytes
+    tx_overflow_frames: int = 0  # copies not (fully) written: nobody read the port in time
+    tx_overflow_bytes: int = 0
     done: bool = False
 
     FAULTS = ("bytes_dropped", "bits_flipped", "frames_corrupted", "frames_dropped",
@@ -248,24 +253,28 @@ class SimulatorCounts:
 
 # --- sinks ---------------------------------------------------------------------------------
 class _Sink:
+    """write(data, timeout_s) -> bytes written (all, or fewer when timeout_s ran out)."""
+
     def __init__(self, write: Callable[[bytes, float | None], int], close: Callable[[], None] | None,
                  name: str):
         self.write, self.close, self.name = write, close, name
 
 
 def _make_sink(port: Any, stop: threading.Event) -> _Sink:
-    from phosphene.firmware_bridge.transport import PtyPair, open_port
+    from phosphene.firmware_bridge.transport import PtyPair, open_port, write_fd
 
     if isinstance(port, PtyPair):
-        return _Sink(lambda b, t: port.write(b, stop=None if t is not None else stop, timeout_s=t),
-                     None, port.device_path)
+        return _Sink(lambda b, t: port.write(b, stop=stop, timeout_s=t), None, port.device_path)
     if isinstance(port, str):
-        ser = open_port(port, timeout_s=0.1, write_timeout_s=None)
-        return _Sink(_serial_writer(ser), ser.close, port)
+        ser = open_port(port, timeout_s=0.1)
+        sink = _make_sink(ser, stop)
+        return _Sink(sink.write, ser.close, port)
     if hasattr(port, "write") and hasattr(port, "in_waiting"):  # an open pyserial port
-        return _Sink(_serial_writer(port), None, getattr(port, "name", None) or repr(port))
-    if isinstance(port, int):  # a raw file descriptor
-        return _Sink(lambda b, t: os.write(port, b), None, f"fd {port}")
+        name = getattr(port, "name", None) or repr(port)
+        fd = getattr(port, "fd", None)
+        if isinstance(fd, int):  # a posix port (device path, pty): non-blocking fd + select
+            return _Sink(lambda b, t: write_fd(fd, b, stop=stop, timeout_s=t), None, name)
+        return _Sink(_url_writer(port), None, name)
     if hasattr(port, "write"):  # a binary file (BytesIO in tests, a capture file)
         def write(b: bytes, t: float | None) -> int:
             port.write(b)
@@ -275,9 +284,15 @@ def _make_sink(port: Any, stop: threading.Event) -> _Sink:
                     "a PtyPair, an open pyserial port or a binary file")
 
 
-def _serial_writer(ser) -> Callable[[bytes, float | None], int]:
+def _url_writer(ser) -> Callable[[bytes, float | None], int]:
+    import serial
+
     def write(b: bytes, t: float | None) -> int:
-        n = ser.write(b)
+        ser.write_timeout = t
+        try:
+            n = ser.write(b)
+        except serial.SerialTimeoutException:
+            return 0  # pyserial does not say how much went out; count the block as lost
         return len(b) if n is None else n
     return write
 
@@ -317,6 +332,7 @@ class Simulator:
         self._boot_id = int(self._rng.integers(1, 1 << 31))
         # wire accounting for the current run
         self._held: list[tuple[bytes, int]] | None = None
+        self._overflow = False
         self._delivered_recent: set[int] = set()
         self._delivered_count = 0
         self._max_delivered = -1
@@ -458,8 +474,7 @@ class Simulator:
                 last_progress = now
                 self.on_progress(self.counts)
         # the run closes with a clean STOPPED frame (after anything held for reordering)
-        self._send(sink, [self._status_frame(k * F, StatusState.STOPPED, 0)], clean=True,
-                   timeout_s=2.0)
+        self._send(sink, [self._status_frame(k * F, StatusState.STOPPED, 0)], clean=True)
         with self._lock:
             self._counts.expected_frames_lost += self._seq - self._delivered_count
             self._counts.elapsed_s = time.monotonic() - t0
@@ -559,22 +574,33 @@ class Simulator:
             self._counts.frames_corrupted += 1
         return arr.tobytes()
 
-    def _write_copies(self, sink: _Sink, wire: list[tuple[bytes, int, bool]],
-                      timeout_s: float | None) -> None:
-        blob = b"".join(d for d, _, _ in wire)
+    def _write(self, sink: _Sink, blob: bytes, timeout_s: float | None) -> int:
+        """Write with the device's buffer model: after one overflow, take only what fits."""
+        if self._overflow:
+            timeout_s = 0.0
+        elif timeout_s is None:
+            timeout_s = self.config.tx_timeout_s
         t = time.monotonic()
         written = sink.write(blob, timeout_s)
-        blocked = time.monotonic() - t
+        self._overflow = written < len(blob) and not self._stop.is_set()
+        with self._lock:
+            self._counts.tx_blocked_s += time.monotonic() - t
+            self._counts.bytes_sent += written
+            self._counts.tx_overflow_bytes += len(blob) - written
+        return written
+
+    def _write_copies(self, sink: _Sink, wire: list[tuple[bytes, int, bool]],
+                      timeout_s: float | None) -> None:
+        written = self._write(sink, b"".join(d for d, _, _ in wire), timeout_s)
         offset = 0
         with self._lock:
             c = self._counts
-            c.bytes_sent += written
-            c.tx_blocked_s += blocked
             for data, seq, intact in wire:
                 size, start = len(data), offset
                 offset += size
-                if offset > written:  # cut short by stop(): only the written part exists
+                if offset > written:  # only the written part of this copy exists
                     c.expected_bytes_discarded += max(0, written - start)
+                    c.tx_overflow_frames += 1
                     continue
                 c.frames_sent += 1
                 if intact:
@@ -598,10 +624,9 @@ class Simulator:
 
     def _send_garbage(self, sink: _Sink, n_bytes: int) -> None:
         junk = self._rng.integers(0, 256, n_bytes, dtype=np.uint8).tobytes()
-        written = sink.write(junk, None)
+        written = self._write(sink, junk, None)
         with self._lock:
             self._counts.garbage_bursts += 1
             self._counts.garbage_bytes += written
-            self._counts.bytes_sent += written
             self._counts.expected_bytes_discarded += written
 

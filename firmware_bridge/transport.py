@@ -24,7 +24,7 @@ import serial
 
 from phosphene.firmware_bridge.protocol import Frame, StreamDecoder
 
-__all__ = ["PortError", "open_port", "is_url", "PtyPair", "SerialReader", "ReaderStats",
+__all__ = ["PortError", "open_port", "is_url", "write_fd", "PtyPair", "SerialReader", "ReaderStats",
            "FrameReader", "DEFAULT_BAUD"]
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,32 @@ def _explain_open_error(port: str, exc: BaseException) -> str:
     return f"cannot open port {port}: {exc}"
 
 
+def write_fd(fd: int, data: bytes, *, stop: threading.Event | None = None,
+             timeout_s: float | None = None, poll_s: float = 0.1) -> int:
+    """Write to a non-blocking descriptor, waiting in select() while it is full.
+
+    Returns the bytes written: all of them, or fewer if `stop` was set or timeout_s passed
+    (timeout_s=0: only what fits now; None: no limit). Never busy-waits.
+    """
+    view = memoryview(data)
+    written = 0
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while written < len(view):
+        try:
+            written += os.write(fd, view[written:])
+            continue
+        except BlockingIOError:
+            pass
+        if stop is not None and stop.is_set():
+            break
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            break
+        wait_s = poll_s if deadline is None else min(poll_s, deadline - now)
+        select.select([], [fd], [], wait_s)
+    return written
+
+
 class PtyPair:
     """A pseudo-terminal pair: the simulator writes to `master_fd`; a runtime opens
     `device_path` exactly as it would open /dev/ttyACM0.
@@ -107,28 +133,13 @@ class PtyPair:
         return f"PtyPair(device_path={self.device_path!r})"
 
     def write(self, data: bytes, *, stop: threading.Event | None = None,
-              timeout_s: float | None = None, poll_s: float = 0.1) -> int:
-        """Write all of data to the master side; waits while the pty buffer is full.
+              timeout_s: float | None = None) -> int:
+        """Write data to the master side, waiting while the pty buffer (~20 KiB) is full.
 
-        Returns the bytes written: fewer only if `stop` was set or timeout_s passed while
-        waiting for room.
+        Returns the bytes written: fewer only if `stop` was set or timeout_s passed first
+        (timeout_s=0 writes what fits now).
         """
-        view = memoryview(data)
-        written = 0
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while written < len(view):
-            if stop is not None and stop.is_set():
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            _, ready, _ = select.select([], [self.master_fd], [], poll_s)
-            if not ready:
-                continue
-            try:
-                written += os.write(self.master_fd, view[written:])
-            except BlockingIOError:
-                continue
-        return written
+        return write_fd(self.master_fd, data, stop=stop, timeout_s=timeout_s)
 
     def read(self, max_bytes: int = 65536, timeout_s: float = 0.1) -> bytes:
         """Read what the device side wrote (used when a program writes to device_path)."""

@@ -1,0 +1,81 @@
+/* phosphene_wire.h: C99 reference encoder for the phosphene wire protocol, version 1.
+ *
+ * Dependency-free (stdint.h, stddef.h, string.h only), no allocation, no globals.
+ * docs/protocol.md is the specification; this file and the Python decoder both pass
+ * its test vectors byte for byte.
+ *
+ * Every encoder writes one complete frame into `out` (capacity `out_cap` bytes) and
+ * returns its length, or 0 if `out_cap` is too small or an argument is out of range.
+ * The caller owns the sequence number: one counter over all frame types, starting at
+ * 0 after boot, +1 per frame (wrapping at 2^32). The first frame after boot should be
+ * a STATUS frame with PW_FLAG_BOOT.
+ */
+#ifndef PHOSPHENE_WIRE_H
+#define PHOSPHENE_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PW_SYNC0 0xA5u
+#define PW_SYNC1 0xC3u
+#define PW_SYNC2 0x9Eu
+#define PW_SYNC3 0xD1u
+#define PW_VERSION 1u
+#define PW_HEADER_BYTES 24u
+#define PW_CRC_BYTES 4u
+#define PW_FRAME_OVERHEAD (PW_HEADER_BYTES + PW_CRC_BYTES)
+#define PW_MAX_PAYLOAD 65535u
+#define PW_SAMPLES_HEAD_BYTES 12u
+#define PW_EVENT_PAYLOAD_BYTES 8u
+#define PW_STATUS_PAYLOAD_BYTES 20u
+
+/* frame types (header byte 5) */
+#define PW_TYPE_SAMPLES 1u
+#define PW_TYPE_EVENT_STIM 2u
+#define PW_TYPE_STATUS 3u
+
+/* STATUS.state */
+#define PW_STATE_IDLE 0u
+#define PW_STATE_STREAMING 1u
+#define PW_STATE_STOPPED 2u
+#define PW_STATE_ERROR 3u
+
+/* STATUS.flags */
+#define PW_FLAG_BOOT 0x0001u
+#define PW_FLAG_ADC_OVERRUN 0x0002u
+#define PW_FLAG_TX_OVERFLOW 0x0004u
+#define PW_FLAG_STIM_ARMED 0x0008u
+
+/* Bytes of a SAMPLES frame with n_channels x n_samples (0 if the payload would not fit). */
+size_t pw_samples_frame_size(uint16_t n_channels, uint16_t n_samples);
+
+/* CRC-32 (IEEE 802.3 / zlib: reflected poly 0xEDB88320, init and final XOR 0xFFFFFFFF).
+ * Chainable like zlib: crc = pw_crc32(0, a, na); crc = pw_crc32(crc, b, nb). */
+uint32_t pw_crc32(uint32_t crc, const void *data, size_t n);
+
+/* SAMPLES: data is [n_samples][n_channels] int16 (sample-major, as an ADC scans);
+ * sample_counter is the device counter of data[0]; value_uv = data * scale_uv. */
+size_t pw_encode_samples(uint8_t *out, size_t out_cap, uint32_t seq, uint64_t sample_counter,
+                         uint16_t n_channels, uint16_t n_samples, uint32_t sample_rate_hz,
+                         float scale_uv, const int16_t *data);
+
+/* EVENT_STIM: sample_counter is the onset sample; current in integer nanoamps. */
+size_t pw_encode_event_stim(uint8_t *out, size_t out_cap, uint32_t seq, uint64_t sample_counter,
+                            uint16_t electrode, uint32_t current_na);
+
+/* STATUS: device state, flags, stream format, the device's own dropped-frame count and a
+ * boot id that differs between consecutive boots. */
+size_t pw_encode_status(uint8_t *out, size_t out_cap, uint32_t seq, uint64_t sample_counter,
+                        uint8_t state, uint16_t flags, uint32_t sample_rate_hz,
+                        uint16_t n_channels, uint16_t frame_samples,
+                        uint32_t device_dropped_frames, uint32_t boot_id);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PHOSPHENE_WIRE_H */
