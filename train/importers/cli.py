@@ -123,7 +123,8 @@ def blackrock(nsx, nev, nev_events, out, map_path, trials_csv, kind, session, da
                    "series of a phosphene export.")
 @click.option("--input-kind", type=click.Choice(["auto", "broadband", "mua", "binned"]),
               default="auto", show_default=True,
-              help="auto: broadband at >= 2 kHz, else MUA. binned: spike counts per bin.")
+              help="auto: an ElectricalSeries at >= 2 kHz is broadband, any other series MUA. "
+                   "binned: spike counts per bin.")
 @click.option("--bin-ms", type=click.FloatRange(min=0, min_open=True),
               help="Bin width of binned counts in ms (default: 1000 / the series' rate).")
 @dataset_options

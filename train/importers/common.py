@@ -40,6 +40,7 @@ INPUT_KINDS = ("broadband", "mua", "binned")
 # Broadband is read this many seconds at a time: ~25 MB of float64 per copy for 96
 # channels at 30 kHz, and the filters make a handful of copies.
 DEFAULT_CHUNK_S = 1.0
+ASSUMED = "-assumed"  # suffix of a map's name when its positions were made up (no --map)
 
 
 class RecordingError(ValueError):
@@ -278,7 +279,7 @@ def resolve_channel_map(file_ids: list[int], *, map_path: str | Path | None = No
         f"{grid.name} layout in channel order (positions are assumed, not measured); "
         "pass --map FILE (CSV/JSON/.cmp) for the array's real geometry")
     return ChannelMap(tuple(file_ids), grid.rows, grid.cols, grid.x_um, grid.y_um,
-                      name=f"{grid.name}-assumed")
+                      name=f"{grid.name}{ASSUMED}")
 
 
 def _reorder(cmap: ChannelMap, ids: list[int]) -> ChannelMap:
@@ -480,6 +481,9 @@ def write_import(out: str | Path, cmap: ChannelMap, specs: list[SessionSpec], *,
             old = Dataset.open(out)
         except DatasetError as exc:
             raise RecordingError(f"--append: {exc}") from None
+        if cmap.name.endswith(ASSUMED) and old.channel_map.ids == cmap.ids:
+            log(f"note: using {out}'s channel map ({old.channel_map.name}) for the appended sessions")
+            cmap = old.channel_map
         _check_compatible(old, cmap, units, signal, out)
         taken = {s.session for s in old.sessions}
         clash = [s.session for s in specs if s.session in taken]

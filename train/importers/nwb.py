@@ -109,8 +109,8 @@ def _pick_series(found, wanted: list[str] | None, path: Path):
     from pynwb.ecephys import ElectricalSeries
 
     marked = [(lab, s) for lab, s in found if _marker(s) is not None]
-    if marked:
-        return marked
+    if marked:  # containers come back in name order; the export's order is in the marker
+        return sorted(marked, key=lambda m: (_marker(m[1]).get("order", 0), m[1].starting_time or 0.0))
     tiers = [
         [(lab, s) for lab, s in found if lab.startswith("acquisition/") and isinstance(s, ElectricalSeries)],
         [(lab, s) for lab, s in found if isinstance(s, ElectricalSeries)],
@@ -288,10 +288,12 @@ def import_nwb(path: str | Path, *, out: str | Path, series: list[str] | None = 
                chunk_s: float = DEFAULT_CHUNK_S, log: Log = logger.info) -> ImportReport:
     """Import series of an NWB file as sessions of a dataset at `out`.
 
-    input_kind: auto (broadband when >= 2 kHz, else MUA; a phosphene export is MUA),
+    input_kind: auto (an ElectricalSeries at >= 2 kHz is broadband, any other series MUA),
     broadband, mua, or binned (spike counts per bin of `bin_ms`, default 1000 / rate).
     """
     pynwb = _pynwb()
+    from pynwb.ecephys import ElectricalSeries
+
     path = Path(path)
     if input_kind not in ("auto",) + INPUT_KINDS:
         raise RecordingError(f"input kind must be auto, {', '.join(INPUT_KINDS)}; got {input_kind!r}")
@@ -320,8 +322,9 @@ def import_nwb(path: str | Path, *, out: str | Path, series: list[str] | None = 
             C = 1 if data.ndim == 1 else int(data.shape[1])
             rate, t0 = _rate_and_start(s, label)
             this_kind = input_kind
-            if this_kind == "auto":
-                this_kind = "mua" if marker is not None or rate < 2000 else "broadband"
+            if this_kind == "auto":  # raw voltage is an ElectricalSeries; anything else is MUA
+                broadband = isinstance(s, ElectricalSeries) and rate >= 2000 and marker is None
+                this_kind = "broadband" if broadband else "mua"
             if this_kind == "binned":
                 width = bin_ms if bin_ms is not None else 1000.0 / rate
                 if abs(width * rate - 1000.0) > 1e-3:
@@ -481,9 +484,10 @@ def export_nwb(dataset: str | Path, out: str | Path, *, overwrite: bool = False,
     if container is not None:  # attached first, so each series' electrodes link resolves
         module.add(container)
     t0, starts = 0.0, {}
-    for s in ds.sessions:
+    for order, s in enumerate(ds.sessions):
         starts[s.session] = t0
         marker = MARKER + json.dumps({"session": s.session, "kind": s.kind, "day": s.day,
+                                      "order": order,
                                       "units": units, "signal": signal,
                                       "electrodes": [int(i) for i in cmap.ids]})
         arr = ds.mua(s.session)
