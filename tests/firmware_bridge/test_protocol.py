@@ -1,0 +1,314 @@
+"""Wire protocol: encoding, the streaming decoder's resync and its running counters."""
+
+from __future__ import annotations
+
+import random
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from phosphene.firmware_bridge.protocol import (
+    HEADER_BYTES,
+    MAX_PAYLOAD_BYTES,
+    SYNC,
+    EventFrame,
+    FrameType,
+    Packetizer,
+    SampleFrame,
+    SequenceTracker,
+    StatusFlag,
+    StatusFrame,
+    StatusState,
+    StreamDecoder,
+    encode_event_stim,
+    encode_frame,
+    encode_samples,
+    encode_status,
+    quantize_uv,
+    samples_frame_bytes,
+    samples_to_uv,
+)
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+
+
+def doc_vectors() -> dict[str, bytes]:
+    block = re.search(r"```test-vectors\n(.*?)```", DOCS.read_text(), re.S).group(1)
+    return {name: bytes.fromhex(hexstr) for name, hexstr in
+            (line.split() for line in block.strip().splitlines())}
+
+
+def python_vectors() -> dict[str, bytes]:
+    return {
+        "samples": encode_samples(0, 0, np.array([[1, -1], [2, -2], [32767, -32768]], np.int16),
+                                  scale_uv=0.25, sample_rate_hz=1000),
+        "event_stim": encode_event_stim(1, 170, 42, 2.5),
+        "status_boot": encode_status(0, 0, state=StatusState.STREAMING, flags=StatusFlag.BOOT,
+                                     sample_rate_hz=1000, n_channels=96, frame_samples=16,
+                                     boot_id=0x12345678),
+        "samples_wrap": encode_samples(0xFFFFFFFF, 1 << 40, np.array([[-1, 0, 1, 1000]], np.int16),
+                                       scale_uv=0.02, sample_rate_hz=30000),
+    }
+
+
+def make_stream(n_frames: int, *, n_channels: int = 8, n_samples: int = 4, seed: int = 0,
+                start_seq: int = 0) -> tuple[bytes, list[bytes]]:
+    """A valid stream mixing all three frame types; returns (bytes, per-frame bytes)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    counter = 0
+    for i in range(n_frames):
+        seq = (start_seq + i) & 0xFFFFFFFF
+        kind = i % 5
+        if kind == 3:
+            frames.append(encode_event_stim(seq, counter + 1, int(rng.integers(1, 97)),
+                                            float(rng.integers(1, 81000)) / 1000))
+        elif kind == 4:
+            frames.append(encode_status(seq, counter, state=StatusState.STREAMING, flags=0,
+                                        sample_rate_hz=1000, n_channels=n_channels,
+                                        frame_samples=n_samples, boot_id=7))
+        else:
+            data = rng.integers(-32768, 32768, (n_samples, n_channels)).astype(np.int16)
+            frames.append(encode_samples(seq, counter, data, scale_uv=0.02, sample_rate_hz=1000))
+            counter += n_samples
+    return b"".join(frames), frames
+
+
+# --- encoding -------------------------------------------------------------------------------
+def test_python_encoder_reproduces_the_documented_test_vectors():
+    assert doc_vectors() == python_vectors()
+
+
+def test_documented_vectors_decode_to_their_documented_fields():
+    d = StreamDecoder()
+    frames = d.feed(b"".join(doc_vectors().values()))
+    assert [type(f) for f in frames] == [SampleFrame, EventFrame, StatusFrame, SampleFrame]
+    s, e, st_, w = frames
+    assert s.data.tolist() == [[1, -1], [2, -2], [32767, -32768]] and s.scale_uv == 0.25
+    assert (s.seq, s.sample_counter, s.sample_rate_hz, s.n_channels, s.n_samples) == (0, 0, 1000, 2, 3)
+    assert (e.seq, e.sample_counter, e.electrode, e.current_ua) == (1, 170, 42, 2.5)
+    assert st_.boot and st_.state == StatusState.STREAMING and st_.boot_id == 0x12345678
+    assert (st_.n_channels, st_.frame_samples, st_.sample_rate_hz) == (96, 16, 1000)
+    assert (w.seq, w.sample_counter, w.sample_rate_hz) == (0xFFFFFFFF, 1 << 40, 30000)
+    assert w.data.tolist() == [[-1, 0, 1, 1000]] and w.scale_uv == pytest.approx(0.02, rel=1e-7)
+
+
+def test_header_layout_and_both_crcs():
+    frame = python_vectors()["samples"]
+    assert frame[:4] == SYNC and frame[4] == 1 and frame[5] == FrameType.SAMPLES
+    (payload_len,) = struct.unpack_from("<H", frame, 6)
+    assert len(frame) == HEADER_BYTES + payload_len + 4 == samples_frame_bytes(2, 3)
+    assert struct.unpack_from("<I", frame, 20)[0] == zlib.crc32(frame[:20])
+    assert struct.unpack_from("<I", frame, len(frame) - 4)[0] == zlib.crc32(frame[:-4])
+
+
+def test_round_trip_of_every_frame_type():
+    _, frames = make_stream(15)
+    decoded = StreamDecoder().feed(b"".join(frames))
+    assert [encode_frame(f) for f in decoded] == frames
+
+
+def test_encoder_rejects_bad_input_with_a_fix():
+    with pytest.raises(ValueError, match="quantize_uv"):
+        encode_samples(0, 0, np.zeros((4, 2), np.float32), scale_uv=0.1, sample_rate_hz=1000)
+    with pytest.raises(ValueError, match="exceeds"):
+        encode_samples(0, 0, np.zeros((400, 96), np.int16), scale_uv=0.1, sample_rate_hz=1000)
+    with pytest.raises(ValueError, match="scale_uv"):
+        encode_samples(0, 0, np.zeros((4, 2), np.int16), scale_uv=0.0, sample_rate_hz=1000)
+    with pytest.raises(ValueError, match="current_ua"):
+        encode_event_stim(0, 0, 1, -1.0)
+
+
+def test_quantize_and_back_to_microvolts_within_half_an_lsb():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-600, 600, (64, 96)).astype(np.float32)
+    q, clipped = quantize_uv(x, 0.02)
+    assert clipped == 0 and q.dtype == np.int16
+    assert np.max(np.abs(samples_to_uv(q, 0.02) - x)) <= 0.01 + 1e-4
+    q, clipped = quantize_uv(np.array([[1e6, -1e6, np.nan]]), 0.02)
+    assert clipped == 3 and q.tolist() == [[32767, -32768, 0]]
+    frame = StreamDecoder().feed(encode_samples(0, 0, q, scale_uv=0.02, sample_rate_hz=1000))[0]
+    assert frame.to_uv().dtype == np.float32
+    assert np.allclose(frame.to_uv(), q * np.float32(0.02))
+
+
+# --- the streaming decoder --------------------------------------------------------------------
+def test_byte_at_a_time_equals_all_at_once():
+    stream, frames = make_stream(12)
+    d = StreamDecoder()
+    out = []
+    for b in stream:
+        out += d.feed(bytes([b]))
+    assert [encode_frame(f) for f in out] == frames
+    assert d.stats.bytes_discarded == 0 and d.stats.frames_ok == 12 and d.packetizer.bytes_buffered == 0
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cuts=st.lists(st.integers(0, 10_000), max_size=30), seed=st.integers(0, 2**16))
+def test_any_split_of_a_valid_stream_decodes_to_the_same_frames(cuts, seed):
+    stream, frames = make_stream(20, seed=seed)
+    points = sorted({c % (len(stream) + 1) for c in cuts})
+    d = StreamDecoder()
+    out = []
+    for a, b in zip([0] + points, points + [len(stream)]):
+        out += d.feed(stream[a:b])
+    assert [encode_frame(f) for f in out] == frames
+    s = d.stats
+    assert (s.seq_gaps, s.crc_errors, s.header_errors, s.bytes_discarded) == (0, 0, 0, 0)
+
+
+def _frame_spans(frames: list[bytes]) -> list[tuple[int, int]]:
+    spans, pos = [], 0
+    for f in frames:
+        spans.append((pos, pos + len(f)))
+        pos += len(f)
+    return spans
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**16), position=st.integers(0, 10**9), kind=st.sampled_from(
+    ["flip", "drop", "insert", "replace"]), value=st.integers(0, 255), bit=st.integers(0, 7),
+    chunk=st.integers(1, 5000))
+def test_a_single_corruption_loses_only_the_frames_it_touches(seed, position, kind, value, bit, chunk):
+    stream, frames = make_stream(12, seed=seed)
+    pos = position % len(stream)
+    corrupted = bytearray(stream)
+    if kind == "flip":
+        corrupted[pos] ^= 1 << bit
+    elif kind == "drop":
+        del corrupted[pos]
+    elif kind == "insert":
+        corrupted.insert(pos, value)
+    elif value != corrupted[pos]:
+        corrupted[pos] = value
+    d = StreamDecoder()
+    out = []
+    for i in range(0, len(corrupted), chunk):
+        out += d.feed(bytes(corrupted[i:i + chunk]))
+    got = [encode_frame(f) for f in out]
+    # every delivered frame is one of the originals, bit for bit, in order
+    assert all(g in frames for g in got)
+    assert [frames.index(g) for g in got] == sorted(frames.index(g) for g in got)
+    # only the frame(s) holding the corrupted byte may be missing (an insert between two
+    # frames touches none; at a frame boundary a drop/insert touches at most one)
+    touched = {i for i, (a, b) in enumerate(_frame_spans(frames)) if a <= pos < b}
+    missing = {i for i, f in enumerate(frames) if f not in got}
+    assert missing <= touched
+    if bytes(corrupted) == stream:
+        assert not missing
+    # each loss is a counted sequence gap, except at the edges where no later (or no
+    # earlier) frame can reveal it
+    assert d.stats.seq_gaps == len(missing - {0, len(frames) - 1})
+
+
+@settings(max_examples=60, deadline=None)
+@given(garbage=st.binary(max_size=4000), chunk=st.integers(1, 700))
+def test_garbage_never_raises_and_is_counted(garbage, chunk):
+    d = StreamDecoder()
+    for i in range(0, len(garbage), chunk):
+        assert d.feed(garbage[i:i + chunk]) == []
+    s = d.stats
+    assert s.bytes_received == len(garbage)
+    assert s.bytes_discarded + d.packetizer.bytes_buffered == len(garbage)
+
+
+@settings(max_examples=40, deadline=None)
+@given(garbage=st.binary(min_size=1, max_size=3000), seed=st.integers(0, 1000))
+def test_frames_after_garbage_are_recovered_exactly(garbage, seed):
+    stream, frames = make_stream(6, seed=seed)
+    d = StreamDecoder()
+    out = d.feed(garbage + stream + garbage[:50] + stream[:0])
+    assert [encode_frame(f) for f in out] == frames
+    assert d.stats.bytes_discarded == len(garbage) + min(50, len(garbage)) - d.packetizer.bytes_buffered
+
+
+def test_garbage_that_imitates_sync_and_headers_never_raises():
+    rng = random.Random(0)
+    d = StreamDecoder()
+    valid = encode_samples(0, 0, np.zeros((4, 2), np.int16), scale_uv=1.0, sample_rate_hz=1000)
+    for _ in range(2000):
+        piece = bytearray(SYNC + bytes(rng.randrange(256) for _ in range(rng.randrange(60))))
+        if rng.random() < 0.3:  # a real header with a corrupted payload
+            piece = bytearray(valid)
+            piece[rng.randrange(HEADER_BYTES, len(piece))] ^= 0xFF
+        d.feed(bytes(piece))
+    assert d.stats.frames_ok == 0 and d.stats.header_errors + d.stats.crc_errors > 0
+
+
+def test_memory_is_bounded_and_a_lower_payload_limit_is_enforced():
+    d = StreamDecoder(max_payload_bytes=1024)
+    big = encode_samples(0, 0, np.zeros((16, 96), np.int16), scale_uv=1.0, sample_rate_hz=1000)
+    small = encode_samples(1, 16, np.zeros((4, 8), np.int16), scale_uv=1.0, sample_rate_hz=1000)
+    out = d.feed(big + small)
+    assert len(out) == 1 and out[0].seq == 1 and d.stats.oversize == 1
+    # a header that validly claims 65535 bytes, then nothing: the buffer stays one frame
+    head = struct.pack("<4sBBHIQ", SYNC, 1, 1, MAX_PAYLOAD_BYTES, 0, 0)
+    d = StreamDecoder()
+    d.feed(head + struct.pack("<I", zlib.crc32(head)))
+    for _ in range(300):
+        d.feed(bytes(1000))
+        assert d.packetizer.bytes_buffered <= HEADER_BYTES + MAX_PAYLOAD_BYTES + 4
+    with pytest.raises(ValueError, match="max_payload_bytes"):
+        StreamDecoder(max_payload_bytes=10**6)
+
+
+def test_unknown_version_type_and_bad_payloads_are_skipped_and_counted():
+    def frame(version, ftype, seq, payload):
+        head = struct.pack("<4sBBHIQ", SYNC, version, ftype, len(payload), seq, 0)
+        body = head + struct.pack("<I", zlib.crc32(head)) + payload
+        return body + struct.pack("<I", zlib.crc32(body))
+
+    good = encode_event_stim(3, 0, 5, 1.0)
+    d = StreamDecoder()
+    out = d.feed(frame(2, 1, 0, b"xx") + frame(1, 9, 1, b"new") + frame(1, 1, 2, bytes(13)) + good)
+    assert [type(f) for f in out] == [EventFrame]
+    s = d.stats
+    assert (s.unknown_frames, s.payload_errors, s.seq_gaps) == (2, 1, 0)
+
+
+# --- sequence accounting -------------------------------------------------------------------------
+def _decode_frames(frames: list[bytes], **kw) -> StreamDecoder:
+    d = StreamDecoder(**kw)
+    d.feed(b"".join(frames))
+    return d
+
+
+def test_gaps_duplicates_reordering_and_wrap_are_counted_exactly():
+    _, frames = make_stream(40, start_seq=0xFFFFFFFF - 20)  # wraps through 0 in the middle
+    sent = list(frames)
+    del sent[30]  # lost
+    del sent[10:13]  # 3 lost
+    sent.insert(5, sent[4])  # duplicate
+    sent[20], sent[21] = sent[21], sent[20]  # reordered (21 arrives late)
+    sent.append(sent[-1])  # duplicate at the end
+    d = _decode_frames(sent)
+    s = d.stats
+    assert (s.seq_gaps, s.duplicates, s.reordered, s.seq_restarts) == (4, 2, 1, 0)
+    assert s.frames_delivered == 36  # 40 - 4 lost, duplicates dropped, the late one delivered
+    assert _decode_frames(sent, deliver_late=False).stats.frames_delivered == 35
+
+
+def test_restart_by_boot_status_and_by_backward_jump():
+    _, run1 = make_stream(10)
+    boot = encode_status(0, 0, state=StatusState.STREAMING, flags=StatusFlag.BOOT,
+                         sample_rate_hz=1000, n_channels=8, frame_samples=4, boot_id=2)
+    _, run2 = make_stream(10, seed=5)
+    d = _decode_frames(run1 + [boot] + run2[1:])
+    assert (d.stats.seq_restarts, d.stats.seq_gaps, d.stats.duplicates) == (1, 0, 0)
+    # the boot frame lost: the backward jump still reveals the restart, and frame 0 is lost
+    d = _decode_frames(run1 + run2[3:])
+    assert (d.stats.seq_restarts, d.stats.seq_gaps) == (1, 3)
+
+
+def test_sequence_tracker_window_bounds_memory():
+    t = SequenceTracker(window=16)
+    t.observe(0, 0)
+    t.observe(100_000, 1)  # a huge gap remembers only `window` missing numbers
+    assert t.frames_lost == 99_999 and len(t._missing) == 16
+    assert t.observe(99_999, 2) == "late" and t.frames_lost == 99_998
