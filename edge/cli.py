@@ -1,0 +1,303 @@
+"""`phosphene run` and `phosphene bench` (and `verify`): the bedside commands.
+
+Imports numpy, click, pyserial, the core, firmware_bridge and edge only: this module is
+what a board runs, and tests/edge proves it never pulls in torch, tensorflow, onnx,
+scikit-learn or scipy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+
+import click
+
+__all__ = ["run", "bench"]
+
+_SIM_KINDS = ("resting", "psychometric", "threshold")
+
+
+def _load_bundle(path: str):
+    from phosphene.edge.bundle import BundleError, load_bundle
+
+    try:
+        return load_bundle(path)
+    except (BundleError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _make_decoder(bundle, *, threads: int, runtime: str, task: str | None = None):
+    from phosphene.edge.bundle import BundleError
+    from phosphene.edge.interpreter import RuntimeUnavailable
+    from phosphene.edge.runtime import BundleDecoder
+
+    try:
+        return BundleDecoder(bundle, threads=threads, runtime=runtime, task=task)
+    except (BundleError, RuntimeUnavailable, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _stderr_logging() -> None:
+    """Library warnings (reconnects, open failures) go to stderr, one line each."""
+    root = logging.getLogger("phosphene")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[phosphene] %(levelname)s %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
+
+
+class _Signals:
+    """SIGINT/SIGTERM set a stop event (the loop then ends cleanly); restored on exit."""
+
+    def __init__(self, stop: threading.Event):
+        self.stop, self.received = stop, None
+        self._old: dict = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signal.Signals(signum).name
+        self.stop.set()
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+# --------------------------------------------------------------------------------------
+# phosphene run
+# --------------------------------------------------------------------------------------
+@click.command("run")
+@click.argument("bundle", type=click.Path(path_type=str))
+@click.option("--port", metavar="DEV", help="Serial device of the array (/dev/ttyACM0) or a pyserial URL.")
+@click.option("--pty-from-simulator", is_flag=True,
+              help="No hardware: stream the virtual cortex through a pseudo-terminal in this process.")
+@click.option("--mode", type=click.Choice(["triggered", "continuous"]), default="triggered", show_default=True,
+              help="triggered: one decision per stimulation onset; continuous: one per patch.")
+@click.option("--json", "as_json", is_flag=True, help="Decisions as JSON lines on stdout, then a summary line.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=str),
+              help="Decision log (JSON lines); appears complete when the run ends.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="S",
+              help="Stop after S seconds (default: run until SIGINT/SIGTERM).")
+@click.option("--budget-ms", type=click.FloatRange(min=0, min_open=True),
+              help="Latency budget per decision (default: the bundle's).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Interpreter threads (one is fastest for these models).")
+@click.option("--runtime", "runtime_name", type=click.Choice(["auto", "litert", "tflite-runtime"]),
+              default="auto", show_default=True, help="TFLite interpreter package.")
+@click.option("--stall-ms", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True,
+              help="No samples for this long -> 'stall' no-decision; also the staleness bound.")
+@click.option("--max-lost-samples", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Lost samples a window may contain and still be decided.")
+@click.option("--status-s", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds between status lines on stderr (0: none).")
+@click.option("--task", help="Which of the bundle's probes to apply (default: the bundle's).")
+@click.option("--sim-kind", type=click.Choice(_SIM_KINDS), default="psychometric", show_default=True,
+              help="With --pty-from-simulator: the session kind streamed.")
+@click.option("--sim-speed", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="With --pty-from-simulator: 1 = real time.")
+@click.option("--sim-seed", type=int, default=0, show_default=True, help="With --pty-from-simulator: seed.")
+@click.option("--sim-channels", type=click.IntRange(min=1),
+              help="With --pty-from-simulator: stream this many channels (default: the bundle's; "
+                   "another count shows the mismatch fail-safe).")
+@click.option("--sim-drop-frames", type=click.FloatRange(0, 1), default=0.0,
+              help="With --pty-from-simulator: probability of dropping each frame.")
+@click.option("--sim-stall-ms", type=click.FloatRange(min=0), default=0.0,
+              help="With --pty-from-simulator: the link goes silent this long (see --sim-stall-every-s).")
+@click.option("--sim-stall-every-s", type=click.FloatRange(min=0), default=0.0,
+              help="With --pty-from-simulator: period of the stalls (0: one stall, at 1 s).")
+def run(bundle, port, pty_from_simulator, mode, as_json, out, duration, budget_ms, threads,
+        runtime_name, stall_ms, max_lost_samples, status_s, task, sim_kind, sim_speed, sim_seed,
+        sim_channels, sim_drop_frames, sim_stall_ms, sim_stall_every_s):
+    """Decode a live serial stream on the bedside device.
+
+    Reads the array's frames, normalises them with the bundle's normaliser, runs the
+    int8 encoder and probe, and writes one line per decision (or an explicit no-decision
+    with its reason: stall, lost_samples, stale, stream_mismatch, warming_up,
+    window_expired). Status lines and the final summary go to stderr. SIGINT/SIGTERM end
+    the run cleanly.
+
+    \b
+    Examples:
+      phosphene run bundle --pty-from-simulator --mode triggered --duration 20
+      phosphene run bundle --port /dev/ttyACM0 --mode continuous --json --out decisions.jsonl
+    """
+    from phosphene.edge.runtime import DecisionSinks, Runtime, RuntimeConfig, format_summary
+    from phosphene.edge.source import run_live
+
+    if bool(port) == bool(pty_from_simulator):
+        raise click.UsageError("give exactly one input: --port DEV or --pty-from-simulator")
+    _stderr_logging()
+    b = _load_bundle(bundle)
+    decoder = _make_decoder(b, threads=threads, runtime=runtime_name, task=task)
+    try:
+        config = RuntimeConfig(mode=mode, latency_budget_ms=budget_ms or b.latency_budget_ms,
+                               stall_ms=stall_ms, max_lost_samples=max_lost_samples,
+                               status_interval_s=status_s)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    array = None
+    if pty_from_simulator:
+        array = _simulated_array(b, sim_kind, sim_speed, sim_seed, sim_channels, sim_drop_frames,
+                                 sim_stall_ms, sim_stall_every_s)
+        port = array.device_path
+    from phosphene.firmware_bridge.transport import PortError, open_port
+
+    try:
+        first_port = open_port(port, timeout_s=0.1)  # fail now, with one clear line, if it cannot open
+    except PortError as exc:
+        if array is not None:
+            array.close()
+        raise click.ClickException(str(exc)) from None
+    handed = [first_port]
+
+    def port_factory():  # the open port first; reopen by name after a disconnect
+        return handed.pop() if handed else open_port(port, timeout_s=0.1)
+
+    from phosphene.edge.deploy.watchdog import Watchdog
+
+    click.echo(f"[phosphene run] {b.path} on {port}: {mode} mode, window "
+               f"{b.window_spec.window_samples} samples from +{b.window_spec.offset_ms:g} ms, budget "
+               f"{config.latency_budget_ms:g} ms, {decoder.runtime_name} {decoder.runtime_version}, "
+               f"{threads} thread(s)", err=True)
+    try:
+        sinks = DecisionSinks(stdout=sys.stdout, json_stdout=as_json, out_path=out)
+    except OSError as exc:
+        first_port.close()
+        if array is not None:
+            array.close()
+        raise click.ClickException(f"cannot write the decision log {out}: {exc.strerror or exc}") from None
+    runtime = Runtime(decoder, spec=b.window_spec, normaliser_config=b.normaliser_config,
+                      n_channels=b.n_channels, config=config, sinks=sinks, status_stream=sys.stderr)
+    stop = threading.Event()
+    try:
+        with _Signals(stop) as signals:
+            if array is not None:
+                array.start()
+            result = run_live(runtime, port_factory, stop=stop, duration_s=duration,
+                              watchdog=Watchdog(), stop_reason=lambda: signals.received or "stop")
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        if array is not None:
+            array.close()
+    summary = result.summary
+    summary["stopped_by"] = result.stopped_by
+    sinks.write(summary)  # the log's last line; on stdout too with --json
+    log_path = sinks.close()
+    click.echo(format_summary(summary), err=True)
+    if log_path is not None:
+        click.echo(f"[phosphene run] decision log: {log_path}", err=True)
+
+
+def _simulated_array(b, kind, speed, seed, channels, drop_frames, stall_ms, stall_every_s):
+    from phosphene.edge.source import SimulatedArray
+    from phosphene.firmware_bridge.simulator import FaultConfig
+    from phosphene.geometry import map_for_channels
+
+    channel_map = b.channel_map if channels in (None, b.n_channels) else map_for_channels(channels)
+    try:
+        faults = FaultConfig(drop_frames_p=drop_frames, stall_ms=stall_ms, stall_every_s=stall_every_s)
+        return SimulatedArray(channel_map, kind=kind, speed=speed, seed=seed,
+                              frame_samples=b.window_spec.patch_samples, faults=faults)
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(f"cannot start the simulator: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------
+# phosphene bench
+# --------------------------------------------------------------------------------------
+@click.command("bench")
+@click.argument("bundle", type=click.Path(path_type=str))
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Interpreter threads.")
+@click.option("--runs", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Steady-state repetitions measured.")
+@click.option("--warmup", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Repetitions run before measuring.")
+@click.option("--runtime", "runtime_name", type=click.Choice(["auto", "litert", "tflite-runtime"]),
+              default="auto", show_default=True, help="TFLite interpreter package.")
+@click.option("--budget-ms", type=click.FloatRange(min=0, min_open=True),
+              help="Latency budget to check (default: the bundle's).")
+@click.option("--stream", is_flag=True,
+              help="Also measure end to end: the live runtime reading a pty fed by the simulator at real time.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              metavar="S", help="With --stream: seconds of stream.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (stable keys).")
+def bench(bundle, threads, runs, warmup, runtime_name, budget_ms, stream, duration, as_json):
+    """Benchmark a bundle's decision latency on this device.
+
+    Like TFLite's benchmark_model: interpreter and version, init time, first inference,
+    then mean/std/p50/p90/p99/max of the interpreter alone (invoke_us) and of the whole
+    decision (normalise + invoke + probe, decision_us), peak RSS, and whether the budget
+    holds. --stream adds end-to-end latency through a pseudo-terminal at real time.
+
+    \b
+    Examples:
+      phosphene bench bundle
+      phosphene bench bundle --threads 1 --runs 5000 --json
+      phosphene bench bundle --stream --duration 60
+    """
+    from phosphene.edge.benchmark import BenchConfig, bench_bundle, format_bench
+
+    _stderr_logging()
+    b = _load_bundle(bundle)
+    _make_decoder(b, threads=threads, runtime=runtime_name)  # clear errors before measuring
+    config = BenchConfig(threads=threads, runs=runs, warmup=warmup, runtime=runtime_name,
+                         latency_budget_ms=budget_ms)
+    try:
+        result = bench_bundle(bundle, config)
+        if stream:
+            from phosphene.edge.benchmark import bench_stream
+
+            result["stream"] = bench_stream(b, duration_s=duration, threads=threads,
+                                            runtime=runtime_name, latency_budget_ms=result["budget_ms"])
+            result["budget_ok"] = bool(result["budget_ok"] and result["stream"]["budget_ok"])
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(format_bench(result))
+
+
+# --------------------------------------------------------------------------------------
+# phosphene verify: written by the bundle's author (quantize), below this line
+# --------------------------------------------------------------------------------------
+@click.command("verify")
+@click.argument("bundle", type=click.Path(path_type=str))
+@click.option("--runtime", "runtime_name", type=click.Choice(["auto", "litert", "tflite-runtime"]),
+              default="auto", show_default=True, help="Interpreter used to load and run the model once.")
+@click.option("--json", "as_json", is_flag=True, help="Print what the bundle holds as JSON.")
+def verify(bundle, runtime_name, as_json):
+    """Check a bundle's hashes and print what it holds.
+
+    Checks the format version, the SHA-256 of every file, the channel count against the
+    channel map, then loads the int8 model in the interpreter, checks its input/output
+    tensors against the manifest and runs one window. Exit 1 with the reason otherwise.
+
+    \b
+    Example:
+      phosphene verify bundle
+      phosphene verify bundle --runtime tflite-runtime --json
+    """
+    from phosphene.edge.bundle import verify_bundle
+
+    try:
+        report = verify_bundle(bundle, runtime=runtime_name)
+    except (ValueError, OSError, ImportError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        from phosphene.edge.bundle import format_verify
+
+        click.echo(format_verify(report))

@@ -1,0 +1,701 @@
+"""The bedside decision loop: frames in, normalised ring buffer, int8 encoder + probe, decisions out.
+
+Map: SampleRing (recent normalised MUA + validity) <- StreamIngest (gaps, restarts, the one
+Normaliser) <- Runtime.process_batch (one read's frames) -> decide / no-decision -> DecisionSinks.
+
+Latency of a decision runs from the moment the read that delivered the last byte the window
+needs returned (`t_read_ns` of that batch) to the moment its line has been written, split
+into read_parse, normalise, invoke, probe and write. Imports: numpy, the core and edge only
+(never torch, tensorflow, onnx, scikit-learn or scipy).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Protocol
+
+import numpy as np
+
+from phosphene.edge.normaliser import EdgeNormaliser
+from phosphene.edge.stats import LatencyHistogram, peak_rss_mb, rss_mb
+from phosphene.signal import NormaliserConfig, WindowSpec
+
+__all__ = [
+    "MODES",
+    "NO_DECISION_REASONS",
+    "RuntimeConfig",
+    "SampleBlock",
+    "StimOnset",
+    "StreamRestart",
+    "WindowDecoder",
+    "BundleDecoder",
+    "SampleRing",
+    "StreamIngest",
+    "DecisionSinks",
+    "Runtime",
+]
+
+log = logging.getLogger(__name__)
+
+MODES = ("triggered", "continuous")
+# Every no-decision line names one of these, so a controller can switch on it.
+NO_DECISION_REASONS = (
+    "warming_up",  # the normaliser has not seen `warmup_samples` yet (after start or a reset)
+    "lost_samples",  # the window holds more lost samples (frame loss, CRC failure) than allowed
+    "stall",  # no samples for longer than stall_ms: pending trials are dropped, not decided late
+    "stale",  # newer samples than the window's last one had already been read (we fell behind)
+    "stream_mismatch",  # channel count or sample rate of the stream differs from the bundle
+    "window_expired",  # the trial's window is no longer (or never was) in the ring buffer
+)
+STAGES = ("read_parse", "normalise", "invoke", "probe", "write")
+
+
+# --------------------------------------------------------------------------------------
+# What the runtime consumes (the source adapter turns wire frames into these)
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SampleBlock:
+    """A block of MUA samples from the device.
+
+    data: (n, C) float32 uV; sample: device counter of data[0]; seq: wire sequence number.
+    sample_rate_hz: the rate the frame declares (None when the wire does not say).
+    """
+
+    seq: int
+    sample: int
+    data: np.ndarray
+    sample_rate_hz: float | None = None
+
+
+@dataclass(frozen=True)
+class StimOnset:
+    """A stimulation-onset event: device sample counter of the onset, electrode, current."""
+
+    seq: int
+    sample: int
+    electrode: int
+    current_ua: float
+
+
+@dataclass(frozen=True)
+class StreamRestart:
+    """The device restarted (BOOT status or a sequence restart): counters begin anew here."""
+
+    seq: int
+    sample: int
+
+
+class WindowDecoder(Protocol):
+    """What the runtime needs from a bundle: window -> P(perceived), with stage times.
+
+    decode(window: (window_samples, C) float32 normalised MUA) -> (p_perceived, invoke_ns,
+    probe_ns). `threshold` turns p into the 0/1 decision.
+    """
+
+    threshold: float
+
+    def decode(self, window: np.ndarray) -> tuple[float, int, int]: ...
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How the decision loop behaves; window timing and normaliser come from the bundle."""
+
+    mode: str = "triggered"  # "triggered": one decision per stimulation; "continuous": one per patch
+    latency_budget_ms: float = 5.0  # per-decision budget (read -> written); misses are counted
+    stall_ms: float = 100.0  # no samples for this long -> "stall"; also the staleness bound
+    max_lost_samples: int = 0  # lost samples a window may hold and still be decided
+    status_interval_s: float = 10.0  # periodic one-line status on stderr (0: never)
+    ring_extra_s: float = 1.0  # ring holds offset + window + this much, for late events
+    max_pending: int = 64  # triggered windows awaiting data; more -> oldest dropped as expired
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not self.latency_budget_ms > 0:
+            raise ValueError(f"latency budget must be > 0 ms, got {self.latency_budget_ms}")
+        if not self.stall_ms > 0:
+            raise ValueError(f"stall time must be > 0 ms, got {self.stall_ms}")
+        if self.max_lost_samples < 0:
+            raise ValueError(f"max lost samples must be >= 0, got {self.max_lost_samples}")
+
+
+# --------------------------------------------------------------------------------------
+# Ring buffer of normalised samples, addressed by the device's absolute sample counter
+# --------------------------------------------------------------------------------------
+class SampleRing:
+    """The last `capacity` normalised samples with a validity flag each.
+
+    values: (capacity, C) float32; slot = sample counter % capacity, so a window is found by
+    its device sample numbers. Lost samples (frame loss, CRC failure) are stored as invalid.
+    """
+
+    def __init__(self, n_channels: int, capacity: int):
+        if capacity <= 0 or n_channels <= 0:
+            raise ValueError("ring capacity and channel count must be positive")
+        self.capacity, self.n_channels = int(capacity), int(n_channels)
+        self.values = np.zeros((self.capacity, self.n_channels), dtype=np.float32)
+        self.valid = np.zeros(self.capacity, dtype=bool)
+        self.seqs = np.full(self.capacity, -1, dtype=np.int64)  # wire sequence number per sample
+        self.clear(0)
+
+    def clear(self, next_sample: int) -> None:
+        """Forget everything; the next write is expected at `next_sample`."""
+        self.valid[:] = False
+        self.first = int(next_sample)  # oldest sample counter this ring has ever held since clear
+        self.head = int(next_sample)  # one past the newest sample written
+
+    @property
+    def oldest(self) -> int:
+        """Oldest sample counter still held."""
+        return max(self.first, self.head - self.capacity)
+
+    def write(self, sample: int, values: np.ndarray, valid: bool, seq: int = -1) -> None:
+        """Store values: (n, C) at counters [sample, sample + n); sample must equal head."""
+        n = values.shape[0]
+        assert sample == self.head, "ring writes are contiguous; gaps are filled by the caller"
+        if n > self.capacity:  # only the newest `capacity` samples can be kept
+            values, sample = values[n - self.capacity:], sample + n - self.capacity
+            n = self.capacity
+        slot = sample % self.capacity
+        first = min(n, self.capacity - slot)
+        self.values[slot:slot + first] = values[:first]
+        self.valid[slot:slot + first] = valid
+        self.seqs[slot:slot + first] = seq
+        if first < n:
+            self.values[: n - first] = values[first:]
+            self.valid[: n - first] = valid
+            self.seqs[: n - first] = seq
+        self.head = sample + n
+
+    def seq_at(self, sample: int) -> int:
+        """Wire sequence number of the frame that carried `sample` (-1: a filled gap)."""
+        return int(self.seqs[sample % self.capacity])
+
+    def holds(self, start: int, stop: int) -> bool:
+        return self.oldest <= start and stop <= self.head
+
+    def window(self, start: int, stop: int, out: np.ndarray) -> int:
+        """Copy samples [start, stop) into out: (stop - start, C); return how many are invalid."""
+        assert self.holds(start, stop), "caller checks holds() first"
+        n = stop - start
+        slot = start % self.capacity
+        first = min(n, self.capacity - slot)
+        out[:first] = self.values[slot:slot + first]
+        invalid = first - int(np.count_nonzero(self.valid[slot:slot + first]))
+        if first < n:
+            out[first:n] = self.values[: n - first]
+            invalid += (n - first) - int(np.count_nonzero(self.valid[: n - first]))
+        return invalid
+
+
+# --------------------------------------------------------------------------------------
+# Ingest: device samples -> normaliser -> ring, with gaps, late frames and restarts
+# --------------------------------------------------------------------------------------
+class StreamIngest:
+    """Feeds sample blocks through the bundle's Normaliser into a SampleRing.
+
+    The normaliser is EdgeNormaliser: the core Normaliser with its periodic statistics
+    refresh prepared in idle time (call prepare() after decisions), same output bytes.
+
+    The normaliser sees one sample per device sample counter, in order, exactly as the
+    offline `normalise_recording` sees a recording, so a window decoded here equals the
+    offline computation on the same samples. A gap (lost frames) is filled by holding the
+    last received sample (so the normaliser's refresh grid stays on the device counter)
+    and marked invalid. A gap longer than the ring, or a counter that jumps back by more
+    than the ring (device restart), resets the normaliser: decisions wait for a new
+    warm-up. Frames that arrive late or twice are dropped and counted.
+    """
+
+    def __init__(self, n_channels: int, normaliser_config: NormaliserConfig, capacity: int):
+        self.n_channels = n_channels
+        self.normaliser = EdgeNormaliser(n_channels, normaliser_config)
+        self.ring = SampleRing(n_channels, capacity)
+        self.started = False
+        self.next_sample = 0
+        self.warm_from = 0  # first sample counter with finite normalised values
+        self._hold = np.zeros((1, n_channels), dtype=np.float32)
+        self.samples_received = 0
+        self.samples_lost = 0  # filled gap samples (never decided on beyond the bound)
+        self.late_blocks = 0  # duplicated or reordered blocks, dropped
+        self.resets = 0
+
+    def _reset(self, sample: int) -> None:
+        self.normaliser.reset()
+        self.ring.clear(sample)
+        self.next_sample = sample
+        self.warm_from = sample + self.normaliser.config.warmup_samples
+
+    def prepare(self) -> None:
+        """Idle-time work: sort the next statistics refresh's samples ahead of its boundary."""
+        self.normaliser.prepare()
+
+    def close(self) -> None:
+        self.normaliser.close()
+
+    def restart(self) -> bool:
+        """The device restarted: the next block starts a new run (normaliser warms up again).
+
+        Returns False when nothing had been received yet (a device's boot message).
+        """
+        was_running = self.started
+        if was_running:
+            self.resets += 1
+        self.started = False
+        return was_running
+
+    def add(self, block: SampleBlock) -> str:
+        """Ingest one block; returns "ok", "gap", "reset" or "late"."""
+        data = block.data
+        n = data.shape[0]
+        status = "ok"
+        if not self.started:
+            status = "reset" if self.samples_received else "ok"
+            self.started = True
+            self._reset(block.sample)
+        elif block.sample < self.next_sample:
+            if block.sample + n <= self.next_sample and block.sample >= self.next_sample - self.ring.capacity:
+                self.late_blocks += 1  # a duplicate or a reordered frame: its slot is already filled
+                return "late"
+            self.resets += 1  # counter went back further than any reorder: the device restarted
+            self._reset(block.sample)
+            status = "reset"
+        elif block.sample > self.next_sample:
+            gap = block.sample - self.next_sample
+            self.samples_lost += gap
+            if gap > self.ring.capacity:
+                self.resets += 1
+                self._reset(block.sample)
+                status = "reset"
+            else:
+                filler = np.broadcast_to(self._hold, (gap, self.n_channels))
+                self.ring.write(self.next_sample, self.normaliser.process(filler), valid=False)
+                self.next_sample = block.sample
+                status = "gap"
+        self.ring.write(block.sample, self.normaliser.process(data), valid=True, seq=block.seq)
+        self.next_sample = block.sample + n
+        self.samples_received += n
+        if n:
+            self._hold = data[-1:].astype(np.float32, copy=True)
+        return status
+
+
+# --------------------------------------------------------------------------------------
+# Output: each record is one complete line
+# --------------------------------------------------------------------------------------
+class DecisionSinks:
+    """Where decision and no-decision records go: stdout (JSON lines or text) and a log file.
+
+    The log file is written to a temporary file beside the target (`.NAME.PID.partial`),
+    one complete line per os.write call and flushed to the OS at once (a live `tail -f`
+    sees whole lines); close() fsyncs it and renames it onto the target, so the target is
+    either the previous complete log or this run's complete log, never half a file. A
+    crash leaves the partial file beside it for inspection.
+    """
+
+    def __init__(self, *, stdout: IO[str] | None = None, json_stdout: bool = False,
+                 out_path: str | os.PathLike | None = None):
+        self.stdout = stdout
+        self.json_stdout = json_stdout
+        self.out_path = Path(out_path) if out_path else None
+        self._fd: int | None = None
+        self.partial_path: Path | None = None
+        if self.out_path is not None:
+            self.out_path.parent.mkdir(parents=True, exist_ok=True)
+            self.partial_path = self.out_path.with_name(f".{self.out_path.name}.{os.getpid()}.partial")
+            self._fd = os.open(self.partial_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND,
+                               0o644)
+
+    def write(self, record: dict, text: str | None = None) -> None:
+        line = json.dumps(record, separators=(",", ":")) + "\n"
+        if self._fd is not None:
+            os.write(self._fd, line.encode())
+        if self.stdout is not None:
+            if self.json_stdout:
+                self.stdout.write(line)
+            elif text is not None:
+                self.stdout.write(text + "\n")
+            self.stdout.flush()
+
+    def close(self) -> Path | None:
+        """Flush the log to disk and move it onto the target path; returns the path."""
+        if self._fd is None:
+            return None
+        fd, self._fd = self._fd, None
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(self.partial_path, self.out_path)
+        return self.out_path
+
+
+# --------------------------------------------------------------------------------------
+# The bundle as a WindowDecoder
+# --------------------------------------------------------------------------------------
+class BundleDecoder:
+    """A bundle's int8 encoder + probe behind the WindowDecoder protocol.
+
+    The "invoke" stage holds quantise + set_tensor + invoke + get_tensor; "probe" holds
+    dequantise + the probe's dot product and logistic.
+    """
+
+    def __init__(self, bundle, *, threads: int = 1, runtime: str = "auto", task: str | None = None):
+        from phosphene.edge.interpreter import Encoder
+
+        self.bundle = bundle
+        self.encoder = Encoder(bundle, threads=threads, runtime=runtime, task=task)
+        self.threshold = float(self.encoder.probe.threshold)
+
+    @property
+    def runtime_name(self) -> str:
+        return self.encoder.model.runtime_name
+
+    @property
+    def runtime_version(self) -> str:
+        return self.encoder.model.runtime_version
+
+    def decode(self, window: np.ndarray) -> tuple[float, int, int]:
+        d = self.encoder.decide(window)
+        t = d.timings_us
+        return d.p_perceived, int((t["quantize"] + t["invoke"]) * 1e3), int(t["probe"] * 1e3)
+
+
+# --------------------------------------------------------------------------------------
+# The decision loop
+# --------------------------------------------------------------------------------------
+@dataclass
+class _Pending:
+    onset: StimOnset
+    start: int
+    stop: int
+    t_event_ns: int
+
+
+@dataclass
+class RuntimeCounters:
+    decisions: int = 0
+    no_decisions: Counter = field(default_factory=Counter)
+    budget_misses: int = 0
+    mismatched_blocks: int = 0
+    events: int = 0
+
+
+class Runtime:
+    """Decides on windows of a live stream; feed it with process_batch() and poll().
+
+    Single-threaded by design: the reader calls process_batch(t_read_ns, items) with all
+    frames one read returned, then poll(now_ns) for stall checks and status. Nothing here
+    blocks; `run_loop` in phosphene.edge.source drives it from a serial port.
+    """
+
+    def __init__(self, decoder: WindowDecoder, *, spec: WindowSpec, normaliser_config: NormaliserConfig,
+                 n_channels: int, config: RuntimeConfig, sinks: DecisionSinks,
+                 status_stream: IO[str] | None = None, clock_ns=time.perf_counter_ns):
+        if abs(normaliser_config.sample_rate_hz - spec.sample_rate_hz) > 1e-6:
+            raise ValueError(f"bundle is inconsistent: normaliser at {normaliser_config.sample_rate_hz} Hz "
+                             f"but windows at {spec.sample_rate_hz} Hz")
+        self.decoder, self.spec, self.config, self.sinks = decoder, spec, config, sinks
+        self.n_channels = int(n_channels)
+        self.status_stream = status_stream
+        self.clock_ns = clock_ns
+        capacity = spec.offset_samples + spec.window_samples + int(config.ring_extra_s * spec.sample_rate_hz)
+        self.ingest = StreamIngest(self.n_channels, normaliser_config, capacity)
+        self._window = np.zeros((spec.window_samples, self.n_channels), dtype=np.float32)
+        self._pending: deque[_Pending] = deque()
+        self._stale_samples = int(math.ceil(config.stall_ms * spec.sample_rate_hz / 1000.0))
+        self._budget_ns = int(config.latency_budget_ms * 1e6)
+        self.counters = RuntimeCounters()
+        self.latency = LatencyHistogram()
+        self.stage_latency = {s: LatencyHistogram() for s in STAGES}
+        self.external: dict[str, int] = {}  # counters from the wire decoder (frames lost, CRC ...)
+        now = clock_ns()
+        self.t_start_ns = now
+        self._last_input_ns = now  # the start counts as input, so "no data at all" is a stall too
+        self._stalled = False
+        self._last_stall_line_ns = 0
+        self._mismatch_ns = 0  # last time a mismatched block arrived
+        self._last_mismatch_line_ns = 0
+        self._mismatch_detail = ""
+        self._decision_index = 0
+        self._last_status_ns = now
+        self._status_samples = 0
+        self.rss_start_mb = rss_mb()
+
+    # ---- public loop API ---------------------------------------------------------------
+    def process_batch(self, t_read_ns: int, items: list, t_parsed_ns: int | None = None) -> None:
+        """Handle everything one read returned. items: SampleBlock / StimOnset in wire order."""
+        t_parsed_ns = self.clock_ns() if t_parsed_ns is None else t_parsed_ns
+        read_parse_ns = t_parsed_ns - t_read_ns
+        normalise_ns = 0
+        boundaries: list[int] = []  # continuous: stops of windows completed by this batch
+        got_samples = False
+        for item in items:
+            if isinstance(item, StimOnset):
+                self._on_onset(item, t_read_ns)
+                continue
+            if isinstance(item, StreamRestart):
+                if self.ingest.restart():
+                    self._expire_all("window_expired", t_read_ns)
+                    self._log_status(f"device restarted (seq {item.seq}, sample {item.sample}): "
+                                     "normaliser warms up again")
+                continue
+            if not self._stream_matches(item):
+                continue
+            t0 = self.clock_ns()
+            status = self.ingest.add(item)
+            normalise_ns += self.clock_ns() - t0
+            if status == "late":
+                continue
+            got_samples = True
+            if status == "reset":
+                self._expire_pending(before=item.sample)
+            n = item.data.shape[0]
+            self._status_samples += n
+            if self.config.mode == "continuous":
+                P = self.spec.patch_samples
+                first_stop = -(-(item.sample + 1) // P) * P  # smallest multiple of P > item.sample
+                boundaries.extend(range(first_stop, item.sample + n + 1, P))
+        if got_samples:
+            self._last_input_ns = t_parsed_ns
+            if self._stalled:
+                self._stalled = False
+                self._log_status(f"input resumed after {(t_parsed_ns - self._stall_began_ns) / 1e6:.0f} ms")
+        head = self.ingest.ring.head
+        if self.config.mode == "continuous":
+            for stop in boundaries:
+                self._decide(stop - self.spec.window_samples, stop, head, t_read_ns,
+                             read_parse_ns, normalise_ns, onset=None)
+        else:
+            self._decide_ready_triggers(head, t_read_ns, read_parse_ns, normalise_ns)
+        if got_samples:
+            self.ingest.prepare()  # after the decisions: idle time until the next frame
+
+    def poll(self, now_ns: int | None = None) -> None:
+        """Stall detection, mismatch reminders and the periodic status line."""
+        now = self.clock_ns() if now_ns is None else now_ns
+        stall_ns = int(self.config.stall_ms * 1e6)
+        if now - self._last_input_ns > stall_ns:
+            if not self._stalled:
+                self._stalled = True
+                self._stall_began_ns = self._last_input_ns
+                self._log_status(f"input stalled (no samples for {self.config.stall_ms:g} ms)")
+                while self._pending:
+                    p = self._pending.popleft()
+                    self._no_decision("stall", now, onset=p.onset, window=(p.start, p.stop))
+            if now - self._last_stall_line_ns >= stall_ns:
+                self._last_stall_line_ns = now
+                self._no_decision("stall", now, stalled_ms=round((now - self._last_input_ns) / 1e6, 1))
+        interval = self.config.status_interval_s
+        if interval > 0 and now - self._last_status_ns >= interval * 1e9:
+            self._log_status(self.status_line(now))
+            self._last_status_ns = now
+            self._status_samples = 0
+
+    def close(self) -> None:
+        """Stop the normaliser's helper thread (the summary stays available)."""
+        self.ingest.close()
+
+    def set_external_counters(self, counters: dict[str, int]) -> None:
+        """Counters the wire decoder keeps (frames_lost, crc_errors, ...), shown in status/summary."""
+        self.external = dict(counters)
+
+    # ---- triggered mode ----------------------------------------------------------------
+    def _on_onset(self, onset: StimOnset, t_read_ns: int) -> None:
+        self.counters.events += 1
+        if self.config.mode != "triggered":
+            return
+        start, stop = self.spec.triggered_window(onset.sample)
+        if self._stalled:
+            self._no_decision("stall", t_read_ns, onset=onset, window=(start, stop))
+            return
+        if len(self._pending) >= self.config.max_pending:
+            p = self._pending.popleft()
+            self._no_decision("window_expired", t_read_ns, onset=p.onset, window=(p.start, p.stop))
+        self._pending.append(_Pending(onset, start, stop, t_read_ns))
+
+    def _decide_ready_triggers(self, head: int, t_read_ns: int, read_parse_ns: int,
+                               normalise_ns: int) -> None:
+        if not self._pending:
+            return
+        still = deque()
+        for p in self._pending:
+            if p.stop <= head:
+                # the last byte needed is this batch's (samples or the late event itself)
+                self._decide(p.start, p.stop, head, t_read_ns, read_parse_ns, normalise_ns,
+                             onset=p.onset)
+            else:
+                still.append(p)
+        self._pending = still
+
+    def _expire_pending(self, before: int) -> None:
+        still = deque()
+        for p in self._pending:
+            if p.start < before:
+                self._no_decision("window_expired", self.clock_ns(), onset=p.onset, window=(p.start, p.stop))
+            else:
+                still.append(p)
+        self._pending = still
+
+    # ---- one decision ------------------------------------------------------------------
+    def _decide(self, start: int, stop: int, head: int, t_read_ns: int, read_parse_ns: int,
+                normalise_ns: int, *, onset: StimOnset | None) -> None:
+        ring, ingest = self.ingest.ring, self.ingest
+        window = (start, stop)
+        t0 = self.clock_ns()
+        if start < ingest.warm_from:  # also a window reaching back before the stream (re)started
+            self._no_decision("warming_up", t0, onset=onset, window=window)
+            return
+        if not ring.holds(start, stop):
+            self._no_decision("window_expired", t0, onset=onset, window=window)
+            return
+        if head - stop >= self._stale_samples:
+            self._no_decision("stale", t0, onset=onset, window=window, behind_samples=head - stop)
+            return
+        invalid = ring.window(start, stop, self._window)
+        if invalid > self.config.max_lost_samples:
+            self._no_decision("lost_samples", t0, onset=onset, window=window, lost=invalid)
+            return
+        gather_ns = self.clock_ns() - t0
+        p, invoke_ns, probe_ns = self.decoder.decode(self._window)
+        self._decision_index += 1
+        self.counters.decisions += 1
+        record = {"type": "decision", "index": self._decision_index, "mode": self.config.mode,
+                  "seq": ring.seq_at(stop - 1), "sample": stop - 1, "window": [start, stop],
+                  "p_perceived": round(float(p), 6), "decision": int(p >= self.decoder.threshold)}
+        if onset is not None:
+            record.update(onset_seq=onset.seq, onset_sample=onset.sample, electrode=onset.electrode,
+                          current_ua=onset.current_ua)
+        stages = {"read_parse": read_parse_ns, "normalise": normalise_ns + gather_ns,
+                  "invoke": invoke_ns, "probe": probe_ns}
+        t_format = self.clock_ns()
+        latency = {k: round(v / 1e3, 1) for k, v in stages.items()}
+        record["latency_us"] = latency
+        record["time_unix"] = round(time.time(), 6)
+        # the serialisation is the "write" stage in the line; the final OS write is added to
+        # the statistics (and the budget check) below, since a line cannot contain its own write
+        latency["write"] = round((self.clock_ns() - t_format) / 1e3, 1)
+        latency["total"] = round((self.clock_ns() - t_read_ns) / 1e3, 1)
+        text = (f"decision {self._decision_index} sample {stop - 1} p={p:.3f} -> {record['decision']}"
+                + (f" (electrode {onset.electrode}, {onset.current_ua:g} uA)" if onset else "")
+                + f" {latency['total']:.0f} us")
+        self.sinks.write(record, text)
+        t_end = self.clock_ns()
+        total_ns = t_end - t_read_ns
+        self.latency.add(total_ns / 1e3)
+        stages["write"] = t_end - t_format
+        for k, v in stages.items():
+            self.stage_latency[k].add(max(v, 1) / 1e3)
+        if total_ns > self._budget_ns:
+            self.counters.budget_misses += 1
+
+    def _no_decision(self, reason: str, now_ns: int, *, onset: StimOnset | None = None,
+                     window: tuple[int, int] | None = None, **detail) -> None:
+        self.counters.no_decisions[reason] += 1
+        record = {"type": "no_decision", "mode": self.config.mode, "reason": reason}
+        if window is not None:
+            record["window"] = list(window)
+            record["sample"] = window[1] - 1
+        if onset is not None:
+            record.update(onset_seq=onset.seq, onset_sample=onset.sample, electrode=onset.electrode,
+                          current_ua=onset.current_ua)
+        record.update(detail)
+        record["time_unix"] = round(time.time(), 6)
+        extra = f" sample {window[1] - 1}" if window else ""
+        self.sinks.write(record, f"no decision ({reason}){extra}")
+
+    # ---- stream checks -----------------------------------------------------------------
+    def _stream_matches(self, block: SampleBlock) -> bool:
+        C = block.data.shape[1] if block.data.ndim == 2 else -1
+        rate = block.sample_rate_hz
+        if C == self.n_channels and (rate is None or abs(rate - self.spec.sample_rate_hz) < 1e-6):
+            return True
+        self.counters.mismatched_blocks += 1
+        now = self.clock_ns()
+        self._mismatch_ns = now
+        self._mismatch_detail = (f"stream has {C} channels at {rate if rate is not None else '?'} Hz, "
+                                 f"bundle expects {self.n_channels} at {self.spec.sample_rate_hz:g} Hz")
+        # one line per stall_ms at most: explicit, but a mismatched stream must not flood the log
+        if now - self._last_mismatch_line_ns >= self.config.stall_ms * 1e6:
+            self._last_mismatch_line_ns = now
+            self._no_decision("stream_mismatch", now, stream_channels=C,
+                              stream_rate_hz=rate, detail=self._mismatch_detail)
+            self._expire_all("stream_mismatch", now)
+        return False
+
+    def _expire_all(self, reason: str, now: int) -> None:
+        while self._pending:
+            p = self._pending.popleft()
+            self._no_decision(reason, now, onset=p.onset, window=(p.start, p.stop))
+
+    # ---- status and summary ------------------------------------------------------------
+    def _log_status(self, text: str) -> None:
+        log.info(text)
+        if self.status_stream is not None:
+            self.status_stream.write(f"[phosphene run] {text}\n")
+            self.status_stream.flush()
+
+    def status_line(self, now_ns: int | None = None) -> str:
+        now = self.clock_ns() if now_ns is None else now_ns
+        elapsed = max((now - self._last_status_ns) / 1e9, 1e-9)
+        s = self.latency.summary()
+        nd = sum(self.counters.no_decisions.values())
+        return (f"{(now - self.t_start_ns) / 1e9:.0f} s | decisions {self.counters.decisions} "
+                f"(no-decision {nd}) | p50 {s['p50'] / 1e3:.2f} ms p99 {s['p99'] / 1e3:.2f} ms | "
+                f"misses {self.counters.budget_misses} | frames lost {self.external.get('frames_lost', 0)} "
+                f"| CRC errors {self.external.get('crc_errors', 0)} | "
+                f"input {self._status_samples / elapsed:.0f} Hz | RSS {rss_mb():.0f} MB")
+
+    def summary(self) -> dict:
+        now = self.clock_ns()
+        duration_s = (now - self.t_start_ns) / 1e9
+        lat = self.latency.summary()
+        return {
+            "type": "summary",
+            "mode": self.config.mode,
+            "duration_s": round(duration_s, 3),
+            "decisions": self.counters.decisions,
+            "no_decisions": dict(self.counters.no_decisions),
+            "events": self.counters.events,
+            "latency_us": {k: (round(v, 1) if isinstance(v, float) and math.isfinite(v) else v)
+                           for k, v in lat.items()},
+            "stages_us": {k: {q: round(h.summary()[q], 1) for q in ("p50", "p99", "max")}
+                          for k, h in self.stage_latency.items() if h.count},
+            "budget_ms": self.config.latency_budget_ms,
+            "budget_misses": self.counters.budget_misses,
+            "samples_received": self.ingest.samples_received,
+            "samples_lost": self.ingest.samples_lost,
+            "late_blocks": self.ingest.late_blocks,
+            "mismatched_blocks": self.counters.mismatched_blocks,
+            "resets": self.ingest.resets,
+            "input_rate_hz": round(self.ingest.samples_received / duration_s, 1) if duration_s > 0 else 0.0,
+            **{k: v for k, v in self.external.items()},
+            "rss_mb_start": round(self.rss_start_mb, 1),
+            "rss_mb_end": round(rss_mb(), 1),
+            "rss_mb_peak": round(peak_rss_mb(), 1),
+        }
+
+
+def format_summary(summary: dict) -> str:
+    """A few readable lines for stderr."""
+    lat = summary["latency_us"]
+    nd = ", ".join(f"{k} {v}" for k, v in sorted(summary["no_decisions"].items())) or "none"
+    fmt = (lambda v: f"{v / 1e3:.3f} ms" if isinstance(v, float) and math.isfinite(v) else "n/a")
+    lines = [
+        f"summary: {summary['duration_s']:.1f} s, {summary['mode']} mode",
+        f"  decisions {summary['decisions']}; no-decision: {nd}",
+        f"  latency p50 {fmt(lat.get('p50'))}  p99 {fmt(lat.get('p99'))}  max {fmt(lat.get('max'))}"
+        f"  (budget {summary['budget_ms']:g} ms, misses {summary['budget_misses']})",
+        f"  samples {summary['samples_received']} received, {summary['samples_lost']} lost; "
+        f"frames lost {summary.get('frames_lost', 0)}, CRC errors {summary.get('crc_errors', 0)}; "
+        f"input {summary['input_rate_hz']:.0f} Hz",
+        f"  RSS {summary['rss_mb_start']:.0f} MB at start, {summary['rss_mb_end']:.0f} MB at end "
+        f"(peak {summary['rss_mb_peak']:.0f} MB)",
+    ]
+    return "\n".join(lines)

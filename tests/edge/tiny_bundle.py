@@ -1,0 +1,88 @@
+"""A tiny but real bundle for the edge tests: a full-int8 TFLite encoder made with TensorFlow.
+
+The quantize pipeline (torch -> ONNX -> onnx2tf) takes 20-70 s per model; these tests need
+a bundle in a few seconds, so the encoder here is built directly in TensorFlow (patchify
+conv -> ReLU -> mean over patches -> dense latent), converted with int8-only builtins, and
+described by a manifest that edge/bundle.py's loader accepts. Tests may import TensorFlow;
+the edge may not (test_no_forbidden_imports runs it in a clean subprocess).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from phosphene.edge.bundle import (BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE, MODEL_FILE,
+                                   PROBE_FILE, Probe, QuantParams, file_sha256, probes_to_json)
+from phosphene.geometry import map_for_channels
+from phosphene.signal import NormaliserConfig, WindowSpec
+
+# fast warm-up so streamed tests reach their first decision after 0.256 s of stream
+TEST_NORMALISER = NormaliserConfig(window_s=2.048, refresh_s=0.256)
+
+
+def _tflite_int8(spec: WindowSpec, n_channels: int, latent_dim: int, seed: int) -> bytes:
+    import tensorflow as tf
+
+    T, C, P = spec.window_samples, n_channels, spec.patch_samples
+    rng = np.random.default_rng(seed)
+    hidden = 32
+    conv_w = tf.constant(rng.normal(0, 1 / np.sqrt(P * C), (P, C, hidden)).astype(np.float32))
+    conv_b = tf.constant(rng.normal(0, 0.1, hidden).astype(np.float32))
+    dense_w = tf.constant(rng.normal(0, 1 / np.sqrt(hidden), (hidden, latent_dim)).astype(np.float32))
+
+    class Encoder(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec((1, T, C), tf.float32, name="window")])
+        def __call__(self, x):
+            h = tf.nn.relu(tf.nn.conv1d(x, conv_w, stride=P, padding="VALID") + conv_b)  # (1, T/P, H)
+            return tf.matmul(tf.reduce_mean(h, axis=1), dense_w)  # (1, D)
+
+    module = Encoder()
+    calib = np.clip(rng.standard_normal((64, 1, T, C)), -4, 4).astype(np.float32)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.__call__.get_concrete_function()], module)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([w] for w in calib)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def _quant(detail: dict) -> QuantParams:
+    scale, zero_point = detail["quantization"]
+    return QuantParams(scale=float(scale), zero_point=int(zero_point),
+                       dtype=np.dtype(detail["dtype"]).name, shape=tuple(int(s) for s in detail["shape"]))
+
+
+def make_tiny_bundle(out: str | Path, *, n_channels: int = 96, spec: WindowSpec = WindowSpec(),
+                     normaliser: NormaliserConfig = TEST_NORMALISER, latent_dim: int = 16,
+                     latency_budget_ms: float = 5.0, seed: int = 0) -> Path:
+    """Write a bundle directory at `out` (created) and return its path."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MODEL_FILE).write_bytes(_tflite_int8(spec, n_channels, latent_dim, seed))
+    interp = Interpreter(model_path=str(out / MODEL_FILE))
+    in_q, out_q = _quant(interp.get_input_details()[0]), _quant(interp.get_output_details()[0])
+    rng = np.random.default_rng([seed, 1])
+    probe = Probe(task="psychometric", weights=rng.normal(0, 1, latent_dim) / np.sqrt(latent_dim),
+                  bias=0.0, threshold=0.5, source="test")
+    (out / PROBE_FILE).write_text(json.dumps(
+        probes_to_json({"psychometric": probe}, task="psychometric", latent_dim=latent_dim)))
+    channel_map = map_for_channels(n_channels)
+    manifest = {
+        "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION,
+        "files": {name: {"sha256": file_sha256(out / name)} for name in (MODEL_FILE, PROBE_FILE)},
+        "model": {"file": MODEL_FILE, "input": in_q.to_dict(), "output": out_q.to_dict()},
+        "probe": {"file": PROBE_FILE},
+        "n_channels": n_channels, "channel_map": channel_map.to_json(),
+        "sample_rate_hz": spec.sample_rate_hz, "window": spec.to_dict(),
+        "normaliser": normaliser.to_dict(), "latency_budget_ms": latency_budget_ms,
+        "tools": {"made_by": "tests/edge/tiny_bundle.py"},
+    }
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    return out
