@@ -415,6 +415,8 @@ def generate_dataset(out: str | Path, *, preset: str | DatasetPreset = "demo", s
                 done += n
                 if progress:
                     progress(f"{sid} ({kind})", done / total)
+            writer.finish_session(arr)
+            del arr
             # keep trials whose decoded window (and some margin) lies inside the session
             last_ok = n_samples - int(0.5 * fs)
             events = [e for e in events if e.sample < last_ok][:n_trials] if kind != "resting" else []

@@ -387,6 +387,11 @@ class DatasetWriter:
         self._open.append(arr)
         return arr
 
+    def finish_session(self, arr: np.ndarray) -> None:
+        """Flush and unmap a session array, so hours of data never sit in memory at once."""
+        arr.flush()
+        self._open = [a for a in self._open if a is not arr]
+
     def add_trials(self, trials: list[dict]) -> None:
         for t in trials:
             missing = [f for f in TRIAL_FIELDS[:5] if f not in t]
