@@ -30,8 +30,8 @@ def expected_mua(samples_int16: np.ndarray, rate_hz: float, onsets_s=(), blank_m
                  t0_s: float = 0.0) -> np.ndarray:
     """The signal definition run over the whole recording in one call (the reference)."""
     x = samples_int16.astype(np.float64) * UV_PER_BIT
-    blank = int(round(blank_ms * rate_hz / 1000))
-    intervals = [(int(round((o - t0_s) * rate_hz)), int(round((o - t0_s) * rate_hz)) + blank)
+    blank = round(blank_ms * rate_hz / 1000)
+    intervals = [(round((o - t0_s) * rate_hz), round((o - t0_s) * rate_hz) + blank)
                  for o in onsets_s]
     if intervals and blank:
         x = interpolate_blanked(x, intervals)

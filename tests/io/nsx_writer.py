@@ -56,7 +56,7 @@ def write_nsx(path: str | Path, samples: np.ndarray, *, period: int = 1,
     ids = list(electrode_ids or range(1, C + 1))
     labels = labels or [f"elec{i}" for i in ids]
     max_digital = 32764
-    max_analog = int(round(max_digital * uv_per_bit))
+    max_analog = round(max_digital * uv_per_bit)
     header = bytearray()
     header += b"NEURALCD" + struct.pack("<BB", major, minor)
     bytes_in_headers = NSX_BASIC_BYTES + NSX_EXT_BYTES * C
@@ -116,11 +116,11 @@ def write_nev(path: str | Path, *, electrode_ids: list[int], spec: str = "3.0",
     head_bytes = struct.calcsize(ts_format) + 2
     packets = []
     for time_s, text in comments:
-        tick = int(round(time_s * CLOCK_HZ))
+        tick = round(time_s * CLOCK_HZ)
         body = struct.pack("<BBI", 0, 0, 0) + _text(text, packet_bytes - head_bytes - 6)
         packets.append((tick, struct.pack(ts_format, tick) + struct.pack("<H", 0xFFFF) + body))
     for time_s, word in digital:
-        tick = int(round(time_s * CLOCK_HZ))
+        tick = round(time_s * CLOCK_HZ)
         body = struct.pack("<BBH", 1, 0, word)  # insertion reason 1: digital input changed
         body += b"\0" * (packet_bytes - head_bytes - len(body))
         packets.append((tick, struct.pack(ts_format, tick) + struct.pack("<H", 0) + body))

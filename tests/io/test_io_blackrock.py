@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 from conftest import UV_PER_BIT, expected_mua, make_broadband
 from nsx_writer import write_nev, write_nsx
+from phosphene.train.importers import RecordingError, import_blackrock, parse_stim_comment
 
 from phosphene.cli import cli
 from phosphene.dataset import Dataset
 from phosphene.geometry import ChannelMap
-from phosphene.train.importers import RecordingError, import_blackrock, parse_stim_comment
 
 RATE = 30_000.0
 
@@ -191,15 +191,15 @@ def _slow(tmp_path):
 
 @pytest.mark.parametrize("make, extra, error", [
     (lambda p: p / "missing.ns5", [], "Error: Blackrock file not found: {f}"),
-    (_truncated, [], "Error: {f} is truncated: data block 1 at byte 578 declares 3000 samples x 4 "
-                     "channels (24000 bytes) but only 23900 bytes remain"),
-    (_bad_header, [], "Error: {f}: malformed NSx header: it declares 578 header bytes but 7 "
-                      "channels need 776"),
-    (_not_blackrock, [], "Error: {f} is not a Blackrock NSx file (file id b'this is ', expected "
-                         "NEURALCD, BRSMPGRP or NEURALSG)"),
-    (_slow, [], "Error: session lfp: broadband at 1000 Hz is too slow for the 500-5000 Hz spiking "
+    (_truncated, [], ("Error: {f} is truncated: data block 1 at byte 578 declares 3000 samples x 4 "
+                     "channels (24000 bytes) but only 23900 bytes remain")),
+    (_bad_header, [], ("Error: {f}: malformed NSx header: it declares 578 header bytes but 7 "
+                      "channels need 776")),
+    (_not_blackrock, [], ("Error: {f} is not a Blackrock NSx file (file id b'this is ', expected "
+                         "NEURALCD, BRSMPGRP or NEURALSG)")),
+    (_slow, [], ("Error: session lfp: broadband at 1000 Hz is too slow for the 500-5000 Hz spiking "
                 "band; MUA needs >= 2 kHz broadband (Blackrock ns3-ns6); a 1 kHz signal that is "
-                "already MUA imports with --input-kind mua"),
+                "already MUA imports with --input-kind mua")),
 ])
 def test_bad_files_give_one_error_line(runner, tmp_path, make, extra, error):
     f = make(tmp_path)
@@ -219,16 +219,16 @@ def test_bad_side_files_and_options(runner, tmp_path):
     out = str(tmp_path / "ds")
     cases = [
         (["--map", str(tmp_path / "three.csv")], 1,
-         f"Error: --map {tmp_path / 'three.csv'} has 3 electrodes but the recording has 4 channels "
-         "(ids 1..4); give a map with one row per recorded channel"),
+         (f"Error: --map {tmp_path / 'three.csv'} has 3 electrodes but the recording has 4 channels "
+         "(ids 1..4); give a map with one row per recorded channel")),
         (["--trials", str(tmp_path / "t.csv")], 1,
          "Error: session r: stimulated electrode 9 (at 0.050 s) is not on the channel map (ids 1..4)"),
         (["--trials", str(tmp_path / "late.csv")], 1,
-         f"Error: {tmp_path / 'late.csv'}: a stimulation at 5.000 s lies outside every recorded "
-         "segment (0.000..0.100 s); check that trial times use the recording's clock"),
+         (f"Error: {tmp_path / 'late.csv'}: a stimulation at 5.000 s lies outside every recorded "
+         "segment (0.000..0.100 s); check that trial times use the recording's clock")),
         (["--trials", str(tmp_path / "cols.csv")], 1,
-         f"Error: {tmp_path / 'cols.csv'}: trials table needs columns time_s, electrode, current_ua "
-         "(and optionally session, perceived); missing time_s, electrode, current_ua; found when, where"),
+         (f"Error: {tmp_path / 'cols.csv'}: trials table needs columns time_s, electrode, current_ua "
+         "(and optionally session, perceived); missing time_s, electrode, current_ua; found when, where")),
         (["--nev", str(tmp_path / "none.nev")], 1, f"Error: NEV file not found: {tmp_path / 'none.nev'}"),
         (["--append", "--overwrite"], 2, "Error: --append and --overwrite exclude each other"),
     ]

@@ -11,15 +11,15 @@ from click.testing import CliRunner
 from conftest import UV_PER_BIT, expected_mua, make_broadband
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from phosphene.train.importers import RecordingError, export_nwb, import_array, import_nwb
 
 from phosphene.cli import cli
 from phosphene.dataset import Dataset, DatasetWriter
 from phosphene.geometry import ChannelMap
-from phosphene.train.importers import RecordingError, export_nwb, import_array, import_nwb
 
 pynwb = pytest.importorskip("pynwb")
-from pynwb import NWBHDF5IO, NWBFile, TimeSeries  # noqa: E402
-from pynwb.ecephys import ElectricalSeries  # noqa: E402
+from pynwb import NWBHDF5IO, NWBFile, TimeSeries
+from pynwb.ecephys import ElectricalSeries
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def quiet(_msg: str) -> None:
 
 def new_file(**kw) -> NWBFile:
     return NWBFile(session_description="test", identifier="test",
-                   session_start_time=dt.datetime(2024, 1, 2, tzinfo=dt.timezone.utc), **kw)
+                   session_start_time=dt.datetime(2024, 1, 2, tzinfo=dt.UTC), **kw)
 
 
 def add_electrodes(nwbfile, ids, x_um, y_um, *, columns=("rel_x", "rel_y")):
@@ -236,15 +236,15 @@ def _not_hdf5(tmp_path):
 
 @pytest.mark.parametrize("make, extra, error", [
     (lambda p: p / "none.nwb", [], "Error: NWB file not found: {f}"),
-    (_nan_file, [], "Error: session nan: input sample 7 on electrode 2 is nan; NaN/inf samples "
-                    "cannot be imported (fill or cut the gap first)"),
-    (_two_series, [], "Error: {f} has several candidate series: acquisition/probe_a "
+    (_nan_file, [], ("Error: session nan: input sample 7 on electrode 2 is nan; NaN/inf samples "
+                    "cannot be imported (fill or cut the gap first)")),
+    (_two_series, [], ("Error: {f} has several candidate series: acquisition/probe_a "
                       "(ElectricalSeries, shape (40, 2)); acquisition/probe_b (ElectricalSeries, "
                       "shape (40, 2)); choose with --series NAME (repeat it to import several as "
-                      "sessions)"),
-    (_two_series, ["--series", "probe_c"], "Error: {f} has no series 'probe_c'; series in the file: "
+                      "sessions)")),
+    (_two_series, ["--series", "probe_c"], ("Error: {f} has no series 'probe_c'; series in the file: "
                                            "acquisition/probe_a (ElectricalSeries, shape (40, 2)); "
-                                           "acquisition/probe_b (ElectricalSeries, shape (40, 2))"),
+                                           "acquisition/probe_b (ElectricalSeries, shape (40, 2))")),
 ])
 def test_bad_nwb_gives_one_error_line(runner, tmp_path, make, extra, error):
     f = make(tmp_path)
@@ -266,8 +266,8 @@ def test_not_hdf5_and_bad_arrays(runner, tmp_path):
         ([str(tmp_path / "neg.csv"), "--bin-ms", "20"], 1,
          "Error: session neg: bin 1 on electrode 2 has a negative count (-1.0)"),
         ([str(tmp_path / "nan.npy"), "--input-kind", "mua", "--rate-hz", "1000"], 1,
-         "Error: session nan: input sample 0 on electrode 2 is nan; NaN/inf samples cannot be "
-         "imported (fill or cut the gap first)"),
+         ("Error: session nan: input sample 0 on electrode 2 is nan; NaN/inf samples cannot be "
+         "imported (fill or cut the gap first)")),
         ([str(tmp_path / "neg.csv")], 2, "Error: --input-kind binned needs --bin-ms"),
         ([str(tmp_path / "neg.csv"), "--bin-ms", "2.5"], 1,
          "Error: binned counts need a whole number of milliseconds per bin (--bin-ms), got 2.5"),

@@ -10,12 +10,26 @@ from phosphene.train.importers.arrays import import_array
 from phosphene.train.importers.blackrock import import_blackrock
 from phosphene.train.importers.cli import export_group, import_group
 from phosphene.train.importers.common import (
-    DEFAULT_BLANK_MS, ImportReport, RecordingError, StimEvent, parse_stim_comment, read_trials_csv,
+    DEFAULT_BLANK_MS,
+    ImportReport,
+    RecordingError,
+    StimEvent,
+    parse_stim_comment,
+    read_trials_csv,
 )
 from phosphene.train.importers.nwb import export_nwb, import_nwb
 
 __all__ = [
-    "import_blackrock", "import_nwb", "import_array", "export_nwb", "ImportReport",
-    "RecordingError", "StimEvent", "DEFAULT_BLANK_MS", "parse_stim_comment", "read_trials_csv",
-    "import_group", "export_group",
+    "DEFAULT_BLANK_MS",
+    "ImportReport",
+    "RecordingError",
+    "StimEvent",
+    "export_group",
+    "export_nwb",
+    "import_array",
+    "import_blackrock",
+    "import_group",
+    "import_nwb",
+    "parse_stim_comment",
+    "read_trials_csv",
 ]

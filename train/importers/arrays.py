@@ -12,10 +12,19 @@ import re
 from pathlib import Path
 
 import numpy as np
-
 from phosphene.train.importers.common import (
-    DEFAULT_BLANK_MS, DEFAULT_CHUNK_S, INPUT_KINDS, ImportReport, Log, RecordingError, SessionSpec,
-    assign_events, read_trials_csv, resolve_channel_map, safe_session_id, write_import,
+    DEFAULT_BLANK_MS,
+    DEFAULT_CHUNK_S,
+    INPUT_KINDS,
+    ImportReport,
+    Log,
+    RecordingError,
+    SessionSpec,
+    assign_events,
+    read_trials_csv,
+    resolve_channel_map,
+    safe_session_id,
+    write_import,
 )
 
 __all__ = ["import_array", "load_array"]

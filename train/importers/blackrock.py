@@ -14,14 +14,24 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-
 from phosphene.train.importers.common import (
-    DEFAULT_BLANK_MS, DEFAULT_CHUNK_S, ImportReport, Log, RecordingError, SessionSpec, StimEvent,
-    assign_events, decode_digital_word, parse_stim_comment, read_trials_csv, resolve_channel_map,
-    safe_session_id, write_import,
+    DEFAULT_BLANK_MS,
+    DEFAULT_CHUNK_S,
+    ImportReport,
+    Log,
+    RecordingError,
+    SessionSpec,
+    StimEvent,
+    assign_events,
+    decode_digital_word,
+    parse_stim_comment,
+    read_trials_csv,
+    resolve_channel_map,
+    safe_session_id,
+    write_import,
 )
 
-__all__ = ["import_blackrock", "check_nsx_file", "check_nev_file", "NEV_EVENT_SOURCES"]
+__all__ = ["NEV_EVENT_SOURCES", "check_nev_file", "check_nsx_file", "import_blackrock"]
 
 logger = logging.getLogger(__name__)
 
@@ -166,20 +176,20 @@ def _neo_events(rawio, seg: int, source: str, log: Log) -> list[StimEvent]:
         if skipped:
             log(f"note: {skipped} NEV comment(s) are not stimulations (no electrode= and "
                 "current_ua=) and were ignored")
-    if source == "digital" or (source == "auto" and not found["comments"]):
-        if "digital_input_port" in names:
-            i = names.index("digital_input_port")
-            ts, _, labels = rawio.get_event_timestamps(block_index=0, seg_index=seg,
-                                                       event_channel_index=i)
-            times = rawio.rescale_event_timestamp(ts, dtype="float64", event_channel_index=i)
-            for t, word in zip(times, labels):
-                decoded = decode_digital_word(int(word))
-                if decoded is not None:
-                    found["digital"].append(StimEvent(float(t), decoded[0], decoded[1], -1))
-            if found["digital"]:
-                log(f"note: {len(found['digital'])} stimulations read from NEV digital words "
-                    "(low byte electrode, high byte current in uA); their perception is unknown "
-                    "(-1): give --trials for labels")
+    wants_digital = source == "digital" or (source == "auto" and not found["comments"])
+    if wants_digital and "digital_input_port" in names:
+        i = names.index("digital_input_port")
+        ts, _, labels = rawio.get_event_timestamps(block_index=0, seg_index=seg,
+                                                   event_channel_index=i)
+        times = rawio.rescale_event_timestamp(ts, dtype="float64", event_channel_index=i)
+        for t, word in zip(times, labels):
+            decoded = decode_digital_word(int(word))
+            if decoded is not None:
+                found["digital"].append(StimEvent(float(t), decoded[0], decoded[1], -1))
+        if found["digital"]:
+            log(f"note: {len(found['digital'])} stimulations read from NEV digital words "
+                "(low byte electrode, high byte current in uA); their perception is unknown "
+                "(-1): give --trials for labels")
     return found["comments"] or found["digital"]
 
 
@@ -224,7 +234,7 @@ def import_blackrock(nsx: str | Path, *, out: str | Path, nev: str | Path | None
         except (ValueError, OSError, KeyError, IndexError, TypeError, struct.error) as exc:
             raise RecordingError(f"Neo {neo.__version__} could not read {nsx}"
                                  f"{' with ' + str(nev) if nev else ''}: {exc}") from None
-        except Exception as exc:  # Neo raises its own NeoReadWriteError for inconsistent sets
+        except Exception as exc:  # noqa: BLE001 - Neo's own NeoReadWriteError and friends
             raise RecordingError(f"Neo {neo.__version__} could not read {nsx}: {exc}") from None
     for w in caught:
         notes.append(f"Neo: {w.message}")

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import click
-
-from phosphene.dataset import SESSION_KINDS, DatasetError
 from phosphene.train.importers.common import DEFAULT_BLANK_MS, ImportReport
 
-__all__ = ["import_group", "export_group"]
+from phosphene.dataset import SESSION_KINDS, DatasetError
+
+__all__ = ["export_group", "import_group"]
 
 
 def _err(message: str) -> None:

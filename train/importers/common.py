@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,10 +25,22 @@ from phosphene.geometry import ChannelMap, map_for_channels
 from phosphene.signal import MUA_RATE_HZ, MuaExtractor, interpolate_blanked
 
 __all__ = [
-    "RecordingError", "StimEvent", "ImportReport", "SessionSpec", "INPUT_KINDS",
-    "DEFAULT_BLANK_MS", "read_trials_csv", "parse_stim_comment", "decode_digital_word",
-    "resolve_channel_map", "grid_from_positions", "safe_session_id", "convert_session",
-    "output_samples", "write_import", "Log",
+    "DEFAULT_BLANK_MS",
+    "INPUT_KINDS",
+    "ImportReport",
+    "Log",
+    "RecordingError",
+    "SessionSpec",
+    "StimEvent",
+    "convert_session",
+    "decode_digital_word",
+    "grid_from_positions",
+    "output_samples",
+    "parse_stim_comment",
+    "read_trials_csv",
+    "resolve_channel_map",
+    "safe_session_id",
+    "write_import",
 ]
 
 logger = logging.getLogger(__name__)
@@ -306,10 +319,10 @@ def _ratio(rate_hz: float) -> tuple[str, int]:
     """('pool', k) when rate = k kHz, ('hold', k) when rate = 1/k kHz, else RecordingError."""
     r = rate_hz / MUA_RATE_HZ
     if abs(r - round(r)) < 1e-9 and round(r) >= 1:
-        return "pool", int(round(r))
+        return "pool", round(r)
     inv = MUA_RATE_HZ / rate_hz
     if abs(inv - round(inv)) < 1e-9:
-        return "hold", int(round(inv))
+        return "hold", round(inv)
     raise RecordingError(
         f"a {rate_hz:g} Hz signal cannot be brought to {MUA_RATE_HZ:g} Hz by pooling or "
         f"holding whole samples (the rate must be k x 1000 Hz or 1000 / k Hz); resample it first")
@@ -337,7 +350,7 @@ def _bin_samples(bin_ms) -> int:
     if bin_ms is None or bin_ms <= 0 or abs(bin_ms - round(bin_ms)) > 1e-9:
         raise RecordingError(f"binned counts need a whole number of milliseconds per bin "
                              f"(--bin-ms), got {bin_ms!r}")
-    return int(round(bin_ms))
+    return round(bin_ms)
 
 
 def _merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -370,7 +383,7 @@ def convert_session(spec: SessionSpec, out: np.ndarray, *, channel_ids, blank_ms
     by block; MUA at k kHz is average-pooled, at 1/k kHz held; binned counts become a rate
     (count / bin width in s, spikes/s) held constant over each bin.
     """
-    n_out, C = out.shape
+    _n_out, C = out.shape
     if spec.input_kind == "broadband":
         _convert_broadband(spec, out, channel_ids, blank_ms, chunk_s, progress)
         return
@@ -409,11 +422,11 @@ def _convert_broadband(spec: SessionSpec, out: np.ndarray, channel_ids, blank_ms
                        chunk_s: float, progress) -> None:
     C = out.shape[1]
     extractor = MuaExtractor(n_channels=C, input_rate_hz=spec.rate_hz)
-    blank = int(round(blank_ms * spec.rate_hz / 1000.0))
+    blank = round(blank_ms * spec.rate_hz / 1000.0)
     intervals = []
     if blank > 0:
         for ev in spec.events:
-            onset = int(round((ev.time_s - spec.t0_s) * spec.rate_hz))
+            onset = round((ev.time_s - spec.t0_s) * spec.rate_hz)
             intervals.append((onset, onset + blank))
     intervals = [(max(0, a), min(spec.n_input, b)) for a, b in _merge(intervals)]
     intervals = [(a, b) for a, b in intervals if b > a]
@@ -448,8 +461,9 @@ def _onsets(spec: SessionSpec, n_out: int, cmap: ChannelMap) -> list[dict]:
     rows = []
     known = set(cmap.ids)
     for ev in spec.events:
-        onset = ev.onset_sample if ev.onset_sample is not None else int(
-            round((ev.time_s - spec.t0_s) * MUA_RATE_HZ))
+        onset = ev.onset_sample
+        if onset is None:
+            onset = round((ev.time_s - spec.t0_s) * MUA_RATE_HZ)
         if not 0 <= onset < n_out:
             raise RecordingError(
                 f"session {spec.session}: a stimulation at {ev.time_s:.3f} s lies outside the "
@@ -532,11 +546,11 @@ def write_import(out: str | Path, cmap: ChannelMap, specs: list[SessionSpec], *,
             _copy_sessions(old, w)
         for spec, n_out, kind, trials in plan:
             arr = w.add_session(spec.session, kind=kind, day=spec.day, n_samples=n_out)
-            last = [-1.0]
+            last = [time.monotonic()]
 
-            def progress(frac: float, sid=spec.session) -> None:
-                if frac - last[0] >= 0.1 or frac >= 1.0:
-                    last[0] = frac
+            def progress(frac: float, sid=spec.session, last=last) -> None:
+                if frac >= 1.0 or time.monotonic() - last[0] >= 5.0:  # a line every 5 s at most
+                    last[0] = time.monotonic()
                     log(f"  {sid}: {100 * frac:.0f}%")
 
             convert_session(spec, arr, channel_ids=writer_map.ids, blank_ms=blank_ms, bin_ms=bin_ms,

@@ -17,18 +17,29 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+from phosphene.train.importers.common import (
+    DEFAULT_BLANK_MS,
+    DEFAULT_CHUNK_S,
+    INPUT_KINDS,
+    ImportReport,
+    Log,
+    RecordingError,
+    SessionSpec,
+    StimEvent,
+    assign_events,
+    grid_from_positions,
+    read_trials_csv,
+    resolve_channel_map,
+    safe_session_id,
+    write_import,
+)
 
 from phosphene.dataset import Dataset, DatasetError
 from phosphene.geometry import ChannelMap
 from phosphene.io import atomic_path
 from phosphene.signal import MUA_RATE_HZ, MuaConfig, WindowSpec
-from phosphene.train.importers.common import (
-    DEFAULT_BLANK_MS, DEFAULT_CHUNK_S, INPUT_KINDS, ImportReport, Log, RecordingError, SessionSpec,
-    StimEvent, assign_events, grid_from_positions, read_trials_csv, resolve_channel_map,
-    safe_session_id, write_import,
-)
 
-__all__ = ["import_nwb", "export_nwb", "MARKER"]
+__all__ = ["MARKER", "export_nwb", "import_nwb"]
 
 logger = logging.getLogger(__name__)
 
@@ -301,12 +312,12 @@ def import_nwb(path: str | Path, *, out: str | Path, series: list[str] | None = 
         raise RecordingError(f"NWB file not found: {path}")
     try:
         io = pynwb.NWBHDF5IO(str(path), "r", load_namespaces=True)
-    except Exception as exc:  # h5py/hdmf raise OSError, ValueError and their own types
+    except Exception as exc:  # noqa: BLE001 - h5py/hdmf raise OSError, ValueError and their own types
         raise RecordingError(f"{path} is not a readable NWB (HDF5) file: {exc}") from None
     with io:
         try:
             nwbfile = io.read()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to read is the file's
             raise RecordingError(f"pynwb {pynwb.__version__} could not read {path}: {exc}") from None
         found = _all_series(nwbfile)
         picked = _pick_series(found, series, path)
@@ -459,7 +470,7 @@ def export_nwb(dataset: str | Path, out: str | Path, *, overwrite: bool = False,
         session_description=f"phosphene dataset {Path(dataset).name}: {len(ds.sessions)} sessions "
                             f"of {signal} at {ds.sample_rate_hz:g} Hz",
         identifier=str(uuid.uuid4()),
-        session_start_time=dt.datetime.now(dt.timezone.utc),
+        session_start_time=dt.datetime.now(dt.UTC),
         notes=MARKER + json.dumps(file_meta, default=str),
         source_script="phosphene export nwb", source_script_file_name="phosphene/train/importers/nwb.py",
     )
@@ -524,11 +535,10 @@ def export_nwb(dataset: str | Path, out: str | Path, *, overwrite: bool = False,
                               perceived=int(tr.perceived[i]), p_true=float(tr.p_true[i]))
     log(f"writing {out} ({len(ds.sessions)} sessions, {len(tr)} trials)")
     try:
-        with atomic_path(out, suffix=".nwb") as tmp:
-            with NWBHDF5IO(str(tmp), "w") as io:
-                io.write(nwbfile)
+        with atomic_path(out, suffix=".nwb") as tmp, NWBHDF5IO(str(tmp), "w") as io:
+            io.write(nwbfile)
     except OSError as exc:
         raise RecordingError(f"could not write {out}: {exc}") from None
     return {"nwb": str(out), "dataset": str(dataset), "sessions": len(ds.sessions),
-            "trials": int(len(tr)), "n_channels": cmap.n_channels, "units": units,
+            "trials": len(tr), "n_channels": cmap.n_channels, "units": units,
             "writer": f"pynwb {pynwb.__version__}", "bytes": out.stat().st_size}
