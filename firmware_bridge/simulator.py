@@ -329,7 +329,8 @@ class Simulator:
         # device state
         self._seq = 0  # next sequence number of this run (unwrapped; the wire takes mod 2**32)
         self._run_origin = 0  # source sample at which the current run (boot) began
-        self._boot_id = int(self._rng.integers(1, 1 << 31))
+        # differs between boots (protocol), including between two simulators with one seed
+        self._boot_id = int.from_bytes(os.urandom(4), "little")
         # wire accounting for the current run
         self._held: list[tuple[bytes, int]] | None = None
         self._overflow = False

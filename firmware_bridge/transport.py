@@ -217,6 +217,7 @@ class SerialReader:
         self.stats = ReaderStats()
         self.error: BaseException | None = None
         self.connected = threading.Event()
+        self.disconnected = threading.Event()  # set at every loss of the device (for waiting)
         self._stop = threading.Event()
         self._ser: serial.SerialBase | None = None
         self._thread: threading.Thread | None = None
@@ -295,6 +296,7 @@ class SerialReader:
                     self.stats.disconnects += 1
                     self.stats.last_error = str(exc)
                     log.warning("%s disappeared (%s); reconnecting with backoff", self.port_name, exc)
+                    self.disconnected.set()
             except Exception as exc:  # the handler's bug: report it, do not retry it
                 self.stats.handler_errors += 1
                 self.stats.last_error = f"handler: {exc!r}"
@@ -311,8 +313,17 @@ class SerialReader:
 
     def _pump(self, ser: serial.SerialBase) -> None:
         stop, on_data, stats = self._stop, self.on_data, self.stats
+        # pyserial's socket:// and rfc2217:// report in_waiting as 0 or 1, not a byte
+        # count; after the blocking read, take what else is there without waiting.
+        undercounts = not isinstance(ser, serial.Serial) and "loop" not in type(ser).__module__
         while not stop.is_set():
             data = ser.read(ser.in_waiting or 1)
+            if data and undercounts and len(data) == 1:
+                timeout, ser.timeout = ser.timeout, 0
+                try:
+                    data += ser.read(65536)
+                finally:
+                    ser.timeout = timeout
             if data:
                 stats.reads += 1
                 stats.bytes_read += len(data)
@@ -333,7 +344,13 @@ class FrameReader:
         self.decoder = decoder or StreamDecoder()
         self.frames: queue.Queue[Frame] = queue.Queue(maxsize=maxsize)
         self._lock = threading.Lock()
-        self.reader = SerialReader(port, self._on_data, **reader_kwargs)
+        self.reader = SerialReader(port, self._on_data, on_connect=self._on_connect, **reader_kwargs)
+
+    def _on_connect(self, n_connects: int) -> None:
+        # A partial frame from before the device vanished will never be completed.
+        if n_connects > 1:
+            with self._lock:
+                self.decoder.packetizer.flush()
 
     def _on_data(self, data: bytes) -> None:
         with self._lock:
