@@ -38,7 +38,7 @@ __all__ = [
 
 BUNDLE_FORMAT = "phosphene-bundle"
 BUNDLE_VERSION = 1
-PROBE_FORMAT = "phosphene-probe"
+PROBE_FORMAT = "phosphene-bundle-probe"  # not train/probe.py's single-task "phosphene-probe"
 PROBE_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.tflite"
@@ -375,3 +375,82 @@ def check_stream(bundle: Bundle, n_channels: int, sample_rate_hz: float) -> None
     if abs(float(sample_rate_hz) - bundle.sample_rate_hz) > 1e-6:
         raise BundleError(f"the stream runs at {sample_rate_hz:g} Hz but the bundle expects "
                           f"{bundle.sample_rate_hz:g} Hz MUA")
+
+
+# --------------------------------------------------------------------------------------
+# What `phosphene verify` does (kept here so the CLI stays a thin wrapper)
+# --------------------------------------------------------------------------------------
+def verify_bundle(path: str | os.PathLike, *, runtime: str = "auto") -> dict:
+    """Load and verify a bundle, then load its model and run one window.
+
+    Returns {"ok": True, "bundle": Bundle.summary(), "interpreter": {...}}; raises
+    BundleError (or RuntimeUnavailable, an ImportError) naming what failed.
+    """
+    import time
+
+    from phosphene.edge.interpreter import Encoder
+
+    bundle = load_bundle(path)
+    t0 = time.perf_counter()
+    encoder = Encoder(bundle, threads=1, runtime=runtime)  # checks tensors against the manifest
+    t1 = time.perf_counter()
+    window = np.zeros((bundle.window_spec.window_samples, bundle.n_channels), dtype=np.float32)
+    decision = encoder.decide(window)
+    latent = encoder.latent(window)
+    if not np.all(np.isfinite(latent)):
+        raise BundleError(f"{bundle.model_path} produced a non-finite latent")
+    return {
+        "ok": True,
+        "bundle": bundle.summary(),
+        "interpreter": {"runtime": encoder.model.runtime_name,
+                        "version": encoder.model.runtime_version,
+                        "load_ms": round((t1 - t0) * 1e3, 2),
+                        "first_decision_us": round(decision.timings_us["total"], 1),
+                        "zero_window_p_perceived": round(decision.p_perceived, 6)},
+    }
+
+
+def format_verify(report: dict) -> str:
+    """The human-readable `phosphene verify` output."""
+    b, it = report["bundle"], report["interpreter"]
+    w, n = b["window"], b["normaliser"]
+    m = b["model"]
+    p = b.get("parity", {})
+    lines = [
+        f"bundle      {b['path']}  ({b['format']} v{b['version']}, created {b.get('created_utc')})",
+        "files       " + ", ".join(f"{name} sha256 {h[:12]}... ok" for name, h in b["files"].items()),
+        f"array       {b['n_channels']} channels ({b['channel_map']}), {b['sample_rate_hz']:g} Hz",
+        f"window      {w['window_samples']} samples, patch {w['patch_samples']}, "
+        f"offset {w['offset_ms']:g} ms after onset",
+        f"normaliser  {n['method']}, {n['window_s']:g} s window, refresh {n['refresh_s']:g} s, "
+        f"clip {n['clip']:g}",
+        f"model       {m.get('arch')} student, input {m['input']['dtype']} {m['input']['shape']} "
+        f"(scale {m['input']['scale']:.4g}, zero {m['input']['zero_point']}), output "
+        f"{m['output']['dtype']} {m['output']['shape']} (scale {m['output']['scale']:.4g}, "
+        f"zero {m['output']['zero_point']})",
+        f"operators   {', '.join(m.get('operators', []))}",
+        f"probe       {b['probe']['task']} (default); tasks: "
+        + ", ".join(f"{t} [{v['source']}, threshold {v['threshold']:g}]"
+                    for t, v in b["probe"]["tasks"].items()),
+    ]
+    lat = p.get("latent", {})
+    if lat:
+        lines.append(f"parity      cosine mean {lat['cosine_mean']:.4f} min {lat['cosine_min']:.4f}, "
+                     f"max abs error {lat['max_abs_error']:.4g}, decision agreement "
+                     f"{p.get('decision_agreement', float('nan')):.4f}")
+    for task, e in p.get("tasks", {}).items():
+        cells = [f"{k.removeprefix('ba_')} {100 * v:.1f}%" for k, v in e.items()
+                 if k.startswith("ba_") and isinstance(v, (int, float))]
+        lines.append(f"  {task:<12}balanced accuracy: " + ", ".join(cells))
+    cal = b.get("calibration", {})
+    if cal:
+        lines.append(f"calibration {cal.get('n_windows')} windows, sha256 {str(cal.get('sha256'))[:12]}...")
+    lines.append(f"budget      {b['latency_budget_ms']:g} ms per decision")
+    lines.append("tools       " + ", ".join(f"{k} {v}" for k, v in b.get("tools", {}).items()))
+    lines.append(f"interpreter {it['runtime']} {it['version']}: loaded in {it['load_ms']:.1f} ms, "
+                 f"first decision {it['first_decision_us']:.0f} us")
+    lines.append("OK")
+    return "\n".join(lines)
+
+
+__all__ += ["verify_bundle", "format_verify"]

@@ -206,6 +206,16 @@ class Encoder:
     def runtime_name(self) -> str:
         return self.model.runtime_name
 
+    @property
+    def input_quant(self) -> QuantParams:
+        """The model's input quantisation (window -> int8), from the interpreter itself."""
+        return self._in_q
+
+    @property
+    def output_quant(self) -> QuantParams:
+        """The model's output quantisation (int8 -> latent)."""
+        return self._out_q
+
     def _check(self, window: np.ndarray) -> np.ndarray:
         window = np.asarray(window, dtype=np.float32)
         if window.shape != self.window_shape:

@@ -435,7 +435,7 @@ class Runtime:
         read_parse_ns = t_parsed_ns - t_read_ns
         normalise_ns = 0
         boundaries: list[int] = []  # continuous: stops of windows completed by this batch
-        got_samples = False
+        got_samples = link_alive = False
         for item in items:
             if isinstance(item, StimOnset):
                 self._on_onset(item, t_read_ns)
@@ -446,6 +446,7 @@ class Runtime:
                     self._log_status(f"device restarted (seq {item.seq}, sample {item.sample}): "
                                      "normaliser warms up again")
                 continue
+            link_alive = True  # any sample frame, even a mismatched one, means the link is not stalled
             if not self._stream_matches(item):
                 continue
             t0 = self.clock_ns()
@@ -462,7 +463,7 @@ class Runtime:
                 P = self.spec.patch_samples
                 first_stop = -(-(item.sample + 1) // P) * P  # smallest multiple of P > item.sample
                 boundaries.extend(range(first_stop, item.sample + n + 1, P))
-        if got_samples:
+        if link_alive:
             self._last_input_ns = t_parsed_ns
             if self._stalled:
                 self._stalled = False
@@ -568,7 +569,7 @@ class Runtime:
         self.counters.decisions += 1
         record = {"type": "decision", "index": self._decision_index, "mode": self.config.mode,
                   "seq": ring.seq_at(stop - 1), "sample": stop - 1, "window": [start, stop],
-                  "p_perceived": round(float(p), 6), "decision": int(p >= self.decoder.threshold)}
+                  "p_perceived": float(p), "decision": int(p >= self.decoder.threshold)}
         if onset is not None:
             record.update(onset_seq=onset.seq, onset_sample=onset.sample, electrode=onset.electrode,
                           current_ua=onset.current_ua)

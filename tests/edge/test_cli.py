@@ -1,0 +1,157 @@
+"""`phosphene run` and `phosphene bench` as a user runs them: real ptys, real simulator,
+real interpreter; clean SIGTERM shutdown; the edge never imports the workstation stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from phosphene.cli import cli
+
+BLOCKED = ("torch", "tensorflow", "onnx", "onnxruntime", "onnx2tf", "sklearn", "scipy", "keras",
+           "tf_keras")
+
+SITECUSTOMIZE = f"""
+import os, sys
+BLOCKED = {BLOCKED!r}
+class _BlockWorkstationStack:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            with open(os.environ["PHOSPHENE_BLOCKED_LOG"], "a") as f:
+                f.write(name + "\\n")
+            raise ImportError(f"the edge must not import {{name}}")
+        return None
+sys.meta_path.insert(0, _BlockWorkstationStack())
+"""
+
+
+def phosphene(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "phosphene.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, **kwargs)
+
+
+# --------------------------------------------------------------------------------------
+def test_run_from_simulator_json_and_log(edge_bundle_path, tmp_path):
+    log = tmp_path / "decisions.jsonl"
+    result = CliRunner().invoke(cli, ["run", str(edge_bundle_path), "--pty-from-simulator",
+                                      "--mode", "continuous", "--json", "--out", str(log),
+                                      "--duration", "1.5", "--sim-speed", "2", "--status-s", "0.5"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    summary = lines[-1]
+    assert summary["type"] == "summary" and summary["stopped_by"] == "duration"
+    decisions = [r for r in lines if r["type"] == "decision"]
+    assert decisions and summary["decisions"] == len(decisions)
+    assert summary["frames_lost"] == 0 and summary["crc_errors"] == 0 and summary["samples_lost"] == 0
+    assert {r["reason"] for r in lines[:-1] if r["type"] == "no_decision"} <= {"warming_up"}
+    # the log holds exactly what stdout held, complete, and no partial file is left behind
+    assert [json.loads(line) for line in log.read_text().splitlines()] == lines
+    assert not list(tmp_path.glob(".*partial"))
+    assert "decisions" in result.stderr and "p99" in result.stderr  # status lines and summary
+
+
+def test_run_mismatched_array_never_decides(edge_bundle_path):
+    result = CliRunner().invoke(cli, ["run", str(edge_bundle_path), "--pty-from-simulator", "--json",
+                                      "--mode", "continuous", "--duration", "1.0",
+                                      "--sim-channels", "64", "--sim-speed", "2"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert lines[-1]["decisions"] == 0 and lines[-1]["mismatched_blocks"] > 0
+    assert lines[:-1] and all(r["reason"] == "stream_mismatch" for r in lines[:-1])
+    assert "64 channels" in lines[0]["detail"]
+
+
+def test_sigterm_ends_cleanly_with_summary_and_complete_log(edge_bundle_path, tmp_path):
+    log = tmp_path / "run.jsonl"
+    proc = phosphene("run", str(edge_bundle_path), "--pty-from-simulator", "--mode", "continuous",
+                     "--json", "--out", str(log), "--sim-speed", "2")
+    try:
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        first = None
+        deadline = time.monotonic() + 60
+        while first is None and time.monotonic() < deadline:
+            if sel.select(timeout=1.0):
+                line = proc.stdout.readline()
+                if json.loads(line)["type"] == "decision":
+                    first = line
+        assert first is not None, "no decision within 60 s"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill() if proc.poll() is None else None
+    assert proc.returncode == 0, err
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["type"] == "summary" and summary["stopped_by"] == "SIGTERM"
+    assert "Traceback" not in err and "summary:" in err
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    assert logged[-1] == summary and logged[0]["type"] in ("decision", "no_decision")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "{missing}", "--port", "/dev/null"], "Error: bundle not found: {missing}"),
+    (["run", "{bundle}", "--port", "/dev/phosphene-no-such-port"],
+     "Error: no such port: /dev/phosphene-no-such-port (is the device plugged in? list ports with "
+     "`python -m serial.tools.list_ports`)"),
+    (["bench", "{missing}"], "Error: bundle not found: {missing}"),
+])
+def test_cli_errors_are_one_line(edge_bundle_path, tmp_path, args, message):
+    fill = {"missing": str(tmp_path / "nope"), "bundle": str(edge_bundle_path)}
+    result = CliRunner().invoke(cli, [a.format(**fill) for a in args])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == message.format(**fill)
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("extra", [[], ["--port", "/dev/null", "--pty-from-simulator"]])
+def test_run_needs_exactly_one_input(edge_bundle_path, extra):
+    result = CliRunner().invoke(cli, ["run", str(edge_bundle_path), *extra])
+    assert result.exit_code == 2
+    assert "give exactly one input: --port DEV or --pty-from-simulator" in result.stderr
+
+
+def test_bench_json_keys(edge_bundle_path):
+    result = CliRunner().invoke(cli, ["bench", str(edge_bundle_path), "--runs", "200", "--warmup", "10",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.stdout)
+    for key in ("invoke_us", "decision_us"):
+        assert set(r[key]) == {"mean", "std", "p50", "p90", "p99", "max"}
+        assert 0 < r[key]["p50"] <= r[key]["p90"] <= r[key]["p99"] <= r[key]["max"]
+    assert r["invoke_us"]["p50"] < r["decision_us"]["p50"]  # the decision includes the invoke
+    for key in ("init_ms", "first_ms", "rss_mb", "threads", "runtime", "budget_ms", "budget_ok"):
+        assert key in r
+    assert r["runtime"] == "litert" and r["threads"] == 1 and r["budget_ms"] == 5.0
+    assert r["budget_ok"] == (r["decision_us"]["p99"] <= 5000)
+
+
+def test_edge_never_imports_the_workstation_stack(edge_bundle_path, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    attempts = tmp_path / "attempts.txt"
+    env = {**os.environ, "PYTHONPATH": str(site), "PHOSPHENE_BLOCKED_LOG": str(attempts)}
+    probe = subprocess.run([sys.executable, "-c", "import scipy"], env=env, capture_output=True, text=True)
+    assert probe.returncode != 0 and "the edge must not import scipy" in probe.stderr  # the hook works
+    attempts.unlink()
+
+    run = phosphene("run", str(edge_bundle_path), "--pty-from-simulator", "--mode", "triggered",
+                    "--json", "--duration", "2.5", "--sim-speed", "2", env=env)
+    bench = subprocess.run([sys.executable, "-m", "phosphene.cli", "bench", str(edge_bundle_path),
+                            "--runs", "50", "--warmup", "5", "--json"], env=env, capture_output=True,
+                           text=True, timeout=120)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert lines[-1]["type"] == "summary" and lines[-1]["decisions"] >= 1
+    assert bench.returncode == 0, bench.stderr
+    assert json.loads(bench.stdout)["decision_us"]["p50"] > 0
+    assert not attempts.exists(), f"imports attempted: {attempts.read_text()}"
