@@ -36,6 +36,42 @@ def _spec_version(spec: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
+def nsx_header(n_channels: int, *, period: int = 1, electrode_ids: list[int] | None = None,
+               labels: list[str] | None = None, spec: str = "3.0", uv_per_bit: float = 0.25) -> bytes:
+    """Basic header + one extended header per channel (everything before the data)."""
+    C = n_channels
+    major, minor = _spec_version(spec)
+    ids = list(electrode_ids or range(1, C + 1))
+    labels = labels or [f"elec{i}" for i in ids]
+    max_digital = 32764
+    max_analog = round(max_digital * uv_per_bit)
+    header = bytearray()
+    header += b"NEURALCD" + struct.pack("<BB", major, minor)
+    header += struct.pack("<I", NSX_BASIC_BYTES + NSX_EXT_BYTES * C)
+    header += _text(f"{CLOCK_HZ // period} S/s", 16) + _text("phosphene test file", 256)
+    header += struct.pack("<II", period, CLOCK_HZ)
+    header += struct.pack("<8H", *TIME_ORIGIN)
+    header += struct.pack("<I", C)
+    assert len(header) == NSX_BASIC_BYTES
+    for k, (eid, label) in enumerate(zip(ids, labels)):
+        ext = b"CC" + struct.pack("<H", eid) + _text(label, 16)
+        ext += struct.pack("<BB", 1 + k // 32, 1 + k % 32)  # connector bank, pin
+        ext += struct.pack("<hhhh", -max_digital, max_digital, -max_analog, max_analog)
+        ext += _text("uV", 16)
+        ext += struct.pack("<IIH", 250, 1, 1)  # high-pass 0.25 Hz (mHz), order 1, Butterworth
+        ext += struct.pack("<IIH", 7_500_000, 3, 1)  # low-pass 7.5 kHz, order 3, Butterworth
+        assert len(ext) == NSX_EXT_BYTES
+        header += ext
+    return bytes(header)
+
+
+def block_header(n_points: int, tick: int, *, spec: str = "3.0") -> bytes:
+    """A data-block header: flag byte 1, timestamp (uint32 / uint64 in 3.0), sample count."""
+    major, _ = _spec_version(spec)
+    return struct.pack("<B", 1) + struct.pack("<Q" if major >= 3 else "<I", tick) \
+        + struct.pack("<I", n_points)
+
+
 def write_nsx(path: str | Path, samples: np.ndarray, *, period: int = 1,
               electrode_ids: list[int] | None = None, labels: list[str] | None = None,
               spec: str = "3.0", uv_per_bit: float = 0.25, blocks: list[tuple[int, int]] | None = None,
@@ -52,43 +88,19 @@ def write_nsx(path: str | Path, samples: np.ndarray, *, period: int = 1,
     if samples.dtype != np.int16 or samples.ndim != 2:
         raise ValueError("samples must be a (T, C) int16 array")
     T, C = samples.shape
-    major, minor = _spec_version(spec)
-    ids = list(electrode_ids or range(1, C + 1))
-    labels = labels or [f"elec{i}" for i in ids]
-    max_digital = 32764
-    max_analog = round(max_digital * uv_per_bit)
-    header = bytearray()
-    header += b"NEURALCD" + struct.pack("<BB", major, minor)
-    bytes_in_headers = NSX_BASIC_BYTES + NSX_EXT_BYTES * C
-    header += struct.pack("<I", bytes_in_headers)
-    header += _text(f"{CLOCK_HZ // period} S/s", 16) + _text("phosphene test file", 256)
-    header += struct.pack("<II", period, CLOCK_HZ)
-    header += struct.pack("<8H", *TIME_ORIGIN)
-    header += struct.pack("<I", C)
-    assert len(header) == NSX_BASIC_BYTES
-    for k, (eid, label) in enumerate(zip(ids, labels)):
-        ext = b"CC" + struct.pack("<H", eid) + _text(label, 16)
-        ext += struct.pack("<BB", 1 + k // 32, 1 + k % 32)  # connector bank, pin
-        ext += struct.pack("<hhhh", -max_digital, max_digital, -max_analog, max_analog)
-        ext += _text("uV", 16)
-        ext += struct.pack("<IIH", 250, 1, 1)  # high-pass 0.25 Hz (mHz), order 1, Butterworth
-        ext += struct.pack("<IIH", 7_500_000, 3, 1)  # low-pass 7.5 kHz, order 3, Butterworth
-        assert len(ext) == NSX_EXT_BYTES
-        header += ext
-    ts_format = "<Q" if major >= 3 else "<I"
     with open(path, "wb") as f:
-        f.write(header)
+        f.write(nsx_header(C, period=period, electrode_ids=electrode_ids, labels=labels, spec=spec,
+                           uv_per_bit=uv_per_bit))
         for start, stop in blocks or [(0, T)]:
             tick = start_tick + start * period + (1000 if start > 0 else 0)  # a pause
-            f.write(struct.pack("<B", 1) + struct.pack(ts_format, tick)
-                    + struct.pack("<I", stop - start))
+            f.write(block_header(stop - start, tick, spec=spec))
             f.write(np.ascontiguousarray(samples[start:stop], dtype="<i2").tobytes())
     return path
 
 
 def write_nev(path: str | Path, *, electrode_ids: list[int], spec: str = "3.0",
               comments: list[tuple[float, str]] = (), digital: list[tuple[float, int]] = (),
-              map_file: str | None = None, packet_bytes: int = 104) -> Path:
+              map_file: str | None = None, packet_bytes: int = 104, flags: int = 1) -> Path:
     """Write a NEV file with comments and digital-input events (no spikes).
 
     comments: [(time_s, text)]; digital: [(time_s, 16-bit word)]; times on the 30 kHz clock.
@@ -107,7 +119,7 @@ def write_nev(path: str | Path, *, electrode_ids: list[int], spec: str = "3.0",
     header = bytearray()
     header += b"NEURALEV" + struct.pack("<BB", major, minor)
     # flag bit 0: all spike waveforms are 16-bit (what current NSPs write; Neo 0.14 needs it)
-    header += struct.pack("<HIIII", 1, bytes_in_headers, packet_bytes, CLOCK_HZ, CLOCK_HZ)
+    header += struct.pack("<HIIII", flags, bytes_in_headers, packet_bytes, CLOCK_HZ, CLOCK_HZ)
     header += struct.pack("<8H", *TIME_ORIGIN)
     header += _text("phosphene tests", 32) + _text("", 256)
     header += struct.pack("<I", len(ext_headers))

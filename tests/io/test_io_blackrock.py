@@ -216,6 +216,8 @@ def test_bad_side_files_and_options(runner, tmp_path):
     (tmp_path / "t.csv").write_text("time_s,electrode,current_ua\n0.05,9,10\n")
     (tmp_path / "late.csv").write_text("time_s,electrode,current_ua\n5.0,1,10\n")
     (tmp_path / "cols.csv").write_text("when,where\n1,2\n")
+    write_nev(tmp_path / "old.nev", electrode_ids=[1, 2, 3, 4], flags=0)
+    write_nev(tmp_path / "v23.nev", electrode_ids=[1, 2, 3, 4], spec="2.3")
     out = str(tmp_path / "ds")
     cases = [
         (["--map", str(tmp_path / "three.csv")], 1,
@@ -230,6 +232,13 @@ def test_bad_side_files_and_options(runner, tmp_path):
          (f"Error: {tmp_path / 'cols.csv'}: trials table needs columns time_s, electrode, current_ua "
          "(and optionally session, perceived); missing time_s, electrode, current_ua; found when, where")),
         (["--nev", str(tmp_path / "none.nev")], 1, f"Error: NEV file not found: {tmp_path / 'none.nev'}"),
+        (["--nev", str(tmp_path / "old.nev")], 1,
+         f"Error: {tmp_path / 'old.nev'}: its header does not set 'all spike waveforms are 16-bit' "
+         "(flag bit 0), which Neo cannot read; import without it (--nev-events none) and give the "
+         "trials with --trials CSV"),
+        (["--nev", str(tmp_path / "v23.nev")], 1,
+         f"Error: {tmp_path / 'v23.nev'} is NEV spec 2.3 but {f} is NSx spec 3.0; they must come "
+         "from the same recording"),
         (["--append", "--overwrite"], 2, "Error: --append and --overwrite exclude each other"),
     ]
     for extra, code, error in cases:
@@ -237,7 +246,9 @@ def test_bad_side_files_and_options(runner, tmp_path):
         assert r.exit_code == code, (extra, r.output)
         assert r.stderr.strip().splitlines()[-1] == error
         assert not (tmp_path / "ds").exists()
-    assert runner.invoke(cli, ["import", "blackrock", str(f), "--out", out]).exit_code == 0
+    r = runner.invoke(cli, ["import", "blackrock", str(f), "--out", out, "--nev",
+                            str(tmp_path / "old.nev"), "--nev-events", "none"])
+    assert r.exit_code == 0, r.output  # the unreadable .nev is skipped when asked
     r = runner.invoke(cli, ["import", "blackrock", str(f), "--out", out])
     assert r.exit_code == 1
     assert r.stderr.strip().splitlines()[-1] == (

@@ -148,13 +148,18 @@ def check_nev_file(path: Path) -> str:
         raise RecordingError(f"{path}: NEV header is truncated ({size} of {NEV_BASIC_BYTES} bytes)")
     if head[:8] not in (b"NEURALEV", b"BREVENTS"):
         raise RecordingError(f"{path} is not a Blackrock NEV file (file id {head[:8]!r})")
-    major, minor, _flags, header_bytes, packet_bytes = struct.unpack_from("<BBHII", head, 8)
+    major, minor, flags, header_bytes, packet_bytes = struct.unpack_from("<BBHII", head, 8)
     (n_ext,) = struct.unpack_from("<I", head, 332)
     if header_bytes != NEV_BASIC_BYTES + 32 * n_ext or header_bytes > size:
         raise RecordingError(f"{path}: malformed or truncated NEV header ({header_bytes} header "
                              f"bytes declared, {n_ext} extended headers, file {size} bytes)")
     if packet_bytes < 12:
         raise RecordingError(f"{path}: malformed NEV header (data packets of {packet_bytes} bytes)")
+    if not flags & 1:
+        # Neo 0.14 reads the waveform sizes only through this flag and fails without it
+        raise RecordingError(f"{path}: its header does not set 'all spike waveforms are 16-bit' "
+                             "(flag bit 0), which Neo cannot read; import without it "
+                             "(--nev-events none) and give the trials with --trials CSV")
     return f"{major}.{minor}"
 
 
@@ -214,6 +219,9 @@ def import_blackrock(nsx: str | Path, *, out: str | Path, nev: str | Path | None
     if nev_events not in NEV_EVENT_SOURCES:
         raise RecordingError(f"nev_events must be one of {', '.join(NEV_EVENT_SOURCES)}")
     info = check_nsx_file(nsx)
+    if nev is not None and nev_events == "none":
+        log(f"note: --nev-events none: {nev} is not read")
+        nev = None
     if nev is None and nsx.with_suffix(".nev").is_file() and nev_events != "none":
         nev = nsx.with_suffix(".nev")
         log(f"note: using the events in {nev} (pass --nev-events none to ignore them)")

@@ -555,6 +555,7 @@ def write_import(out: str | Path, cmap: ChannelMap, specs: list[SessionSpec], *,
 
             convert_session(spec, arr, channel_ids=writer_map.ids, blank_ms=blank_ms, bin_ms=bin_ms,
                             chunk_s=chunk_s, progress=progress)
+            w.finish_session(arr)  # unmapped now: hours of output never sit in memory together
             w.add_trials(trials)
             report.sessions.append({"session": spec.session, "kind": kind, "day": spec.day,
                                     "n_samples": n_out, "duration_s": round(n_out / MUA_RATE_HZ, 3),
@@ -587,6 +588,7 @@ def _copy_sessions(old: Dataset, w: DatasetWriter, block: int = 1 << 18) -> None
         dst = w.add_session(s.session, kind=s.kind, day=s.day, n_samples=s.n_samples)
         for start in range(0, s.n_samples, block):
             dst[start:start + block] = src[start:start + block]
+        w.finish_session(dst)
     t = old.trials
     w.add_trials([{"session": str(t.session[i]), "onset_sample": int(t.onset_sample[i]),
                    "electrode": int(t.electrode[i]), "current_ua": float(t.current_ua[i]),
