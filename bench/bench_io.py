@@ -23,8 +23,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "io"))
-from _common import save, table  # noqa: E402
-from nsx_writer import block_header, nsx_header  # noqa: E402
+from _common import save, table
+from nsx_writer import block_header, nsx_header
 
 N_CHANNELS = 96
 RATE_HZ = 30_000

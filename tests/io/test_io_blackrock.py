@@ -233,12 +233,12 @@ def test_bad_side_files_and_options(runner, tmp_path):
          "(and optionally session, perceived); missing time_s, electrode, current_ua; found when, where")),
         (["--nev", str(tmp_path / "none.nev")], 1, f"Error: NEV file not found: {tmp_path / 'none.nev'}"),
         (["--nev", str(tmp_path / "old.nev")], 1,
-         f"Error: {tmp_path / 'old.nev'}: its header does not set 'all spike waveforms are 16-bit' "
+         (f"Error: {tmp_path / 'old.nev'}: its header does not set 'all spike waveforms are 16-bit' "
          "(flag bit 0), which Neo cannot read; import without it (--nev-events none) and give the "
-         "trials with --trials CSV"),
+         "trials with --trials CSV")),
         (["--nev", str(tmp_path / "v23.nev")], 1,
-         f"Error: {tmp_path / 'v23.nev'} is NEV spec 2.3 but {f} is NSx spec 3.0; they must come "
-         "from the same recording"),
+         (f"Error: {tmp_path / 'v23.nev'} is NEV spec 2.3 but {f} is NSx spec 3.0; they must come "
+         "from the same recording")),
         (["--append", "--overwrite"], 2, "Error: --append and --overwrite exclude each other"),
     ]
     for extra, code, error in cases:
@@ -253,3 +253,10 @@ def test_bad_side_files_and_options(runner, tmp_path):
     assert r.exit_code == 1
     assert r.stderr.strip().splitlines()[-1] == (
         f"Error: {out} already exists: pass --append to add sessions to it or --overwrite to replace it")
+
+
+def test_single_channel_broadband_is_refused(tmp_path):
+    write_nsx(tmp_path / "one.ns5", make_broadband(3000, 1))
+    with pytest.raises(RecordingError, match="common average of the channels, which leaves nothing"):
+        import_blackrock(tmp_path / "one.ns5", out=tmp_path / "ds", log=quiet)
+    assert not (tmp_path / "ds").exists()

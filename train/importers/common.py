@@ -511,6 +511,9 @@ def write_import(out: str | Path, cmap: ChannelMap, specs: list[SessionSpec], *,
     if len(set(ids)) != len(ids):
         raise RecordingError(f"two sessions would both be called {ids}; pass distinct ids")
     sizes = [output_samples(s, bin_ms=bin_ms) for s in specs]
+    if any(s.input_kind == "broadband" for s in specs) and cmap.n_channels < 2:
+        raise RecordingError("MUA extraction subtracts the common average of the channels, which "
+                             "leaves nothing of a single channel; import at least 2 channels")
     plan = []
     for spec, n_out in zip(specs, sizes):
         if n_out <= 0:
