@@ -112,6 +112,7 @@ def test_resting_only_file_without_nev_via_cli(runner, tmp_path, err_lines):
         "segment": 0, "t_start_s": 0.0}
     assert any("no channel map given; placing the 10 electrodes on the grid10 layout" in ln
                for ln in err_lines(r))
+    assert any(n.startswith("no channel map given") for n in report["notes"])
     ds = Dataset.open(tmp_path / "ds")
     assert len(ds.trials) == 0 and ds.sessions_of("resting")[0].day == 3
     assert ds.channel_map.name == "grid10-assumed" and ds.channel_map.rows[-1] == 2

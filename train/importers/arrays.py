@@ -21,6 +21,7 @@ from phosphene.train.importers.common import (
     RecordingError,
     SessionSpec,
     assign_events,
+    collecting,
     read_trials_csv,
     resolve_channel_map,
     safe_session_id,
@@ -92,6 +93,7 @@ def import_array(path: str | Path, *, out: str | Path, input_kind: str = "binned
 
     Trial times in the --trials table are seconds from the first sample/bin.
     """
+    notes, log = collecting(log)
     path = Path(path)
     if input_kind not in INPUT_KINDS:
         raise RecordingError(f"input kind must be one of {', '.join(INPUT_KINDS)}, got {input_kind!r}")
@@ -116,7 +118,7 @@ def import_array(path: str | Path, *, out: str | Path, input_kind: str = "binned
     if trials_csv is not None:
         span = [(sid, 0.0, arr.shape[0] / rate)]
         spec.events = assign_events(read_trials_csv(trials_csv), span, str(trials_csv))[sid]
-    report = ImportReport(dataset=str(out), format="array")
+    report = ImportReport(dataset=str(out), format="array", notes=notes)
     source = {"format": "array", "file": str(path), "input_kind": input_kind,
               "bin_ms": bin_ms, "input_rate_hz": rate,
               "trials": str(trials_csv) if trials_csv else None, "channel_map": cmap.name}

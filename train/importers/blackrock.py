@@ -23,6 +23,7 @@ from phosphene.train.importers.common import (
     SessionSpec,
     StimEvent,
     assign_events,
+    collecting,
     decode_digital_word,
     parse_stim_comment,
     read_trials_csv,
@@ -210,6 +211,7 @@ def import_blackrock(nsx: str | Path, *, out: str | Path, nev: str | Path | None
     `<session>` (or `<session>-seg<k>` when there are several). Electrode ids are the
     file's channel ids; analog inputs (labels 'ainp*') are left out.
     """
+    notes, log = collecting(log)
     try:
         import neo
         from neo.rawio import BlackrockRawIO
@@ -231,7 +233,6 @@ def import_blackrock(nsx: str | Path, *, out: str | Path, nev: str | Path | None
         if nev_spec != info["spec"]:
             raise RecordingError(f"{nev} is NEV spec {nev_spec} but {nsx} is NSx spec "
                                  f"{info['spec']}; they must come from the same recording")
-    notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -244,8 +245,7 @@ def import_blackrock(nsx: str | Path, *, out: str | Path, nev: str | Path | None
                                  f"{' with ' + str(nev) if nev else ''}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - Neo's own NeoReadWriteError and friends
             raise RecordingError(f"Neo {neo.__version__} could not read {nsx}: {exc}") from None
-    for w in caught:
-        notes.append(f"Neo: {w.message}")
+    neo_warnings = [f"Neo: {w.message}" for w in caught]
     stream_id = str(int(nsx.suffix[-1]))
     streams = [str(s) for s in rawio.header["signal_streams"]["id"]]
     if stream_id not in streams:
@@ -303,8 +303,8 @@ def import_blackrock(nsx: str | Path, *, out: str | Path, nev: str | Path | None
         by_session = assign_events(read_trials_csv(trials_csv), spans, str(trials_csv))
         for s in specs:
             s.events = by_session[s.session]
-    for note in notes:
-        log(f"note: {note}")
+    for warning in neo_warnings:
+        log(f"note: {warning}")
     report = ImportReport(dataset=str(out), format="blackrock", notes=notes)
     source = {"format": "blackrock", "file": str(nsx), "nev": str(nev) if nev else None,
               "trials": str(trials_csv) if trials_csv else None, "spec": info["spec"],

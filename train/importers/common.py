@@ -32,6 +32,7 @@ __all__ = [
     "RecordingError",
     "SessionSpec",
     "StimEvent",
+    "collecting",
     "convert_session",
     "decode_digital_word",
     "grid_from_positions",
@@ -107,6 +108,18 @@ class ImportReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def collecting(log: Log) -> tuple[list[str], Log]:
+    """Wrap a log so that its 'note: ...' lines are also kept for the JSON report."""
+    notes: list[str] = []
+
+    def wrapped(message: str) -> None:
+        if message.startswith("note: "):
+            notes.append(message[len("note: "):])
+        log(message)
+
+    return notes, wrapped
 
 
 # --------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from phosphene.train.importers.common import (
     SessionSpec,
     StimEvent,
     assign_events,
+    collecting,
     grid_from_positions,
     read_trials_csv,
     resolve_channel_map,
@@ -302,6 +303,7 @@ def import_nwb(path: str | Path, *, out: str | Path, series: list[str] | None = 
     input_kind: auto (an ElectricalSeries at >= 2 kHz is broadband, any other series MUA),
     broadband, mua, or binned (spike counts per bin of `bin_ms`, default 1000 / rate).
     """
+    notes, log = collecting(log)
     pynwb = _pynwb()
     from pynwb.ecephys import ElectricalSeries
 
@@ -382,7 +384,7 @@ def import_nwb(path: str | Path, *, out: str | Path, series: list[str] | None = 
         by_session = assign_events(events, spans, str(trials_csv or path))
         for sp in specs:
             sp.events = by_session[sp.session]
-        report = ImportReport(dataset=str(out), format="nwb")
+        report = ImportReport(dataset=str(out), format="nwb", notes=notes)
         source = {"format": "nwb", "file": str(path), "series": [lab for lab, _ in picked],
                   "trials": str(trials_csv) if trials_csv else None,
                   "reader": f"pynwb {pynwb.__version__}", "channel_map": cmap.name,
