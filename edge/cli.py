@@ -15,7 +15,7 @@ import threading
 
 import click
 
-__all__ = ["run", "bench"]
+__all__ = ["bench", "run"]
 
 _SIM_KINDS = ("resting", "psychometric", "threshold")
 
@@ -100,6 +100,8 @@ class _Signals:
 @click.option("--status-s", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Seconds between status lines on stderr (0: none).")
 @click.option("--task", help="Which of the bundle's probes to apply (default: the bundle's).")
+@click.option("--realtime", type=click.IntRange(1, 99), metavar="PRIO",
+              help="Run the deciding thread at SCHED_FIFO priority PRIO (root or CAP_SYS_NICE).")
 @click.option("--sim-kind", type=click.Choice(_SIM_KINDS), default="psychometric", show_default=True,
               help="With --pty-from-simulator: the session kind streamed.")
 @click.option("--sim-speed", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
@@ -115,7 +117,7 @@ class _Signals:
 @click.option("--sim-stall-every-s", type=click.FloatRange(min=0), default=0.0,
               help="With --pty-from-simulator: period of the stalls (0: one stall, at 1 s).")
 def run(bundle, port, pty_from_simulator, mode, as_json, out, duration, budget_ms, threads,
-        runtime_name, stall_ms, max_lost_samples, status_s, task, sim_kind, sim_speed, sim_seed,
+        runtime_name, stall_ms, max_lost_samples, status_s, task, realtime, sim_kind, sim_speed, sim_seed,
         sim_channels, sim_drop_frames, sim_stall_ms, sim_stall_every_s):
     """Decode a live serial stream on the bedside device.
 
@@ -184,10 +186,12 @@ def run(bundle, port, pty_from_simulator, mode, as_json, out, duration, budget_m
             if array is not None:
                 array.start()
             result = run_live(runtime, port_factory, stop=stop, duration_s=duration,
-                              watchdog=Watchdog(), stop_reason=lambda: signals.received or "stop")
+                              watchdog=Watchdog(), stop_reason=lambda: signals.received or "stop",
+                              realtime_priority=realtime)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
+        runtime.close()
         if array is not None:
             array.close()
     summary = result.summary
@@ -202,6 +206,7 @@ def run(bundle, port, pty_from_simulator, mode, as_json, out, duration, budget_m
 def _simulated_array(b, kind, speed, seed, channels, drop_frames, stall_ms, stall_every_s):
     from phosphene.edge.source import SimulatedArray
     from phosphene.firmware_bridge.simulator import FaultConfig
+
     from phosphene.geometry import map_for_channels
 
     channel_map = b.channel_map if channels in (None, b.n_channels) else map_for_channels(channels)
@@ -231,8 +236,10 @@ def _simulated_array(b, kind, speed, seed, channels, drop_frames, stall_ms, stal
               help="Also measure end to end: the live runtime reading a pty fed by the simulator at real time.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               metavar="S", help="With --stream: seconds of stream.")
+@click.option("--realtime", type=click.IntRange(1, 99), metavar="PRIO",
+              help="With --stream: the deciding thread at SCHED_FIFO priority PRIO.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (stable keys).")
-def bench(bundle, threads, runs, warmup, runtime_name, budget_ms, stream, duration, as_json):
+def bench(bundle, threads, runs, warmup, runtime_name, budget_ms, stream, duration, realtime, as_json):
     """Benchmark a bundle's decision latency on this device.
 
     Like TFLite's benchmark_model: interpreter and version, init time, first inference,
@@ -245,6 +252,7 @@ def bench(bundle, threads, runs, warmup, runtime_name, budget_ms, stream, durati
       phosphene bench bundle
       phosphene bench bundle --threads 1 --runs 5000 --json
       phosphene bench bundle --stream --duration 60
+      phosphene bench bundle --stream --duration 600 --realtime 50
     """
     from phosphene.edge.benchmark import BenchConfig, bench_bundle, format_bench
 
@@ -259,7 +267,8 @@ def bench(bundle, threads, runs, warmup, runtime_name, budget_ms, stream, durati
             from phosphene.edge.benchmark import bench_stream
 
             result["stream"] = bench_stream(b, duration_s=duration, threads=threads,
-                                            runtime=runtime_name, latency_budget_ms=result["budget_ms"])
+                                            runtime=runtime_name, latency_budget_ms=result["budget_ms"],
+                                            realtime_priority=realtime)
             result["budget_ok"] = bool(result["budget_ok"] and result["stream"]["budget_ok"])
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from phosphene.signal import Normaliser, NormaliserConfig
+from phosphene.signal import Normaliser
 
 __all__ = ["EdgeNormaliser"]
 
@@ -49,8 +49,8 @@ class EdgeNormaliser(Normaliser):
     slow_refreshes: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1,
-                                                           thread_name_prefix="normaliser-prepare")
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="normaliser-prepare", initializer=_ordinary_priority)
         super().__post_init__()
 
     def reset(self) -> None:
@@ -116,6 +116,17 @@ class EdgeNormaliser(Normaliser):
         self.fast_refreshes += 1
 
 
+def _ordinary_priority() -> None:
+    """The preparing thread must never compete with a real-time decision thread it came from."""
+    import os
+
+    try:
+        if os.sched_getscheduler(0) != os.SCHED_OTHER:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux, or not allowed: nothing to undo
+        pass
+
+
 # --------------------------------------------------------------------------------------
 # selection on sorted rows plus a few extra values (all vectorised over channels)
 # --------------------------------------------------------------------------------------
@@ -140,8 +151,7 @@ def _median_merge(sorted_known: np.ndarray, recent: np.ndarray) -> np.ndarray:
     The rank-r value of the union has rank in [r - nB, r] among the sorted part, so only
     sorted_known[:, r1 - nB : r2 + 1] and the recent values can hold it.
     """
-    C, nA = sorted_known.shape
-    nB = recent.shape[1]
+    nA, nB = sorted_known.shape[1], recent.shape[1]
     r1, r2 = _middle_ranks(nA + nB)
     lo, hi = max(0, r1 - nB), min(nA, r2 + 1)
     return _finish_median(np.concatenate([sorted_known[:, lo:hi], recent], axis=1), r1, r2, lo)

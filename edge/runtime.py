@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -23,24 +22,24 @@ from pathlib import Path
 from typing import IO, Protocol
 
 import numpy as np
-
 from phosphene.edge.normaliser import EdgeNormaliser
 from phosphene.edge.stats import LatencyHistogram, peak_rss_mb, rss_mb
+
 from phosphene.signal import NormaliserConfig, WindowSpec
 
 __all__ = [
     "MODES",
     "NO_DECISION_REASONS",
-    "RuntimeConfig",
-    "SampleBlock",
-    "StimOnset",
-    "StreamRestart",
-    "WindowDecoder",
     "BundleDecoder",
-    "SampleRing",
-    "StreamIngest",
     "DecisionSinks",
     "Runtime",
+    "RuntimeConfig",
+    "SampleBlock",
+    "SampleRing",
+    "StimOnset",
+    "StreamIngest",
+    "StreamRestart",
+    "WindowDecoder",
 ]
 
 log = logging.getLogger(__name__)

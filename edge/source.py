@@ -21,7 +21,7 @@ from phosphene.edge.runtime import Runtime, SampleBlock, StimOnset, StreamRestar
 from phosphene.firmware_bridge.protocol import EventFrame, SampleFrame, StatusFrame, StreamDecoder
 from phosphene.firmware_bridge.transport import DEFAULT_BAUD, SerialReader, open_port
 
-__all__ = ["FrameAdapter", "LiveResult", "run_live", "SimulatedArray", "open_port"]
+__all__ = ["FrameAdapter", "LiveResult", "SimulatedArray", "SimulatedArrayProcess", "open_port", "run_live"]
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,10 @@ class FrameAdapter:
     """
 
     def __init__(self, runtime: Runtime, *, decoder: StreamDecoder | None = None,
-                 clock_ns: Callable[[], int] = time.perf_counter_ns):
+                 clock_ns: Callable[[], int] = time.perf_counter_ns, realtime_priority: int | None = None):
         self.runtime = runtime
+        self.realtime_priority = realtime_priority
+        self.realtime_error: str | None = None
         self.decoder = decoder or StreamDecoder()
         self.clock_ns = clock_ns
         self.lock = threading.Lock()
@@ -48,7 +50,16 @@ class FrameAdapter:
         self.batches = 0
 
     def on_connect(self, n_connects: int) -> None:
-        """A (re)connected port: bytes buffered from before belong to no frame."""
+        """A (re)connected port: bytes buffered from before belong to no frame.
+
+        Runs in the reader thread, so this is where that thread (the one that decides)
+        takes its real-time priority when asked to.
+        """
+        if self.realtime_priority and n_connects == 1:
+            self.realtime_error = set_realtime_priority(self.realtime_priority)
+            if self.realtime_error:
+                log.warning("real-time priority refused (%s); deciding at normal priority",
+                            self.realtime_error)
         with self.lock:
             self.decoder.packetizer.flush()
 
@@ -94,6 +105,24 @@ class FrameAdapter:
                 "payload_errors": int(s.payload_errors), "frames_ok": int(s.frames_ok)}
 
 
+def set_realtime_priority(priority: int) -> str | None:
+    """SCHED_FIFO at `priority` for the calling thread (Linux); returns why not, or None.
+
+    A bedside board runs nothing more important than the decoder; on a shared machine it
+    keeps other processes from delaying a decision. Needs root or CAP_SYS_NICE (systemd:
+    CPUSchedulingPolicy=fifo does the same for the whole service).
+    """
+    import os
+
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(priority)))
+        return None
+    except AttributeError:
+        return "not supported on this system"
+    except (OSError, ValueError) as exc:
+        return str(exc)
+
+
 @dataclass
 class LiveResult:
     """How a live run ended."""
@@ -106,14 +135,22 @@ class LiveResult:
 def run_live(runtime: Runtime, port: str | Callable, *, stop: threading.Event,
              duration_s: float | None = None, baudrate: int = DEFAULT_BAUD,
              poll_s: float = 0.01, watchdog=None, on_tick: Callable[[], None] | None = None,
-             stop_reason: Callable[[], str] | None = None) -> LiveResult:
+             stop_reason: Callable[[], str] | None = None,
+             realtime_priority: int | None = None) -> LiveResult:
     """Read `port` until `stop` is set or `duration_s` passes; return the runtime's summary.
 
     port: a device path, a pyserial URL, or a callable returning an open pyserial port
     (SerialReader reopens it with backoff if it disappears). watchdog: an object with
     ready(), ping() and stopping() (phosphene.edge.deploy.watchdog.Watchdog), optional.
+    realtime_priority: SCHED_FIFO priority for the reading/deciding thread (None: normal).
     """
-    adapter = FrameAdapter(runtime)
+    import gc
+
+    adapter = FrameAdapter(runtime, realtime_priority=realtime_priority)
+    # everything loaded so far (interpreter, numpy, bundle) lives for the whole run: keep it
+    # out of the cyclic collector, so a full collection never pauses a decision for long
+    gc.collect()
+    gc.freeze()
     reader = SerialReader(port, adapter.on_data, baudrate=baudrate, on_connect=adapter.on_connect)
     t_start = time.monotonic()
     stopped_by = "stop"
@@ -141,11 +178,13 @@ def run_live(runtime: Runtime, port: str | Callable, *, stop: threading.Event,
         if watchdog is not None:
             watchdog.stopping()
         reader.stop()
+        gc.unfreeze()
     with adapter.lock:
         runtime.set_external_counters(adapter.counters())
         summary = runtime.summary()
     summary["reconnects"] = reader.stats.reconnects
     summary["disconnects"] = reader.stats.disconnects
+    summary["realtime"] = bool(realtime_priority) and adapter.realtime_error is None
     return LiveResult(summary=summary, stopped_by=stopped_by, reader=reader.stats.to_dict())
 
 
@@ -162,8 +201,12 @@ class SimulatedArray:
 
     def __init__(self, channel_map, *, kind: str = "psychometric", speed: float = 1.0, seed: int = 0,
                  frame_samples: int = 16, faults=None):
-        from phosphene.firmware_bridge.simulator import (CortexSource, FaultConfig, Simulator,
-                                                         SimulatorConfig)
+        from phosphene.firmware_bridge.simulator import (
+            CortexSource,
+            FaultConfig,
+            Simulator,
+            SimulatorConfig,
+        )
         from phosphene.firmware_bridge.transport import PtyPair
 
         self.source = CortexSource(kind, seed=seed, channel_map=channel_map)
@@ -185,3 +228,81 @@ class SimulatedArray:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class SimulatedArrayProcess:
+    """SimulatedArray in a child process: the same pty stream, without sharing this GIL.
+
+    The benchmark uses it so the simulator's Python work never delays the runtime's
+    thread (as a real array, a separate device, never would). Same interface as
+    SimulatedArray: device_path, start(duration_s), close().
+    """
+
+    def __init__(self, channel_map, *, kind: str = "psychometric", speed: float = 1.0, seed: int = 0,
+                 frame_samples: int = 16):
+        import json
+        import subprocess
+        import sys
+        import tempfile
+
+        self._map_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        json.dump(channel_map.to_json(), self._map_file)
+        self._map_file.close()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "phosphene.edge.source", self._map_file.name, kind, str(speed),
+             str(seed), str(frame_samples)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("/"):
+            self.close()
+            raise OSError(f"the simulator process did not start (said {line!r})")
+        self.device_path = line
+
+    def start(self, duration_s: float | None = None) -> None:
+        self.proc.stdin.write(f"{duration_s or 0}\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        import os
+
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()  # the child stops its simulator when stdin closes
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+        os.unlink(self._map_file.name)
+
+    def __enter__(self) -> SimulatedArrayProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _child_main(argv: list[str]) -> None:
+    """python -m phosphene.edge.source MAP.json KIND SPEED SEED FRAME_SAMPLES (SimulatedArrayProcess)."""
+    import sys
+
+    from phosphene.geometry import ChannelMap
+
+    map_path, kind, speed, seed, frame_samples = argv
+    array = SimulatedArray(ChannelMap.load(map_path), kind=kind, speed=float(speed), seed=int(seed),
+                           frame_samples=int(frame_samples))
+    print(array.device_path, flush=True)
+    go = sys.stdin.readline()
+    if go.strip():
+        duration = float(go)
+        array.start(duration if duration > 0 else None)
+        sys.stdin.readline()  # EOF (the parent closed stdin) ends the stream
+    array.close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    _child_main(sys.argv[1:])

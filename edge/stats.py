@@ -15,8 +15,14 @@ import resource
 
 import numpy as np
 
-__all__ = ["LatencyHistogram", "summarise_us", "PERCENTILE_KEYS", "rss_mb", "peak_rss_mb",
-           "cpu_model"]
+__all__ = [
+    "PERCENTILE_KEYS",
+    "LatencyHistogram",
+    "cpu_model",
+    "peak_rss_mb",
+    "rss_mb",
+    "summarise_us",
+]
 
 PERCENTILE_KEYS = ("mean", "std", "p50", "p90", "p99", "max")
 
@@ -51,8 +57,7 @@ class LatencyHistogram:
         self.count += 1
         self._sum += us
         self._sum_sq += us * us
-        if us > self.max_us:
-            self.max_us = us
+        self.max_us = max(self.max_us, us)
 
     def percentile(self, q: float) -> float:
         """The q-th percentile (0-100) in us: the geometric centre of the bin holding it."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 
 import pytest
-
 from tiny_bundle import make_tiny_bundle
 
 
@@ -32,8 +31,12 @@ def edge_decoder(edge_bundle):
 def record_stream(channel_map, *, seconds: float, kind: str = "psychometric", seed: int = 0,
                   faults=None) -> tuple[bytes, object]:
     """Bytes the simulator writes for `seconds` of stream (unpaced), and its counts."""
-    from phosphene.firmware_bridge.simulator import (CortexSource, FaultConfig, Simulator,
-                                                     SimulatorConfig)
+    from phosphene.firmware_bridge.simulator import (
+        CortexSource,
+        FaultConfig,
+        Simulator,
+        SimulatorConfig,
+    )
 
     sink = io.BytesIO()
     sim = Simulator(CortexSource(kind, seed=seed, channel_map=channel_map),

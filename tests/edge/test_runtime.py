@@ -8,13 +8,19 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import record_stream
 from phosphene.edge.interpreter import Encoder
-from phosphene.edge.runtime import (DecisionSinks, Runtime, RuntimeConfig, SampleBlock, SampleRing,
-                                    StimOnset)
+from phosphene.edge.runtime import (
+    DecisionSinks,
+    Runtime,
+    RuntimeConfig,
+    SampleBlock,
+    SampleRing,
+    StimOnset,
+)
 from phosphene.edge.source import FrameAdapter
 from phosphene.firmware_bridge.protocol import EventFrame, SampleFrame, StreamDecoder
+
 from phosphene.geometry import map_for_channels
 from phosphene.signal import normalise_recording
 
@@ -182,7 +188,7 @@ def test_stall_gives_no_decision_and_drops_pending_trials_then_resumes(edge_bund
     clock = Clock()
     runtime, adapter, out = make_runtime(edge_bundle, edge_decoder, clock=clock, mode="triggered",
                                          stall_ms=100)
-    x, _, events, _ = offline(psychometric_bytes, edge_bundle)
+    _, _, events, _ = offline(psychometric_bytes, edge_bundle)
     spec = edge_bundle.window_spec
     # cut the stream inside the second trial's window: that trial is pending when input stops
     stall_at = spec.triggered_window(events[1].sample_counter)[0] + 40
@@ -272,7 +278,7 @@ def test_backlog_is_stale_not_decided(edge_bundle, edge_decoder, psychometric_by
 
 def test_late_event_decided_from_the_ring_within_the_staleness_bound(edge_bundle, edge_decoder):
     C = edge_bundle.n_channels
-    runtime, adapter, out = make_runtime(edge_bundle, edge_decoder, mode="triggered", stall_ms=100)
+    runtime, _, out = make_runtime(edge_bundle, edge_decoder, mode="triggered", stall_ms=100)
     rng = np.random.default_rng(0)
     for k in range(60):  # 960 samples
         runtime.process_batch(0, [SampleBlock(k, 16 * k, rng.lognormal(1, 0.3, (16, C)).astype(np.float32))])

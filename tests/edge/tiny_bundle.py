@@ -13,9 +13,18 @@ import json
 from pathlib import Path
 
 import numpy as np
+from phosphene.edge.bundle import (
+    BUNDLE_FORMAT,
+    BUNDLE_VERSION,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    PROBE_FILE,
+    Probe,
+    QuantParams,
+    file_sha256,
+    probes_to_json,
+)
 
-from phosphene.edge.bundle import (BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE, MODEL_FILE,
-                                   PROBE_FILE, Probe, QuantParams, file_sha256, probes_to_json)
 from phosphene.geometry import map_for_channels
 from phosphene.signal import NormaliserConfig, WindowSpec
 
