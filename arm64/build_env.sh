@@ -154,7 +154,8 @@ for name in litert tflite; do
   cat > "$launcher" <<EOF
 #!/bin/sh
 # arm64 Python 3.11 under $QEMU_FLAVOUR qemu with the $name site; QEMU_CPU picks the emulated core.
-exec env $cpu_default -u PYTHONHOME PYTHONPATH="$CACHE/site-phosphene:$CACHE/site-$name" PYTHONNOUSERSITE=1 \\
+# PYTHONSAFEPATH: the repository root's phosphene/ (core only) must not shadow the installed wheel.
+exec env $cpu_default -u PYTHONHOME PYTHONPATH="$CACHE/site-phosphene:$CACHE/site-$name" PYTHONNOUSERSITE=1 PYTHONSAFEPATH=1 \\
   "$QEMU" -L "$SYSROOT" "$SYSROOT/usr/bin/python3.11" "\$@"
 EOF
   chmod +x "$launcher"
