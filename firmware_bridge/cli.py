@@ -135,6 +135,9 @@ def simulate_stream(port, use_pty, kind, dataset_path, session, seed, duration, 
         where = port
     try:
         _run(sim, target, duration)
+        if use_pty and not target.drain(timeout_s=2.0):
+            click.echo("warning: the reader did not take the last bytes before the pty closed",
+                       err=True)
     finally:
         target.close()
     if sim.error is not None:

@@ -9,10 +9,12 @@ FrameReader (SerialReader + StreamDecoder, frames into a queue).
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import queue
 import select
+import sys
 import termios
 import threading
 import time
@@ -152,6 +154,26 @@ class PtyPair:
             if exc.errno == errno.EIO:  # no process holds the device side open
                 return b""
             raise
+
+    def pending_bytes(self) -> int:
+        """Bytes written to the master that the device side has not read yet."""
+        if self._slave_fd is None:
+            return 0
+        buf = fcntl.ioctl(self._slave_fd, termios.FIONREAD, b"\0\0\0\0")
+        return int.from_bytes(buf, sys.byteorder)
+
+    def drain(self, timeout_s: float = 2.0, *, poll_s: float = 0.01) -> bool:
+        """Wait until the reader has taken everything written (closing the master would
+        discard it: a hangup flushes the device side's input). True if it drained."""
+        deadline = time.monotonic() + timeout_s
+        idle = threading.Event()  # never set: a wait that cannot be cut short by accident
+        quiet_polls = 0
+        while quiet_polls < 2:  # twice: bytes may still sit in the kernel's flip buffer
+            quiet_polls = quiet_polls + 1 if self.pending_bytes() == 0 else 0
+            if time.monotonic() >= deadline:
+                return False
+            idle.wait(poll_s)
+        return True
 
     def close_device_side(self) -> None:
         """Drop our own descriptor on the device side (then EIO tells when readers leave)."""

@@ -52,6 +52,11 @@ static int vectors(void)
     print_hex("samples_wrap", buf, n);
     /* CRC check value of the CRC-32 catalogue: crc32("123456789") = cbf43926 */
     printf("crc32_check %08lx\n", (unsigned long)pw_crc32(0, "123456789", 9));
+    /* the largest 96-channel frame, and one sample more (does not fit: 0) */
+    printf("limits %lu %lu\n", (unsigned long)pw_samples_frame_size(96u, 341u),
+           (unsigned long)pw_samples_frame_size(96u, 342u));
+    /* encoders refuse a buffer that is too small */
+    printf("small_buffer %lu\n", (unsigned long)pw_encode_event_stim(buf, 35u, 0u, 0u, 1u, 1u));
     return 0;
 }
 
