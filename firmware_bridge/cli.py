@@ -89,8 +89,6 @@ def simulate_stream(port, use_pty, kind, dataset_path, session, seed, duration, 
     """
     from phosphene.firmware_bridge.simulator import (
         DEFAULT_SCALE_UV,
-        CortexSource,
-        DatasetSource,
         FaultConfig,
         Simulator,
         SimulatorConfig,
@@ -155,8 +153,9 @@ def simulate_stream(port, use_pty, kind, dataset_path, session, seed, duration, 
 
 
 def _open_source(dataset_path, session, kind, seed):
-    from phosphene.dataset import DatasetError
     from phosphene.firmware_bridge.simulator import CortexSource, DatasetSource
+
+    from phosphene.dataset import DatasetError
 
     try:
         if dataset_path is not None:

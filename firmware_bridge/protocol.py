@@ -28,13 +28,33 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = [
-    "SYNC", "VERSION", "HEADER_BYTES", "CRC_BYTES", "MAX_PAYLOAD_BYTES",
-    "FrameType", "StatusState", "StatusFlag",
-    "SampleFrame", "EventFrame", "StatusFrame", "Frame",
-    "encode_samples", "encode_event_stim", "encode_status", "encode_frame",
-    "quantize_uv", "samples_to_uv", "frame_size", "samples_frame_bytes",
-    "RawFrame", "Packetizer", "SequenceTracker", "DecoderStats", "StreamDecoder",
-    "parse_payload", "PayloadError",
+    "CRC_BYTES",
+    "HEADER_BYTES",
+    "MAX_PAYLOAD_BYTES",
+    "SYNC",
+    "VERSION",
+    "DecoderStats",
+    "EventFrame",
+    "Frame",
+    "FrameType",
+    "Packetizer",
+    "PayloadError",
+    "RawFrame",
+    "SampleFrame",
+    "SequenceTracker",
+    "StatusFlag",
+    "StatusFrame",
+    "StatusState",
+    "StreamDecoder",
+    "encode_event_stim",
+    "encode_frame",
+    "encode_samples",
+    "encode_status",
+    "frame_size",
+    "parse_payload",
+    "quantize_uv",
+    "samples_frame_bytes",
+    "samples_to_uv",
 ]
 
 SYNC = bytes((0xA5, 0xC3, 0x9E, 0xD1))  # 4 distinct non-ASCII bytes: no self-overlap, not text
@@ -188,7 +208,7 @@ def encode_samples(seq: int, sample_counter: int, data: np.ndarray, *, scale_uv:
 
 def encode_event_stim(seq: int, sample_counter: int, electrode: int, current_ua: float) -> bytes:
     """An EVENT_STIM frame; the current travels as integer nanoamps (rounded)."""
-    current_na = int(round(current_ua * 1000.0))
+    current_na = round(current_ua * 1000.0)
     if not 0 <= current_na <= 0xFFFFFFFF:
         raise ValueError(f"current_ua must be 0..4294967 uA, got {current_ua}")
     if not 0 <= electrode <= 0xFFFF:

@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
-
 from phosphene.firmware_bridge.protocol import (
     StatusFlag,
     StatusState,
@@ -41,8 +40,16 @@ from phosphene.firmware_bridge.protocol import (
     quantize_uv,
 )
 
-__all__ = ["StreamSource", "CortexSource", "DatasetSource", "FaultConfig", "SimulatorConfig",
-           "SimulatorCounts", "Simulator", "DEFAULT_SCALE_UV"]
+__all__ = [
+    "DEFAULT_SCALE_UV",
+    "CortexSource",
+    "DatasetSource",
+    "FaultConfig",
+    "Simulator",
+    "SimulatorConfig",
+    "SimulatorCounts",
+    "StreamSource",
+]
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +325,7 @@ class Simulator:
         self.config = config
         self.on_progress = on_progress
         self.n_channels = int(source.n_channels)
-        self.sample_rate_hz = int(round(source.sample_rate_hz))
+        self.sample_rate_hz = round(source.sample_rate_hz)
         self._rng = np.random.default_rng([config.seed, 7])
         self._lock = threading.Lock()
         self._counts = SimulatorCounts()
@@ -398,14 +405,14 @@ class Simulator:
         fs, F = self.sample_rate_hz, cfg.frame_samples
         total_frames = None if duration_s is None else max(1, math.ceil(duration_s * fs / F))
         period_s = F / fs / cfg.speed if cfg.speed > 0 else 0.0
-        status_every = int(round(cfg.status_every_s * fs))
-        stall_every = int(round((faults.stall_every_s or 0) * fs))
-        garbage_every = int(round((faults.garbage_every_s or 0) * fs))
+        status_every = round(cfg.status_every_s * fs)
+        stall_every = round((faults.stall_every_s or 0) * fs)
+        garbage_every = round((faults.garbage_every_s or 0) * fs)
         # scheduled points in source samples; "every 0" means once, at 1 s
         next_stall = (stall_every or fs) if faults.stall_ms > 0 else None
         next_garbage = (garbage_every or fs) if faults.garbage_burst_bytes > 0 else None
         restart_at = (None if faults.restart_seq_at_s is None
-                      else int(round(faults.restart_seq_at_s * fs)))
+                      else round(faults.restart_seq_at_s * fs))
         next_status = status_every if status_every else None
 
         mua_buf = np.empty((0, self.n_channels), np.float32)

@@ -21,13 +21,22 @@ import time
 import tty
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Self
 
 import serial
-
 from phosphene.firmware_bridge.protocol import Frame, StreamDecoder
 
-__all__ = ["PortError", "open_port", "is_url", "write_fd", "PtyPair", "SerialReader", "ReaderStats",
-           "FrameReader", "DEFAULT_BAUD"]
+__all__ = [
+    "DEFAULT_BAUD",
+    "FrameReader",
+    "PortError",
+    "PtyPair",
+    "ReaderStats",
+    "SerialReader",
+    "is_url",
+    "open_port",
+    "write_fd",
+]
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +134,7 @@ class PtyPair:
         self.device_path = os.ttyname(self._slave_fd)
         self._closed = False
 
-    def __enter__(self) -> PtyPair:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -259,8 +268,9 @@ class SerialReader:
         if ser is not None and hasattr(ser, "cancel_read"):
             try:
                 ser.cancel_read()
-            except Exception:  # the port may be closing under us; the timeout ends the read anyway
-                pass
+            except (OSError, serial.SerialException, AttributeError, TypeError) as exc:
+                # the port may be closing under us; the read timeout ends the read anyway
+                log.debug("cancel_read on %s: %s", self.port_name, exc)
         if self._thread is not None:
             self._thread.join(timeout_s)
 
@@ -271,7 +281,7 @@ class SerialReader:
     def wait_connected(self, timeout_s: float) -> bool:
         return self.connected.wait(timeout_s)
 
-    def __enter__(self) -> SerialReader:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -330,8 +340,8 @@ class SerialReader:
                 self._ser = None
                 try:
                     ser.close()
-                except Exception:  # closing a vanished device can fail; it is gone either way
-                    pass
+                except (OSError, serial.SerialException) as exc:
+                    log.debug("closing vanished %s: %s", self.port_name, exc)  # gone either way
 
     def _pump(self, ser: serial.SerialBase) -> None:
         stop, on_data, stats = self._stop, self.on_data, self.stats
@@ -392,7 +402,7 @@ class FrameReader:
     def stop(self, timeout_s: float = 5.0) -> None:
         self.reader.stop(timeout_s)
 
-    def __enter__(self) -> FrameReader:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -8,9 +8,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import pytest
-
 import phosphene.firmware_bridge as fb
+import pytest
 from phosphene.firmware_bridge.protocol import (
     EventFrame,
     SampleFrame,
@@ -20,8 +19,6 @@ from phosphene.firmware_bridge.protocol import (
     samples_frame_bytes,
 )
 from phosphene.firmware_bridge.transport import PtyPair
-
-from test_wire_protocol import doc_vectors, python_vectors
 
 C_DIR = Path(fb.__file__).resolve().parent / "c"
 
@@ -37,11 +34,11 @@ def test_wire(tmp_path_factory) -> Path:
     return exe
 
 
-def test_c_python_and_the_spec_agree_byte_for_byte(test_wire):
+def test_c_python_and_the_spec_agree_byte_for_byte(test_wire, doc_vectors, python_vectors):
     out = subprocess.run([str(test_wire), "vectors"], check=True, capture_output=True, text=True).stdout
     lines = dict(line.split(" ", 1) for line in out.strip().splitlines())
-    c_vectors = {name: bytes.fromhex(lines[name]) for name in doc_vectors()}
-    assert c_vectors == doc_vectors() == python_vectors()
+    c_vectors = {name: bytes.fromhex(lines[name]) for name in doc_vectors}
+    assert c_vectors == doc_vectors == python_vectors
     assert int(lines["crc32_check"], 16) == zlib.crc32(b"123456789") == 0xCBF43926
     assert lines["limits"].split() == [str(samples_frame_bytes(96, 341)), "0"]
     assert lines["small_buffer"] == "0"

@@ -9,10 +9,10 @@ import threading
 
 import pytest
 from click.testing import CliRunner
-
-from phosphene.cli import cli
 from phosphene.firmware_bridge.protocol import StatusFrame, StatusState, StreamDecoder
 from phosphene.firmware_bridge.transport import FrameReader, PtyPair
+
+from phosphene.cli import cli
 
 
 @pytest.fixture
@@ -22,8 +22,8 @@ def runner():
 
 @pytest.mark.parametrize("args, code, error", [
     (["--port", "/dev/nonexistent"], 1,
-     "Error: no such port: /dev/nonexistent (is the device plugged in? list ports with "
-     "`python -m serial.tools.list_ports`)"),
+     ("Error: no such port: /dev/nonexistent (is the device plugged in? list ports with "
+      "`python -m serial.tools.list_ports`)")),
     ([], 2, "Error: give exactly one of --port DEV or --pty"),
     (["--pty", "--port", "/dev/x"], 2, "Error: give exactly one of --port DEV or --pty"),
     (["--pty", "--dataset", "d", "--kind", "resting"], 2,

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import random
-import re
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from phosphene.firmware_bridge.protocol import (
     HEADER_BYTES,
     MAX_PAYLOAD_BYTES,
     SYNC,
     EventFrame,
     FrameType,
-    Packetizer,
     SampleFrame,
     SequenceTracker,
     StatusFlag,
@@ -34,27 +30,6 @@ from phosphene.firmware_bridge.protocol import (
     samples_frame_bytes,
     samples_to_uv,
 )
-
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
-
-
-def doc_vectors() -> dict[str, bytes]:
-    block = re.search(r"```test-vectors\n(.*?)```", DOCS.read_text(), re.S).group(1)
-    return {name: bytes.fromhex(hexstr) for name, hexstr in
-            (line.split() for line in block.strip().splitlines())}
-
-
-def python_vectors() -> dict[str, bytes]:
-    return {
-        "samples": encode_samples(0, 0, np.array([[1, -1], [2, -2], [32767, -32768]], np.int16),
-                                  scale_uv=0.25, sample_rate_hz=1000),
-        "event_stim": encode_event_stim(1, 170, 42, 2.5),
-        "status_boot": encode_status(0, 0, state=StatusState.STREAMING, flags=StatusFlag.BOOT,
-                                     sample_rate_hz=1000, n_channels=96, frame_samples=16,
-                                     boot_id=0x12345678),
-        "samples_wrap": encode_samples(0xFFFFFFFF, 1 << 40, np.array([[-1, 0, 1, 1000]], np.int16),
-                                       scale_uv=0.02, sample_rate_hz=30000),
-    }
 
 
 def make_stream(n_frames: int, *, n_channels: int = 8, n_samples: int = 4, seed: int = 0,
@@ -81,13 +56,13 @@ def make_stream(n_frames: int, *, n_channels: int = 8, n_samples: int = 4, seed:
 
 
 # --- encoding -------------------------------------------------------------------------------
-def test_python_encoder_reproduces_the_documented_test_vectors():
-    assert doc_vectors() == python_vectors()
+def test_python_encoder_reproduces_the_documented_test_vectors(doc_vectors, python_vectors):
+    assert doc_vectors == python_vectors
 
 
-def test_documented_vectors_decode_to_their_documented_fields():
+def test_documented_vectors_decode_to_their_documented_fields(doc_vectors):
     d = StreamDecoder()
-    frames = d.feed(b"".join(doc_vectors().values()))
+    frames = d.feed(b"".join(doc_vectors.values()))
     assert [type(f) for f in frames] == [SampleFrame, EventFrame, StatusFrame, SampleFrame]
     s, e, st_, w = frames
     assert s.data.tolist() == [[1, -1], [2, -2], [32767, -32768]] and s.scale_uv == 0.25
@@ -99,8 +74,8 @@ def test_documented_vectors_decode_to_their_documented_fields():
     assert w.data.tolist() == [[-1, 0, 1, 1000]] and w.scale_uv == pytest.approx(0.02, rel=1e-7)
 
 
-def test_header_layout_and_both_crcs():
-    frame = python_vectors()["samples"]
+def test_header_layout_and_both_crcs(python_vectors):
+    frame = python_vectors["samples"]
     assert frame[:4] == SYNC and frame[4] == 1 and frame[5] == FrameType.SAMPLES
     (payload_len,) = struct.unpack_from("<H", frame, 6)
     assert len(frame) == HEADER_BYTES + payload_len + 4 == samples_frame_bytes(2, 3)

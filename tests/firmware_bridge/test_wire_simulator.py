@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from phosphene.firmware_bridge.protocol import (
     EventFrame,
     SampleFrame,
@@ -25,8 +24,10 @@ from phosphene.firmware_bridge.simulator import (
     SimulatorConfig,
 )
 
+NO_FAULTS = FaultConfig()
 
-def simulate(duration_s: float, *, kind: str = "psychometric", seed: int = 0, faults=FaultConfig(),
+
+def simulate(duration_s: float, *, kind: str = "psychometric", seed: int = 0, faults=NO_FAULTS,
              **config) -> tuple[Simulator, bytes]:
     sim = Simulator(CortexSource(kind, seed=seed), SimulatorConfig(speed=0, seed=seed, faults=faults,
                                                                    **config))

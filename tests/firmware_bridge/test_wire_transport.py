@@ -9,9 +9,13 @@ import threading
 
 import pytest
 import serial
-
 from phosphene.firmware_bridge.protocol import SampleFrame, StatusFrame, StatusState
-from phosphene.firmware_bridge.simulator import CortexSource, FaultConfig, Simulator, SimulatorConfig
+from phosphene.firmware_bridge.simulator import (
+    CortexSource,
+    FaultConfig,
+    Simulator,
+    SimulatorConfig,
+)
 from phosphene.firmware_bridge.transport import (
     FrameReader,
     PortError,
