@@ -319,6 +319,7 @@ class Packetizer:
             raise ValueError(f"max_payload_bytes must be 1..{MAX_PAYLOAD_BYTES}, got {max_payload_bytes}")
         self.max_payload_bytes = max_payload_bytes
         self._buf = bytearray()
+        self._need = 0  # bytes the buffer must hold before scanning again can find a frame
         self.bytes_received = 0
         self.frames_ok = 0
         self.bytes_discarded = 0
@@ -334,6 +335,8 @@ class Packetizer:
         self.bytes_received += len(data)
         if self._buf:
             self._buf += data
+            if len(self._buf) < self._need:  # still inside a frame whose header checked out
+                return []
             buf: bytes | bytearray = self._buf
         else:
             # Nothing pending (the usual case): scan the caller's bytes in place, no copy.
@@ -353,6 +356,7 @@ class Packetizer:
         n = len(buf)
         pos = 0
         discarded = 0
+        self._need = 0
         crc32 = zlib.crc32
         unpack_u32 = _U32.unpack_from
         mv = memoryview(buf)
@@ -381,7 +385,8 @@ class Packetizer:
                     continue
                 end = pos + HEADER_BYTES + length + CRC_BYTES
                 if end > n:
-                    break  # wait for the rest of this frame
+                    self._need = end - pos  # wait for the rest of this frame
+                    break
                 frame_crc = unpack_u32(buf, end - CRC_BYTES)[0]
                 if crc32(mv[pos:end - CRC_BYTES]) != frame_crc:
                     self.crc_errors += 1
@@ -398,6 +403,7 @@ class Packetizer:
 
     def flush(self) -> int:
         """Drop buffered bytes (e.g. after a reconnect); they count as discarded."""
+        self._need = 0
         n = len(self._buf)
         self.bytes_discarded += n
         self._buf.clear()
