@@ -13,7 +13,6 @@ The issue's target: >= 100 MB/s of valid 96-channel frames (500x the 192 kB/s a
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -21,8 +20,13 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from phosphene.firmware_bridge.protocol import (
+    StatusFrame,
+    StatusState,
+    StreamDecoder,
+    encode_samples,
+)
 
-from phosphene.firmware_bridge.protocol import StatusFrame, StatusState, StreamDecoder, encode_samples
 from phosphene.io import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -126,7 +130,12 @@ def throughput(quick: bool) -> dict:
 
 
 def stream_over_pty(minutes: float, faults: bool) -> dict:
-    from phosphene.firmware_bridge.simulator import CortexSource, FaultConfig, Simulator, SimulatorConfig
+    from phosphene.firmware_bridge.simulator import (
+        CortexSource,
+        FaultConfig,
+        Simulator,
+        SimulatorConfig,
+    )
     from phosphene.firmware_bridge.transport import FrameReader, PtyPair
 
     fault_config = FaultConfig(drop_bytes_p=1e-6, flip_bits_p=1e-7, drop_frames_p=0.002,
