@@ -1,6 +1,7 @@
 """phosphene.firmware_bridge: the serial link from the acquisition firmware to the edge.
 
 protocol   frame encoder and streaming decoder (docs/protocol.md is the specification)
+handler    decoded frames -> contiguous microvolt blocks, sample gaps, events, restarts
 transport  pyserial ports, pseudo-terminal pairs, a reconnecting reader
 simulator  the array simulator: virtual-cortex frames at real-time pace, counted faults
 c/         the C99 reference encoder for firmware (phosphene_wire.h / .c)
@@ -8,6 +9,13 @@ c/         the C99 reference encoder for firmware (phosphene_wire.h / .c)
 
 from importlib.metadata import PackageNotFoundError, version
 
+from phosphene.firmware_bridge.handler import (
+    HandlerOutput,
+    HandlerStats,
+    SampleAssembler,
+    SampleBlock,
+    StreamFormat,
+)
 from phosphene.firmware_bridge.protocol import (
     CRC_BYTES,
     HEADER_BYTES,

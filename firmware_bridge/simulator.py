@@ -315,12 +315,13 @@ class Simulator:
             ...
             sim.wait(timeout_s=30); print(sim.counts.expected_frames_lost)
 
-    `counts` is a live snapshot (thread-safe); `stop()` ends the stream early, after the
-    closing STATUS frame.
+    `counts` is a live snapshot (thread-safe); `stop()` (or setting `stop_event`, which
+    a runtime may share) ends the stream early, after the closing STATUS frame.
     """
 
     def __init__(self, source: StreamSource, config: SimulatorConfig = SimulatorConfig(), *,
-                 on_progress: Callable[[SimulatorCounts], None] | None = None):
+                 on_progress: Callable[[SimulatorCounts], None] | None = None,
+                 stop_event: threading.Event | None = None):
         self.source = source
         self.config = config
         self.on_progress = on_progress
@@ -329,7 +330,7 @@ class Simulator:
         self._rng = np.random.default_rng([config.seed, 7])
         self._lock = threading.Lock()
         self._counts = SimulatorCounts()
-        self._stop = threading.Event()
+        self._stop = stop_event if stop_event is not None else threading.Event()
         self._finished = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None

@@ -197,3 +197,4 @@ def test_bad_configuration_says_what_to_fix():
         Simulator(CortexSource("resting")).run(io.BytesIO(), 0.0)
     with pytest.raises(TypeError, match="cannot write frames"):
         Simulator(CortexSource("resting")).run(3.5, 1.0)
+
