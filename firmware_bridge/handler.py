@@ -12,10 +12,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-
 from phosphene.firmware_bridge.protocol import EventFrame, Frame, SampleFrame, StatusFrame
 
-__all__ = ["StreamFormat", "SampleBlock", "HandlerStats", "HandlerOutput", "SampleAssembler"]
+__all__ = ["HandlerOutput", "HandlerStats", "SampleAssembler", "SampleBlock", "StreamFormat"]
 
 
 @dataclass(frozen=True)

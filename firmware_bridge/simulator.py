@@ -443,11 +443,11 @@ class Simulator:
                 self._restart(sink, start)
             if next_stall is not None and start >= next_stall:
                 next_stall = start + stall_every if stall_every else None
+                if self._stop.wait(faults.stall_ms / 1e3):
+                    break  # stopped mid-stall: not a completed (counted) stall
                 with self._lock:
                     self._counts.stalls += 1
                     self._counts.stall_ms_total += faults.stall_ms
-                if self._stop.wait(faults.stall_ms / 1e3):
-                    break
             if next_garbage is not None and start >= next_garbage:
                 next_garbage = start + garbage_every if garbage_every else None
                 self._send_garbage(sink, faults.garbage_burst_bytes)

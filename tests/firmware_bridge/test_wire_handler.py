@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from phosphene.firmware_bridge.handler import SampleAssembler, StreamFormat
 from phosphene.firmware_bridge.protocol import (
     EventFrame,
