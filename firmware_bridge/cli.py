@@ -167,7 +167,13 @@ def _open_source(dataset_path, session, kind, seed):
 
 
 def _run(sim, target, duration) -> None:
-    """Run the simulator in a thread so Ctrl-C stops it cleanly (closing frame included)."""
+    """Run the simulator in a thread so Ctrl-C or SIGTERM (systemd, a test harness) stop it
+    cleanly, closing frame included."""
+    import signal
+    import threading
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: sim.stop()) if in_main else None
     sim.start(target, duration)
     try:
         while not sim.wait(0.2):
@@ -176,3 +182,6 @@ def _run(sim, target, duration) -> None:
         click.echo("stopping (Ctrl-C)", err=True)
         sim.stop()
         sim.wait(5.0)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)

@@ -292,13 +292,15 @@ def _make_sink(port: Any, stop: threading.Event) -> _Sink:
 
 
 def _url_writer(ser) -> Callable[[bytes, float | None], int]:
+    import queue
+
     import serial
 
     def write(b: bytes, t: float | None) -> int:
         ser.write_timeout = t
         try:
             n = ser.write(b)
-        except serial.SerialTimeoutException:
+        except (serial.SerialTimeoutException, queue.Full):  # loop:// raises queue.Full
             return 0  # pyserial does not say how much went out; count the block as lost
         return len(b) if n is None else n
     return write

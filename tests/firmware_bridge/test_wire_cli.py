@@ -111,3 +111,22 @@ def test_pty_mode_in_a_real_process_prints_the_device_path():
     # the reader opened the pty a moment after the stream began; everything after is intact
     assert stats.seq_gaps == 0 and stats.crc_errors == 0
     assert frames[-1].seq == report["frames_generated"] - 1
+
+
+def test_without_duration_it_streams_until_sigterm_then_closes_the_run():
+    proc = subprocess.Popen([sys.executable, "-m", "phosphene", "simulate", "stream", "--pty",
+                             "--speed", "4", "--json", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        path = json.loads(proc.stderr.readline())["pty"]
+        with FrameReader(path) as reader:
+            reader.wait_for(lambda f: isinstance(f, StatusFrame) and not f.boot, timeout_s=60)
+            proc.terminate()  # SIGTERM: the stream must end with its STOPPED frame
+            reader.wait_for(lambda f: isinstance(f, StatusFrame)
+                            and f.state == StatusState.STOPPED, timeout_s=30)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    report = json.loads(out)
+    assert report["stream_s"] >= 1.0 and report["frames_sent"] > 60
