@@ -33,7 +33,85 @@ log = logging.getLogger(__name__)
 class _Prepared:
     boundary: int  # samples_seen at which these statistics are due
     prepared_at: int  # samples_seen when the sorted part was copied: it holds t < prepared_at
-    future: concurrent.futures.Future  # -> (C, nA) float32, each row sorted
+    future: concurrent.futures.Future  # -> _Known
+
+
+_BAND = 256  # sorted values kept, per row, around each place the refresh will look
+
+
+@dataclass
+class _Band:
+    """A contiguous slice of each sorted row: values[i] = rows[i, start[i] : start[i] + width]."""
+
+    start: np.ndarray  # (C,) int64
+    values: np.ndarray  # (C, width) float32
+    n: int  # full row length
+
+    @classmethod
+    def around(cls, rows: np.ndarray, index: np.ndarray) -> _Band:
+        C, n = rows.shape
+        width = min(n, _BAND)
+        start = np.clip(index - width // 2, 0, n - width).astype(np.int64)
+        values = np.ascontiguousarray(rows[np.arange(C)[:, None], start[:, None] + np.arange(width)])
+        return cls(start, values, n)
+
+    def count_below(self, values: np.ndarray, *, inclusive: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Per row: elements < values (<= when inclusive), and whether the band could tell."""
+        v = values.astype(np.float32)[:, None]
+        count = ((self.values <= v) if inclusive else (self.values < v)).sum(axis=1)
+        width = self.values.shape[1]
+        sure = (((count > 0) | (self.start == 0))
+                & ((count < width) | (self.start + width == self.n)))
+        return self.start + count, sure
+
+    def take(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """rows[i, index[i, :]] from the band, and whether each was inside it."""
+        local = index - self.start[:, None]
+        held = (local >= 0) & (local < self.values.shape[1])
+        rows = np.arange(self.values.shape[0])[:, None]
+        return self.values[rows, np.clip(local, 0, self.values.shape[1] - 1)], held
+
+
+@dataclass
+class _Known:
+    """The part of the next refresh's window known ahead of time, worked up in the helper.
+
+    The refresh reads only compact slices (a few hundred KB, contiguous): the full sorted
+    rows are kept for the rare row a slice cannot answer.
+    """
+
+    rows: np.ndarray  # (C, nA) float32, each row sorted
+    center: np.ndarray  # (C,) median of the rows alone
+    radius: np.ndarray  # (C,) float64: >= r2 + 1 distances (to `center`) are within it
+    n_recent: int  # decimated samples still to come before the boundary
+    middle: np.ndarray  # (C, m) rows[:, middle_lo : middle_lo + m]: where the final median lies
+    middle_lo: int
+    lowest: np.ndarray  # (C,) rows[:, 0]
+    highest: np.ndarray  # (C,) rows[:, -1]
+    # slices around where the MAD search lands: center - radius, center, center + radius
+    band_lo: _Band
+    band_center: _Band
+    band_hi: _Band
+
+
+def _work_up(known: np.ndarray, n_recent: int) -> _Known:
+    """Off the decision path: sort, bound the MAD, and cut the slices the refresh will read."""
+    C, nA = known.shape
+    rows = np.sort(known, axis=1)
+    r1, r2 = _middle_ranks(nA)
+    center = ((rows[:, r1] + rows[:, r2]) / np.float32(2)).astype(np.float32)
+    rank = min(nA - 1, (nA + n_recent) // 2)  # the final MAD's upper rank, within these rows
+    distances = np.abs(rows - center[:, None])
+    radius = np.partition(distances, rank, axis=1)[:, rank].astype(np.float64)
+    r32 = radius.astype(np.float32)
+    guesses = [np.array([np.searchsorted(row, v, side=side) for row, v in zip(rows, values)])
+               for values, side in ((center - r32, "left"), (center, "left"), (center + r32, "right"))]
+    f1, f2 = _middle_ranks(nA + n_recent)
+    middle_lo, middle_hi = max(0, f1 - n_recent), min(nA, f2 + 1)
+    return _Known(rows, center, radius, n_recent,
+                  np.ascontiguousarray(rows[:, middle_lo:middle_hi]), middle_lo,
+                  rows[:, 0].copy(), rows[:, -1].copy(),
+                  *(_Band.around(rows, g) for g in guesses))
 
 
 @dataclass
@@ -82,9 +160,12 @@ class EdgeNormaliser(Normaliser):
         if self._prepared is not None and self._prepared.boundary == boundary:
             return False
         times = self._decimated_times(boundary, t)
+        n_recent = len(self._decimated_times(boundary, boundary)) - len(times)
         # copy now: these ring slots are not overwritten before the boundary (window >= refresh)
         known = np.ascontiguousarray(self._ring[times % cfg.window_samples].T)
-        self._prepared = _Prepared(boundary, t, self._pool.submit(np.sort, known, axis=1))
+        if not np.isfinite(known).all():
+            return False  # the core refresh will handle (and propagate) non-finite input
+        self._prepared = _Prepared(boundary, t, self._pool.submit(_work_up, known, n_recent))
         return True
 
     def wait_prepared(self, timeout_s: float | None = None) -> None:
@@ -101,14 +182,17 @@ class EdgeNormaliser(Normaliser):
             self.slow_refreshes += 1
             return super()._refresh()
         cfg = self.config
-        sorted_known = prepared.future.result()
+        known: _Known = prepared.future.result()
         times = self._decimated_times(T, T)
         recent = np.ascontiguousarray(self._ring[times[times >= prepared.prepared_at] % cfg.window_samples].T)
-        if not (np.isfinite(sorted_known).all() and np.isfinite(recent).all()):
+        if recent.shape[1] != known.n_recent or not np.isfinite(recent).all():
             self.slow_refreshes += 1
             return super()._refresh()
-        center = _median_merge(sorted_known, recent)
-        mad = _mad_merge(sorted_known, recent, center)
+        center = _median_merge_prepared(known, recent)
+        mad = _mad_merge(known, recent, center)
+        if mad is None:  # the prepared bound did not hold (never seen; exact either way)
+            self.slow_refreshes += 1
+            return super()._refresh()
         # exactly the core's arithmetic from here on (float32 throughout)
         scale = 1.4826 * mad
         self.center = center.astype(np.float32)
@@ -157,69 +241,109 @@ def _median_merge(sorted_known: np.ndarray, recent: np.ndarray) -> np.ndarray:
     return _finish_median(np.concatenate([sorted_known[:, lo:hi], recent], axis=1), r1, r2, lo)
 
 
-def _row_searchsorted(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Per row i: number of rows[i] elements < values[i] (rows sorted)."""
-    C, n = rows.shape
-    lo = np.zeros(C, dtype=np.int64)
-    hi = np.full(C, n, dtype=np.int64)
-    idx = np.arange(C)
-    while True:
-        active = lo < hi
-        if not active.any():
-            return lo
-        mid = (lo + hi) // 2
-        below = np.zeros(C, dtype=bool)
-        below[active] = rows[idx[active], mid[active]] < values[active]
-        lo = np.where(active & below, mid + 1, lo)
-        hi = np.where(active & ~below, mid, hi)
-
-
-def _mad_merge(sorted_known: np.ndarray, recent: np.ndarray, center: np.ndarray) -> np.ndarray:
-    """Median of |x - center| per row over (sorted_known ∪ recent), as float32.
-
-    |x - c| over a sorted row is two sorted runs: left of c (read backwards) and right of c.
-    A vectorised two-run selection finds where the first `lo` distances end; the next few
-    of each run plus the recent distances hold the answer.
-    """
-    C, nA = sorted_known.shape
-    nB = recent.shape[1]
+def _median_merge_prepared(known: _Known, recent: np.ndarray) -> np.ndarray:
+    """_median_merge from the prepared middle slice (the same values, fewer cache lines)."""
+    nA, nB = known.rows.shape[1], recent.shape[1]
     r1, r2 = _middle_ranks(nA + nB)
-    lo, hi = max(0, r1 - nB), min(nA, r2 + 1)
-    width = hi - lo
+    return _finish_median(np.concatenate([known.middle, recent], axis=1), r1, r2, known.middle_lo)
+
+
+def _count_below(known: _Known, band: _Band, values: np.ndarray, *, inclusive: bool) -> np.ndarray:
+    """Per row: elements < values (<= when inclusive), from the band; a row it cannot answer
+    (many ties, or the value far from the guess) is searched in the full sorted row."""
+    count, sure = band.count_below(values, inclusive=inclusive)
+    for i in np.flatnonzero(~sure):
+        count[i] = np.searchsorted(known.rows[i], values[i], side="right" if inclusive else "left")
+    return count
+
+
+def _mad_merge(known: _Known, recent: np.ndarray, center: np.ndarray) -> np.ndarray | None:
+    """Median of |x - center| per row over (known.rows ∪ recent), float32; None if unbounded.
+
+    Distances over a sorted row form two sorted runs (left of the center read backwards,
+    right of it forwards). The helper bounded the answer by a radius t: the first i_a left
+    and j_a right distances are <= t, at least r2 + 1 of them. So the answer is among the
+    last (i_a + j_a - lo) of each run below t and the recent values, and the first
+    (i_a + j_a - lo) of each counted run are below it. Float rounding is respected: the run
+    boundaries are found on fl(|x - c|) itself, not on c +- t.
+    """
+    rows, n_recent = known.rows, recent.shape[1]
+    C, nA = rows.shape
+    r1, r2 = _middle_ranks(nA + n_recent)
+    lo = max(0, r1 - n_recent)
     c = center.astype(np.float32)
-    split = _row_searchsorted(sorted_known, c)  # left run: [0, split), right run: [split, nA)
-    n_left, n_right = split, nA - split
-    rows = np.arange(C)
-
-    def left(i):  # i-th smallest distance of the left run (i < n_left)
-        return np.abs(sorted_known[rows, np.clip(split - 1 - i, 0, nA - 1)] - c)
-
-    def right(j):  # j-th smallest distance of the right run (j < n_right)
-        return np.abs(sorted_known[rows, np.clip(split + j, 0, nA - 1)] - c)
-
-    # smallest i in [max(0, lo - n_right), min(lo, n_left)] with left(i) >= right(lo - i - 1)
-    i_lo = np.maximum(0, lo - n_right)
-    i_hi = np.minimum(lo, n_left)
-    while True:
-        active = i_lo < i_hi
-        if not active.any():
-            break
-        mid = (i_lo + i_hi) // 2
-        take_more_left = left(mid) < right(lo - mid - 1)
-        i_lo = np.where(active & take_more_left, mid + 1, i_lo)
-        i_hi = np.where(active & ~take_more_left, mid, i_hi)
-    i0 = i_lo
-    j0 = lo - i0
-    steps = np.arange(width)[None, :]
-    li = i0[:, None] + steps  # next `width` of each run after the first `lo` distances
-    rj = j0[:, None] + steps
+    # the radius for this center: distances to c are within |c - c_known| of those to c_known
+    shift = np.abs(c.astype(np.float64) - known.center.astype(np.float64))
+    t = np.nextafter((known.radius + shift).astype(np.float32), np.float32(np.inf))
+    p = _count_below(known, known.band_center, c, inclusive=False)  # left run: rows[:, :p] (x < c)
+    # smallest x with fl(c - x) <= t, and largest x with fl(x - c) <= t, exactly in float32
+    x_lo, found_lo = _edge(c, t, toward=-np.inf)
+    x_hi, found_hi = _edge(c, t, toward=np.inf)
+    # a radius reaching past a row's extreme takes the whole run (the edge search near zero
+    # can need more floats than it tests; the extreme itself answers exactly)
+    lowest, highest = known.lowest, known.highest
+    all_left = np.abs(lowest - c) <= t
+    all_right = np.abs(highest - c) <= t
+    x_lo, found_lo = np.where(all_left, lowest, x_lo), found_lo | all_left
+    x_hi, found_hi = np.where(all_right, highest, x_hi), found_hi | all_right
+    i_a = p - _count_below(known, known.band_lo, x_lo, inclusive=False)
+    j_a = _count_below(known, known.band_hi, x_hi, inclusive=True) - p
+    total = i_a + j_a
+    if not (found_lo.all() and found_hi.all()) or (total < r2 + 1).any():
+        return None
+    width = int((total - lo).max())
+    start_l = np.maximum(0, i_a - width)
+    start_r = np.maximum(0, j_a - width)
+    k = np.arange(width)[None, :]
+    kl = start_l[:, None] + k  # k-th smallest left distance lives at rows[p - 1 - k]
+    kr = start_r[:, None] + k  # k-th smallest right distance lives at rows[p + k]
+    use_l, use_r = kl < i_a[:, None], kr < j_a[:, None]
+    # both runs end at the radius: their last elements sit in the bands cut around it
+    left_x, held_l = known.band_lo.take(p[:, None] - 1 - kl)
+    right_x, held_r = known.band_hi.take(p[:, None] + kr)
+    if not ((held_l | ~use_l).all() and (held_r | ~use_r).all()):
+        return None
     inf = np.float32(np.inf)
-    left_d = np.where(li < n_left[:, None],
-                      np.abs(sorted_known[rows[:, None], np.clip(split[:, None] - 1 - li, 0, nA - 1)]
-                             - c[:, None]), inf)
-    right_d = np.where(rj < n_right[:, None],
-                       np.abs(sorted_known[rows[:, None], np.clip(split[:, None] + rj, 0, nA - 1)]
-                              - c[:, None]), inf)
-    recent_d = np.abs(recent - c[:, None])
-    return _finish_median(np.concatenate([left_d, right_d, recent_d], axis=1).astype(np.float32),
-                          r1, r2, lo)
+    left = np.where(use_l, np.abs(left_x - c[:, None]), inf)
+    right = np.where(use_r, np.abs(right_x - c[:, None]), inf)
+    candidates = np.sort(np.concatenate([left, right, np.abs(recent - c[:, None])], axis=1), axis=1)
+    base = start_l + start_r  # distances excluded below the candidates, all <= the answer
+    idx = np.arange(C)
+    a = candidates[idx, r1 - base]
+    if r1 == r2:
+        return a.astype(np.float32)
+    return ((a + candidates[idx, r2 - base]) / np.float32(2)).astype(np.float32)
+
+
+_EDGE_STEPS = 16  # floats tested on each side of fl(c +- t)
+
+
+def _ordered(x: np.ndarray) -> np.ndarray:
+    """float32 -> int64 that orders like the value (adjacent floats differ by 1)."""
+    bits = (x + np.float32(0.0)).view(np.int32).astype(np.int64)
+    return np.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+
+
+def _from_ordered(k: np.ndarray) -> np.ndarray:
+    bits = np.where(k >= 0, k, k ^ 0x7FFFFFFF).astype(np.int32)
+    return bits.view(np.float32)
+
+
+def _edge(c: np.ndarray, t: np.ndarray, *, toward: float) -> tuple[np.ndarray, np.ndarray]:
+    """The float32 x furthest from c toward `toward` with fl(|x - c|) <= t, per row.
+
+    fl(c +- t) lands a few floats from that edge (one or two where x > c / 2, the MUA
+    case); 2 * 16 + 1 neighbouring floats are tested at once. Returns (x, found): `found`
+    is False for a row whose edge lies beyond them (the caller then takes the core's
+    refresh, so the result is exact always).
+    """
+    sign = 1 if toward > 0 else -1
+    x0 = (c + np.float32(sign) * t).astype(np.float32)
+    steps = np.arange(-_EDGE_STEPS, _EDGE_STEPS + 1)[:, None] * sign  # inside -> outside
+    candidates = _from_ordered(_ordered(x0)[None, :] + steps)
+    # never past c: beyond it the distance grows again (a tiny t puts x0 within ulps of c)
+    candidates = np.maximum(candidates, c) if sign > 0 else np.minimum(candidates, c)
+    inside = np.abs(candidates - c) <= t  # true on a prefix: the distance grows outward
+    n_inside = inside.sum(axis=0)
+    found = (n_inside >= 1) & (n_inside < candidates.shape[0])
+    return candidates[np.clip(n_inside - 1, 0, None), np.arange(c.shape[0])], found

@@ -1,11 +1,15 @@
-"""Edge fixtures: a tiny real bundle, a recorded simulator byte stream, and a runtime factory."""
+"""Edge fixtures: a tiny real bundle, its decoder, and a recorded simulator byte stream."""
 
 from __future__ import annotations
 
-import io
+import sys
+from pathlib import Path
 
 import pytest
-from tiny_bundle import make_tiny_bundle
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # helper modules beside the tests
+from streams import record_stream  # noqa: E402
+from tiny_bundle import make_tiny_bundle  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -26,23 +30,6 @@ def edge_decoder(edge_bundle):
     from phosphene.edge.runtime import BundleDecoder
 
     return BundleDecoder(edge_bundle, threads=1)
-
-
-def record_stream(channel_map, *, seconds: float, kind: str = "psychometric", seed: int = 0,
-                  faults=None) -> tuple[bytes, object]:
-    """Bytes the simulator writes for `seconds` of stream (unpaced), and its counts."""
-    from phosphene.firmware_bridge.simulator import (
-        CortexSource,
-        FaultConfig,
-        Simulator,
-        SimulatorConfig,
-    )
-
-    sink = io.BytesIO()
-    sim = Simulator(CortexSource(kind, seed=seed, channel_map=channel_map),
-                    SimulatorConfig(speed=0, seed=seed, faults=faults or FaultConfig()))
-    counts = sim.run(sink, duration_s=seconds)
-    return sink.getvalue(), counts
 
 
 @pytest.fixture(scope="session")

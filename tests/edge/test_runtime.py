@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import record_stream
+from streams import record_stream
 from phosphene.edge.interpreter import Encoder
 from phosphene.edge.runtime import (
     DecisionSinks,
