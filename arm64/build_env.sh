@@ -75,6 +75,8 @@ case "$QEMU_FLAVOUR" in
         || die "cannot reach $MIRROR with apt-get (Debian mirror unreachable?)"
       (cd "$CACHE/apt-qemu/debs" && apt_private "$CACHE/apt-qemu" amd64 "trixie" -- download qemu-user >&2)
       dpkg -x "$CACHE"/apt-qemu/debs/qemu-user_*.deb "$CACHE/qemu"
+      # keep the one emulator used (the package holds ~30 of them, 450 MB)
+      find "$CACHE/qemu/usr/bin" -mindepth 1 ! -name qemu-aarch64 -delete
       rm -rf "$CACHE/apt-qemu/debs" "$CACHE/apt-qemu/cache"  # 70 MB .deb, not needed again
       echo "trixie qemu-user" > "$CACHE/qemu/.stamp"
     fi
@@ -125,6 +127,7 @@ fetch_site() {  # fetch_site NAME wheel-specs...
   for whl in "$CACHE/wheels-$name"/*.whl; do
     "$HOST_PY" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$whl" "$site"
   done
+  rm -rf "$CACHE/wheels-$name"
   echo "$want" > "$site/.stamp"
 }
 fetch_site litert "${LITERT_WHEELS[@]}"

@@ -57,7 +57,7 @@ def run_cmd(cmd: list[str], *, env_extra: dict | None = None, timeout_s: float =
     env = {**os.environ, **(env_extra or {})}
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise StepFailed(f"{what}: no result after {timeout_s:.0f} s") from None
     proc.wall_s = round(time.perf_counter() - t0, 1)  # type: ignore[attr-defined]
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         qemu = CACHE / "qemu" / "usr" / "bin" / "qemu-aarch64"
-        report["qemu"] = subprocess.run([str(qemu), "--version"], capture_output=True,
+        report["qemu"] = subprocess.run([str(qemu), "--version"], check=False, capture_output=True,
                                         text=True).stdout.splitlines()[0] if qemu.exists() else None
         bundle, how = resolve_bundle(args.bundle, out)
         report["bundle"] = {"path": str(bundle), "kind": how}

@@ -86,7 +86,7 @@ def run_windows(bundle_path: str, windows: np.ndarray, runtime: str = "auto") ->
         "qemu_cpu": _qemu_cpu() if platform.machine() != "x86_64" else None,
         "bundle": str(bundle.path),
         "model_sha256": bundle.manifest["files"][bundle.manifest["model"]["file"]]["sha256"],
-        "n_windows": int(len(windows)),
+        "n_windows": len(windows),
         "output_quant": encoder.output_quant.to_dict(),
     }
     return {"latents_int8": np.stack(latents), "p_perceived": np.asarray(p_perceived, dtype=np.float64),
