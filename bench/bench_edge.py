@@ -62,7 +62,8 @@ def main(argv: list[str]) -> int:
         runs = args.runs or (2000 if args.quick else 10_000)
         stream_s = 60.0 * args.minutes if args.minutes else (20.0 if args.quick else 60.0)
         print(f"decision latency: {runs} runs, 1 thread ...", file=sys.stderr, flush=True)
-        decision = bench_bundle(path, BenchConfig(threads=1, runs=runs, warmup=100))
+        decision = bench_bundle(path, BenchConfig(threads=1, runs=runs, warmup=100,
+                                                  realtime_priority=args.realtime))
         print(f"end to end: {stream_s:.0f} s of stream through a pty at real time ...",
               file=sys.stderr, flush=True)
         stream = bench_stream(load_bundle(path), duration_s=stream_s, threads=1,
@@ -87,7 +88,8 @@ def main(argv: list[str]) -> int:
     print(table(rows, ["measure", "p50", "p99", "max", "target p99"],
                 title=f"edge latency (us), {decision['runtime']} {decision['runtime_version']}, 1 thread, "
                       f"{machine()['cpu']}"))
-    print(f"\nstream priority: {'SCHED_FIFO ' + str(args.realtime) if stream['realtime'] else 'normal'}")
+    print(f"\npriority: {'SCHED_FIFO ' + str(args.realtime) if stream['realtime'] else 'normal'} "
+          "(SCHED_FIFO: the runtime's deciding thread only, as on a dedicated board)")
     print(f"bundle: {path} ({kind}); window {decision['window']['window_samples']} x "
           f"{decision['n_channels']}; budget {stream['budget_ms']:g} ms")
     print(f"stream: {stream['decisions']} decisions, {stream['budget_misses']} budget misses, "

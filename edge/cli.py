@@ -237,7 +237,8 @@ def _simulated_array(b, kind, speed, seed, channels, drop_frames, stall_ms, stal
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               metavar="S", help="With --stream: seconds of stream.")
 @click.option("--realtime", type=click.IntRange(1, 99), metavar="PRIO",
-              help="With --stream: the deciding thread at SCHED_FIFO priority PRIO.")
+              help="Measure at SCHED_FIFO priority PRIO, as a dedicated board would run (root or "
+                   "CAP_SYS_NICE).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (stable keys).")
 def bench(bundle, threads, runs, warmup, runtime_name, budget_ms, stream, duration, realtime, as_json):
     """Benchmark a bundle's decision latency on this device.
@@ -260,7 +261,7 @@ def bench(bundle, threads, runs, warmup, runtime_name, budget_ms, stream, durati
     b = _load_bundle(bundle)
     _make_decoder(b, threads=threads, runtime=runtime_name)  # clear errors before measuring
     config = BenchConfig(threads=threads, runs=runs, warmup=warmup, runtime=runtime_name,
-                         latency_budget_ms=budget_ms)
+                         latency_budget_ms=budget_ms, realtime_priority=realtime)
     try:
         result = bench_bundle(bundle, config)
         if stream:

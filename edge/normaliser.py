@@ -36,7 +36,7 @@ class _Prepared:
     future: concurrent.futures.Future  # -> _Known
 
 
-_BAND = 256  # sorted values kept, per row, around each place the refresh will look
+_BAND = 384  # sorted values kept, per row, around each place the refresh will look
 
 
 @dataclass
@@ -48,10 +48,11 @@ class _Band:
     n: int  # full row length
 
     @classmethod
-    def around(cls, rows: np.ndarray, index: np.ndarray) -> _Band:
+    def around(cls, rows: np.ndarray, index: np.ndarray, *, before: float = 0.5) -> _Band:
+        """The slice holding `index`, with `before` of its width below it."""
         C, n = rows.shape
         width = min(n, _BAND)
-        start = np.clip(index - width // 2, 0, n - width).astype(np.int64)
+        start = np.clip(index - int(width * before), 0, n - width).astype(np.int64)
         values = np.ascontiguousarray(rows[np.arange(C)[:, None], start[:, None] + np.arange(width)])
         return cls(start, values, n)
 
@@ -111,7 +112,9 @@ def _work_up(known: np.ndarray, n_recent: int) -> _Known:
     return _Known(rows, center, radius, n_recent,
                   np.ascontiguousarray(rows[:, middle_lo:middle_hi]), middle_lo,
                   rows[:, 0].copy(), rows[:, -1].copy(),
-                  *(_Band.around(rows, g) for g in guesses))
+                  # the MAD's candidates run from each radius edge toward the center
+                  _Band.around(rows, guesses[0], before=0.25), _Band.around(rows, guesses[1]),
+                  _Band.around(rows, guesses[2], before=0.75))
 
 
 @dataclass
@@ -125,10 +128,11 @@ class EdgeNormaliser(Normaliser):
     lead_samples: int = 64  # prepare once the boundary is at most this many samples ahead
     fast_refreshes: int = field(default=0, init=False)
     slow_refreshes: int = field(default=0, init=False)
+    inline_reasons: dict = field(default_factory=dict, init=False)  # why a refresh ran inline
 
     def __post_init__(self) -> None:
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="normaliser-prepare", initializer=_ordinary_priority)
+            max_workers=1, thread_name_prefix="normaliser-prepare", initializer=_below_caller_priority)
         super().__post_init__()
 
     def reset(self) -> None:
@@ -174,25 +178,28 @@ class EdgeNormaliser(Normaliser):
             concurrent.futures.wait([self._prepared.future], timeout=timeout_s)
 
     # ---- at the boundary -------------------------------------------------------------------
+    def _inline_refresh(self, reason: str) -> None:
+        self.slow_refreshes += 1
+        self.inline_reasons[reason] = self.inline_reasons.get(reason, 0) + 1
+        super()._refresh()
+
     def _refresh(self) -> None:
         prepared, self._prepared = self._prepared, None
         T = self.samples_seen
-        if (prepared is None or prepared.boundary != T or not prepared.future.done()
-                or prepared.future.exception() is not None):
-            self.slow_refreshes += 1
-            return super()._refresh()
+        reason = ("not prepared" if prepared is None or prepared.boundary != T
+                  else "preparation not finished" if not prepared.future.done()
+                  else f"preparation failed: {prepared.future.exception()!r}"
+                  if prepared.future.exception() is not None else None)
+        if reason is not None:
+            return self._inline_refresh(reason)
         cfg = self.config
         known: _Known = prepared.future.result()
         times = self._decimated_times(T, T)
         recent = np.ascontiguousarray(self._ring[times[times >= prepared.prepared_at] % cfg.window_samples].T)
         if recent.shape[1] != known.n_recent or not np.isfinite(recent).all():
-            self.slow_refreshes += 1
-            return super()._refresh()
+            return self._inline_refresh("recent samples differ from the preparation")
         center = _median_merge_prepared(known, recent)
         mad = _mad_merge(known, recent, center)
-        if mad is None:  # the prepared bound did not hold (never seen; exact either way)
-            self.slow_refreshes += 1
-            return super()._refresh()
         # exactly the core's arithmetic from here on (float32 throughout)
         scale = 1.4826 * mad
         self.center = center.astype(np.float32)
@@ -200,14 +207,23 @@ class EdgeNormaliser(Normaliser):
         self.fast_refreshes += 1
 
 
-def _ordinary_priority() -> None:
-    """The preparing thread must never compete with a real-time decision thread it came from."""
+def _below_caller_priority() -> None:
+    """The preparing thread inherits the deciding thread's scheduling; step one below it.
+
+    Under SCHED_FIFO (the runtime's --realtime) it then still runs ahead of every ordinary
+    process, so its work is ready at the boundary, but never ahead of a decision.
+    """
     import os
 
     try:
-        if os.sched_getscheduler(0) != os.SCHED_OTHER:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    except (AttributeError, OSError):  # not Linux, or not allowed: nothing to undo
+        policy = os.sched_getscheduler(0)
+        if policy in (os.SCHED_FIFO, os.SCHED_RR):
+            priority = os.sched_getparam(0).sched_priority
+            if priority > 1:
+                os.sched_setscheduler(0, policy, os.sched_param(priority - 1))
+            else:
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux, or not allowed: keep what it has
         pass
 
 
@@ -229,43 +245,27 @@ def _finish_median(candidates: np.ndarray, r1: int, r2: int, lo: int) -> np.ndar
     return ((a + b) / np.float32(2)).astype(np.float32)
 
 
-def _median_merge(sorted_known: np.ndarray, recent: np.ndarray) -> np.ndarray:
-    """Median per row of (sorted_known ∪ recent). sorted_known: (C, nA) rows sorted; recent: (C, nB).
-
-    The rank-r value of the union has rank in [r - nB, r] among the sorted part, so only
-    sorted_known[:, r1 - nB : r2 + 1] and the recent values can hold it.
-    """
-    nA, nB = sorted_known.shape[1], recent.shape[1]
-    r1, r2 = _middle_ranks(nA + nB)
-    lo, hi = max(0, r1 - nB), min(nA, r2 + 1)
-    return _finish_median(np.concatenate([sorted_known[:, lo:hi], recent], axis=1), r1, r2, lo)
-
-
 def _median_merge_prepared(known: _Known, recent: np.ndarray) -> np.ndarray:
-    """_median_merge from the prepared middle slice (the same values, fewer cache lines)."""
+    """Median per row of (known.rows ∪ recent), exactly as np.median gives it.
+
+    The rank-r value of the union has rank in [r - nB, r] among the sorted rows, so only
+    rows[:, r1 - nB : r2 + 1] (the prepared middle slice) and the recent values can hold it.
+    """
     nA, nB = known.rows.shape[1], recent.shape[1]
     r1, r2 = _middle_ranks(nA + nB)
     return _finish_median(np.concatenate([known.middle, recent], axis=1), r1, r2, known.middle_lo)
 
 
-def _count_below(known: _Known, band: _Band, values: np.ndarray, *, inclusive: bool) -> np.ndarray:
-    """Per row: elements < values (<= when inclusive), from the band; a row it cannot answer
-    (many ties, or the value far from the guess) is searched in the full sorted row."""
-    count, sure = band.count_below(values, inclusive=inclusive)
-    for i in np.flatnonzero(~sure):
-        count[i] = np.searchsorted(known.rows[i], values[i], side="right" if inclusive else "left")
-    return count
-
-
-def _mad_merge(known: _Known, recent: np.ndarray, center: np.ndarray) -> np.ndarray | None:
-    """Median of |x - center| per row over (known.rows ∪ recent), float32; None if unbounded.
+def _mad_merge(known: _Known, recent: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """Median of |x - center| per row over (known.rows ∪ recent), float32, as np.median gives.
 
     Distances over a sorted row form two sorted runs (left of the center read backwards,
     right of it forwards). The helper bounded the answer by a radius t: the first i_a left
     and j_a right distances are <= t, at least r2 + 1 of them. So the answer is among the
     last (i_a + j_a - lo) of each run below t and the recent values, and the first
     (i_a + j_a - lo) of each counted run are below it. Float rounding is respected: the run
-    boundaries are found on fl(|x - c|) itself, not on c +- t.
+    boundaries are found on fl(|x - c|) itself, not on c +- t. A row the prepared slices
+    cannot answer (long runs of tied values, as on a dead channel) is computed directly.
     """
     rows, n_recent = known.rows, recent.shape[1]
     C, nA = rows.shape
@@ -275,23 +275,22 @@ def _mad_merge(known: _Known, recent: np.ndarray, center: np.ndarray) -> np.ndar
     # the radius for this center: distances to c are within |c - c_known| of those to c_known
     shift = np.abs(c.astype(np.float64) - known.center.astype(np.float64))
     t = np.nextafter((known.radius + shift).astype(np.float32), np.float32(np.inf))
-    p = _count_below(known, known.band_center, c, inclusive=False)  # left run: rows[:, :p] (x < c)
+    p, sure_p = known.band_center.count_below(c, inclusive=False)  # left run: rows[:, :p] (x < c)
     # smallest x with fl(c - x) <= t, and largest x with fl(x - c) <= t, exactly in float32
     x_lo, found_lo = _edge(c, t, toward=-np.inf)
     x_hi, found_hi = _edge(c, t, toward=np.inf)
     # a radius reaching past a row's extreme takes the whole run (the edge search near zero
     # can need more floats than it tests; the extreme itself answers exactly)
-    lowest, highest = known.lowest, known.highest
-    all_left = np.abs(lowest - c) <= t
-    all_right = np.abs(highest - c) <= t
-    x_lo, found_lo = np.where(all_left, lowest, x_lo), found_lo | all_left
-    x_hi, found_hi = np.where(all_right, highest, x_hi), found_hi | all_right
-    i_a = p - _count_below(known, known.band_lo, x_lo, inclusive=False)
-    j_a = _count_below(known, known.band_hi, x_hi, inclusive=True) - p
+    all_left = np.abs(known.lowest - c) <= t
+    all_right = np.abs(known.highest - c) <= t
+    x_lo, found_lo = np.where(all_left, known.lowest, x_lo), found_lo | all_left
+    x_hi, found_hi = np.where(all_right, known.highest, x_hi), found_hi | all_right
+    below_lo, sure_lo = known.band_lo.count_below(x_lo, inclusive=False)
+    upto_hi, sure_hi = known.band_hi.count_below(x_hi, inclusive=True)
+    i_a, j_a = p - below_lo, upto_hi - p
     total = i_a + j_a
-    if not (found_lo.all() and found_hi.all()) or (total < r2 + 1).any():
-        return None
-    width = int((total - lo).max())
+    sure = sure_p & sure_lo & sure_hi & found_lo & found_hi & (total >= r2 + 1)
+    width = int(np.where(sure, total - lo, 0).max()) if sure.any() else 0
     start_l = np.maximum(0, i_a - width)
     start_r = np.maximum(0, j_a - width)
     k = np.arange(width)[None, :]
@@ -301,18 +300,21 @@ def _mad_merge(known: _Known, recent: np.ndarray, center: np.ndarray) -> np.ndar
     # both runs end at the radius: their last elements sit in the bands cut around it
     left_x, held_l = known.band_lo.take(p[:, None] - 1 - kl)
     right_x, held_r = known.band_hi.take(p[:, None] + kr)
-    if not ((held_l | ~use_l).all() and (held_r | ~use_r).all()):
-        return None
+    sure &= (held_l | ~use_l).all(axis=1) & (held_r | ~use_r).all(axis=1)
     inf = np.float32(np.inf)
     left = np.where(use_l, np.abs(left_x - c[:, None]), inf)
     right = np.where(use_r, np.abs(right_x - c[:, None]), inf)
     candidates = np.sort(np.concatenate([left, right, np.abs(recent - c[:, None])], axis=1), axis=1)
-    base = start_l + start_r  # distances excluded below the candidates, all <= the answer
+    base = np.where(sure, start_l + start_r, 0)  # distances excluded below, all <= the answer
     idx = np.arange(C)
-    a = candidates[idx, r1 - base]
-    if r1 == r2:
-        return a.astype(np.float32)
-    return ((a + candidates[idx, r2 - base]) / np.float32(2)).astype(np.float32)
+    top = candidates.shape[1] - 1
+    a = candidates[idx, np.clip(r1 - base, 0, top)]
+    mad = a if r1 == r2 else (a + candidates[idx, np.clip(r2 - base, 0, top)]) / np.float32(2)
+    mad = mad.astype(np.float32)
+    for i in np.flatnonzero(~sure):  # directly, as the core does for that column
+        data = np.concatenate([rows[i], recent[i]])
+        mad[i] = np.median(np.abs(data - c[i]))
+    return mad
 
 
 _EDGE_STEPS = 16  # floats tested on each side of fl(c +- t)

@@ -123,6 +123,26 @@ def set_realtime_priority(priority: int) -> str | None:
         return str(exc)
 
 
+def _current_scheduling():
+    import os
+
+    try:
+        return os.sched_getscheduler(0), os.sched_getparam(0)
+    except (AttributeError, OSError):
+        return None
+
+
+def _restore_scheduling(saved) -> None:
+    import os
+
+    if saved is None:
+        return
+    try:
+        os.sched_setscheduler(0, saved[0], saved[1])
+    except OSError:  # lowering one's own priority is always allowed; nothing else to do
+        pass
+
+
 @dataclass
 class LiveResult:
     """How a live run ended."""
@@ -154,6 +174,12 @@ def run_live(runtime: Runtime, port: str | Callable, *, stop: threading.Event,
     reader = SerialReader(port, adapter.on_data, baudrate=baudrate, on_connect=adapter.on_connect)
     t_start = time.monotonic()
     stopped_by = "stop"
+    restore_main = None
+    if realtime_priority:
+        # this thread polls while holding the GIL now and then: preempted by an ordinary
+        # process at that moment, it would stall the deciding thread behind the GIL
+        restore_main = _current_scheduling()
+        set_realtime_priority(max(1, realtime_priority - 1))
     reader.start()
     if watchdog is not None:
         watchdog.ready()
@@ -179,6 +205,8 @@ def run_live(runtime: Runtime, port: str | Callable, *, stop: threading.Event,
             watchdog.stopping()
         reader.stop()
         gc.unfreeze()
+        if restore_main is not None:
+            _restore_scheduling(restore_main)
     with adapter.lock:
         runtime.set_external_counters(adapter.counters())
         summary = runtime.summary()
