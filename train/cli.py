@@ -1,0 +1,187 @@
+"""`phosphene pretrain` and `phosphene probe`: thin wrappers over the library functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from phosphene.commands import ProgressLine, dataset_argument, echo_json, open_dataset
+from phosphene.dataset import TASKS
+
+__all__ = ["pretrain", "probe"]
+
+_ERRORS = (ValueError, OSError, FloatingPointError)
+
+
+def _bar_callback(bar: ProgressLine):
+    def update(info: dict) -> None:
+        text = (f"step {info['step']}/{info['steps']} loss {info['loss']:.4f} "
+                f"mse {info['mse']:.4f} {info['windows_per_s']:.0f} win/s")
+        if "val_mse" in info:
+            text += f" val {info['val_mse']:.4f}"
+        bar.update(info["step"] / info["steps"], text)
+    return update
+
+
+@click.command("pretrain")
+@dataset_argument
+@click.option("--preset", type=click.Choice(["small", "tiny", "paper"]), default="small",
+              show_default=True, help="Model size: small (CPU demo), tiny (tests), paper (Table 4).")
+@click.option("--steps", type=int, default=None, help="Optimizer steps [preset: paper 1M, small 1500].")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory: best.pt, last.pt, pretrain.json, loss_curve.png.")
+@click.option("--batch-size", type=int, default=None, help="Windows per step [preset].")
+@click.option("--lr", type=float, default=None, help="Peak learning rate [preset].")
+@click.option("--lr-min", type=float, default=None, help="Cosine floor [preset].")
+@click.option("--warmup-steps", type=int, default=None, help="Linear warm-up steps [preset].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for init, windows, masks.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="auto = CUDA when present (bf16 autocast), else CPU.")
+@click.option("--resume", is_flag=True, help="Continue OUT/last.pt up to --steps.")
+@click.option("--val-every", type=int, default=None, help="Steps between validation passes [preset].")
+@click.option("--val-windows", type=int, default=None, help="Fixed validation windows [preset].")
+@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+def pretrain(dataset, preset, steps, out_dir, batch_size, lr, lr_min, warmup_steps, seed, device,
+             resume, val_every, val_windows, threads, as_json):
+    """Pretrain the masked-autoencoder teacher on the dataset's resting sessions.
+
+    Validation is the reconstruction loss on the sessions of the last recording days;
+    OUT/best.pt is the checkpoint with the lowest one, OUT/last.pt resumes.
+
+    \b
+    Example:
+      phosphene pretrain data --preset small --steps 600 --out run
+      phosphene probe data --checkpoint run
+    """
+    from phosphene.train.pretrain import pretrain as run_pretrain
+
+    for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--threads", threads),
+                        ("--val-every", val_every), ("--val-windows", val_windows)):
+        if value is not None and value < 1:
+            raise click.UsageError(f"{name} must be >= 1, got {value}")
+    ds = open_dataset(dataset)
+    bar = ProgressLine("pretrain")
+    try:
+        summary = run_pretrain(ds, preset, out_dir=out_dir, steps=steps, batch_size=batch_size,
+                               lr=lr, lr_min=lr_min, warmup_steps=warmup_steps, seed=seed,
+                               device=device, resume=resume, val_every=val_every,
+                               val_windows=val_windows, threads=threads,
+                               progress=_bar_callback(bar))
+    except _ERRORS as exc:
+        bar.close()
+        raise click.ClickException(str(exc)) from None
+    bar.close(f"best validation MSE {summary['best_val_mse']:.4f} at step "
+              f"{summary['best_step']}, {summary['windows_per_s']:.0f} windows/s, wrote {out_dir}")
+    if as_json:
+        summary = {k: v for k, v in summary.items() if k != "history"}
+        echo_json(summary)
+
+
+@click.command("probe")
+@dataset_argument
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="Teacher run directory (uses best.pt) or a .pt checkpoint.")
+@click.option("--task", type=click.Choice([*TASKS, "all"]), default="all", show_default=True,
+              help="Which stimulation task to decode.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write OUT/<task>/probe.json (folded probe), OUT/results.json, plots.")
+@click.option("--curve", is_flag=True,
+              help="Label efficiency: accuracy at 10/25/50/100%% of training trials (+ PNG with --out).")
+@click.option("--plots", is_flag=True, help="Also write t-SNE plots and the electrode-distance "
+              "Mantel test to OUT/diagnostics (needs --out).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for CV folds and curve draws.")
+@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: all).")
+def probe(dataset, checkpoint, task, as_json, out_dir, curve, plots, seed, threads):
+    """Fit linear probes on frozen latents against the raw-MUA and PCA baselines.
+
+    Paper split (per session: first 80% of trials train, last 20% test), L2 logistic
+    regression with its strength chosen by cross-validation on the training split,
+    balanced accuracy; the ideal observer when the dataset has one. Prints Table 1.
+
+    \b
+    Example:
+      phosphene probe data --checkpoint run --task psychometric --out run/probe --curve
+    """
+    import torch
+
+    from phosphene.train.checkpoint import check_dataset_compatible, load_teacher
+    from phosphene.train.probe import (format_table, plot_label_efficiency, probe_task,
+                                       save_probe, teacher_encode_fn)
+
+    if plots and out_dir is None:
+        raise click.UsageError("--plots writes files: give --out DIR as well")
+    if threads is not None:
+        if threads < 1:
+            raise click.UsageError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    ds = open_dataset(dataset)
+    try:
+        model, meta = load_teacher(checkpoint)
+        check_dataset_compatible(ds, meta)
+    except _ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
+    tasks = [t for t in TASKS if ds.sessions_of(t)] if task == "all" else [task]
+    if not tasks:
+        raise click.ClickException(f"dataset {ds.path} has no stimulation sessions to probe")
+    encode = teacher_encode_fn(model)
+    results = []
+    try:
+        for t in tasks:
+            click.echo(f"probe: {t} ...", err=True)
+            r = probe_task(ds, encode, t, spec=meta["window_spec"], norm_config=meta["normaliser"],
+                           curve=curve, seed=seed)
+            r["checkpoint"] = str(meta["path"])
+            results.append(r)
+            if out_dir is not None:
+                save_probe(out_dir / t / "probe.json", r, extra={
+                    "checkpoint": str(meta["path"]), "checkpoint_step": meta["step"],
+                    "window_spec": meta["window_spec"].to_dict(),
+                    "normaliser": meta["normaliser"].to_dict()})
+                if curve:
+                    plot_label_efficiency(r, out_dir / t / "label_efficiency.png")
+        if out_dir is not None:
+            from phosphene.io import write_json
+
+            write_json(out_dir / "results.json", {"results": _public(results)})
+            if plots:
+                from phosphene.train.diagnostics import run_diagnostics
+
+                click.echo("probe: diagnostics (t-SNE, Mantel test) ...", err=True)
+                diag = run_diagnostics(ds, encode, out_dir / "diagnostics", tasks=tuple(tasks),
+                                       spec=meta["window_spec"], norm_config=meta["normaliser"],
+                                       seed=seed)
+                for r in results:
+                    r["diagnostics"] = {k: diag[k] for k in ("mantel_latent", "mantel_raw")}
+    except _ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        echo_json({"results": _public(results)})
+        return
+    click.echo("Table 1: balanced accuracy on the test split "
+               "(per session, last 20% of trials)")
+    click.echo(format_table(results, n_channels=ds.n_channels,
+                            window_samples=meta["window_spec"].window_samples))
+    if curve:
+        click.echo("\nLabel efficiency (balanced accuracy, mean over draws):")
+        for r in results:
+            for name, points in r["curve"].items():
+                cells = "  ".join(f"{p['n_train']:>4} trials {100 * p['mean']:5.1f}%"
+                                  if p["mean"] is not None else f"{p['n_train']:>4} trials   n/a"
+                                  for p in points)
+                click.echo(f"  {r['task']:<13}{name:<7}{cells}")
+    for r in results:
+        d = r.get("diagnostics")
+        if d and d.get("mantel_latent"):
+            m, raw = d["mantel_latent"], d["mantel_raw"]
+            click.echo(f"\nlatent vs array distance (Mantel, {m['n_items']} electrodes): "
+                       f"r = {m['r']:.3f}, p = {m['p_value']:.3g}; raw MUA: r = {raw['r']:.3f}, "
+                       f"p = {raw['p_value']:.3g}")
+            break
+
+
+def _public(results: list[dict]) -> list[dict]:
+    """Results without the probe weight vectors (those live in probe.json)."""
+    return [{k: v for k, v in r.items() if k != "probe"} for r in results]
