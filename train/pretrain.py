@@ -42,7 +42,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate for 0-based `step`: linear warm-up, then cosine from lr to lr_min."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.steps - cfg.warmup_steps)
+    span = max(1, cfg.steps - cfg.warmup_steps - 1)  # the last step runs at lr_min
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * progress))
 
