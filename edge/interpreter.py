@@ -108,6 +108,10 @@ class TFLiteModel:
     model_path: Path
     threads: int = 1
     runtime: str = "auto"
+    # XNNPACK (LiteRT's default delegate) is the fast int8 path on x86 and arm64; without
+    # it LiteRT runs the builtin kernels, which give bit-identical results to tflite-runtime
+    # 2.14 on x86 (XNNPACK's requantisation may differ from them by one output step).
+    xnnpack: bool = True
     # filled in by __post_init__
     runtime_name: str = field(init=False)
     runtime_version: str = field(init=False)
@@ -121,8 +125,13 @@ class TFLiteModel:
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         cls, self.runtime_name, self.runtime_version = load_interpreter_class(self.runtime)
+        kwargs = {}
+        if not self.xnnpack:
+            resolver = importlib.import_module(RUNTIMES[self.runtime_name][0]).OpResolverType
+            kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         try:
-            self._interp = cls(model_path=str(self.model_path), num_threads=int(self.threads))
+            self._interp = cls(model_path=str(self.model_path), num_threads=int(self.threads),
+                               **kwargs)
             self._interp.allocate_tensors()  # once: per call only set/invoke/get
         except (ValueError, RuntimeError) as exc:
             raise BundleError(f"{self.model_path} does not load in {self.runtime_name}: {exc}") from None
@@ -178,9 +187,10 @@ class Encoder:
     """
 
     def __init__(self, bundle: Bundle, *, threads: int = 1, runtime: str = "auto",
-                 task: str | None = None):
+                 task: str | None = None, xnnpack: bool = True):
         self.bundle = bundle
-        self.model = TFLiteModel(bundle.model_path, threads=threads, runtime=runtime)
+        self.model = TFLiteModel(bundle.model_path, threads=threads, runtime=runtime,
+                                 xnnpack=xnnpack)
         if task and task not in bundle.probes:
             raise BundleError(f"bundle has no probe for task {task!r}; it has "
                               f"{', '.join(bundle.probes)}")

@@ -22,7 +22,7 @@ COMMANDS: dict[str, str] = {
     "export": "phosphene.train.importers:export_group",
     "pretrain": "phosphene.train.cli:pretrain",
     "probe": "phosphene.train.cli:probe",
-    "distill": "phosphene.train.cli:distill",
+    "distill": "phosphene.train.distill_cli:distill",
     "quantize": "phosphene.quantize.cli:quantize",
     "verify": "phosphene.edge.cli:verify",
     "run": "phosphene.edge.cli:run",

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,10 @@ def export_onnx(model, shape: tuple[int, int, int], path: str | os.PathLike) -> 
     path = Path(path)
     x = torch.zeros(shape, dtype=torch.float32)
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of dynamo, which needs onnxscript
+        # (not installed); the legacy path is what TOOLCHAIN.md measured.
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(model, (x,), str(path), input_names=[INPUT_NAME],
                           output_names=[OUTPUT_NAME], opset_version=OPSET, dynamo=False,
                           do_constant_folding=True)
@@ -112,8 +116,11 @@ def convert_int8(onnx_path: str | os.PathLike, calib: np.ndarray, work_dir: str 
     cmd = _onnx2tf_command() + [
         "-i", str(onnx_path), "-o", str(out_dir), "-oiqt", "-qt", "per-channel",
         "-kat", INPUT_NAME, "-cind", INPUT_NAME, str(calib_file), "[0.0]", "[1.0]"]
+    # onnx2tf runs the `onnxsim` executable by name: without it on PATH (a venv that was not
+    # activated) it silently skips simplification and emits a FlexMean the int8 step rejects.
+    bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     if progress:
         progress(f"onnx2tf: converting to full int8 on {len(calib)} calibration windows "
                  f"(log: {log_path}) ...")
@@ -135,9 +142,13 @@ def convert_int8(onnx_path: str | os.PathLike, calib: np.ndarray, work_dir: str 
     int8_path = out_dir / f"{stem}_full_integer_quant.tflite"
     float_path = out_dir / f"{stem}_float32.tflite"
     if proc.returncode != 0 or not int8_path.is_file():
-        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-25:]
-        raise ConversionError(f"onnx2tf failed (exit {proc.returncode}); last lines of "
-                              f"{log_path}:\n" + "\n".join(tail))
+        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        causes = sorted({ln.strip() for ln in lines
+                         if ln.startswith(("RuntimeError", "FileNotFoundError", "ValueError"))})
+        raise ConversionError(
+            f"onnx2tf produced no full-int8 model (exit {proc.returncode}); see {log_path}"
+            + ("".join(f"\n  {c[:300]}" for c in causes) if causes else
+               "\n" + "\n".join(lines[-15:])))
     if progress:
         progress(f"onnx2tf: done in {seconds:.0f} s")
     return Converted(int8_path=int8_path, float_path=float_path, seconds=seconds,

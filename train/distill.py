@@ -265,7 +265,7 @@ def train_student(student_cfg: StudentConfig, x_pool: np.ndarray, z_pool: np.nda
                      f"cos {last['cosine_centred']:.3f} ({time.perf_counter() - t0:.0f} s)")
     model.eval()
     metrics = {"steps": cfg.steps, "train_seconds": round(time.perf_counter() - t0, 1),
-               "final_loss": float(loss), "parameters": count_parameters(model),
+               "final_loss": float(loss.detach()), "parameters": count_parameters(model),
                "val": latent_fidelity(predict(model, x_val), z_val, center_np)}
     return model, metrics
 

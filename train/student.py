@@ -201,7 +201,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         N, L, D = x.shape  # batch, tokens, width
         H, Dh = self.n_heads, self.head_dim
-        q, k, v = self.qkv(x).reshape(N, L, 3, H, Dh).permute(2, 0, 3, 1, 4)  # (N, H, L, Dh)
+        qkv = self.qkv(x).reshape(N, L, 3, H, Dh).permute(2, 0, 3, 1, 4)  # (3, N, H, L, Dh)
+        q, k, v = qkv[0], qkv[1], qkv[2]
         attn = torch.softmax((q * self.scale) @ k.transpose(-2, -1), dim=-1)
         return self.proj((attn @ v).transpose(1, 2).reshape(N, L, D))
 

@@ -1,0 +1,508 @@
+"""Build a bundle: student -> ONNX -> int8 TFLite -> parity -> probe + manifest (atomic).
+
+    build_bundle(ds, student_path, probe_path, out_dir) -> parity report (dict)
+
+Flow: load the student checkpoint -> calibration windows (resting, train part, exactly
+the runtime's preprocessing: Dataset.normalised) -> export_onnx + check_onnx -> onnx2tf
+full int8 -> builtin-op check -> parity on held-out windows (resting tail + stimulation
+trials) through the edge's own Encoder -> thresholds -> probe.json + manifest.json with
+hashes, written atomically -> load_bundle(out) as the last check.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from phosphene.dataset import Dataset
+from phosphene.edge.bundle import (BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE, MODEL_FILE,
+                                   PROBE_FILE, PROBE_FORMAT, Probe, QuantParams, file_sha256,
+                                   load_bundle, probe_from_json, probes_to_json)
+from phosphene.io import atomic_dir, write_json
+from phosphene.quantize.convert import (INPUT_NAME, OPSET, ConversionError, check_builtin_only,
+                                        check_onnx, convert_int8, export_onnx)
+from phosphene.signal import NormaliserConfig, WindowSpec
+
+__all__ = ["QuantizeConfig", "ParityError", "build_bundle", "load_probes", "fit_probe",
+           "balanced_accuracy", "tool_versions", "default_latency_budget_ms",
+           "measure_decision_latency"]
+
+log = logging.getLogger(__name__)
+
+TASKS = ("psychometric", "threshold")
+
+
+class ParityError(ValueError):
+    """The int8 model does not reproduce the float student well enough (message says how)."""
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Options of `phosphene quantize` (defaults are the issue's thresholds)."""
+
+    calib_windows: int = 300  # resting windows for int8 calibration (TOOLCHAIN: a few hundred)
+    parity_windows: int = 500  # held-out resting windows for the parity report
+    min_cosine: float = 0.99  # fail below this mean cosine, int8 vs torch float student
+    min_agreement: float = 0.98  # fail below this probe decision agreement, int8 vs float
+    latency_budget_ms: float | None = None  # None: one patch period of the WindowSpec
+    quantizer: str = "tf"  # "tf": onnx2tf's TensorFlow quantizer ("ai-edge": see docs)
+    task: str | None = None  # the probe the runtime applies; None: psychometric if present
+    probe_source: str = "teacher"  # "teacher": teacher's probe as is; "refit": on int8 latents
+    runtime: str = "auto"  # interpreter used for parity and latency
+    latency_runs: int = 300  # decisions timed for the manifest's latency figure
+    seed: int = 0
+    keep_work: bool = False  # keep the ONNX, onnx2tf output and log beside the bundle
+
+    def __post_init__(self) -> None:
+        if self.calib_windows < 8 or self.parity_windows < 8:
+            raise ValueError("need at least 8 calibration and 8 parity windows")
+        if not (0 < self.min_cosine <= 1 and 0 < self.min_agreement <= 1):
+            raise ValueError("min_cosine and min_agreement must be in (0, 1]")
+        if self.latency_budget_ms is not None and not self.latency_budget_ms > 0:
+            raise ValueError("latency budget must be a positive number of ms")
+        if self.quantizer not in ("tf",):
+            raise ValueError(f"quantizer {self.quantizer!r} is not available; use 'tf' "
+                             "(onnx2tf's TensorFlow full-int8 quantizer)")
+        if self.probe_source not in ("teacher", "refit"):
+            raise ValueError("probe_source must be 'teacher' or 'refit'")
+
+
+def default_latency_budget_ms(spec: WindowSpec) -> float:
+    """One patch period: in continuous mode a new decision is due every patch, so a decision
+    that takes longer than a patch falls behind the stream (16 ms at paper settings)."""
+    return spec.patch_samples * 1000.0 / spec.sample_rate_hz
+
+
+def tool_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "machine": platform.machine()}
+    for dist in ("phosphene", "numpy", "torch", "onnx", "onnxruntime", "onnx2tf",
+                 "tensorflow-cpu", "tensorflow", "ai-edge-litert", "tflite-runtime"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Probes
+# --------------------------------------------------------------------------------------
+def _teacher_probe(doc: dict, file: Path, latent_dim: int) -> Probe:
+    """One train/probe.py probe.json (single task, standardisation folded) -> Probe."""
+    task = str(doc.get("task", ""))
+    if task not in TASKS:
+        raise ValueError(f"{file}: probe task {task!r} is not one of {', '.join(TASKS)}")
+    weights = np.asarray(doc.get("weights", []), dtype=np.float64).reshape(-1)
+    if weights.shape[0] != latent_dim:
+        raise ValueError(f"{file}: the {task} probe has {weights.shape[0]} weights but the "
+                         f"student's latent has {latent_dim} values (probe of another teacher?)")
+    if doc.get("threshold_on", "probability") != "probability":
+        raise ValueError(f"{file}: threshold_on {doc.get('threshold_on')!r} is not supported")
+    return Probe(task=task, weights=weights, bias=float(doc["bias"]),
+                 threshold=float(doc.get("threshold", 0.5)), source="teacher")
+
+
+def load_probes(path: str | os.PathLike, latent_dim: int) -> dict[str, Probe]:
+    """{task: Probe} from the teacher's probes, as `phosphene probe --out DIR` writes them.
+
+    path: DIR (reads DIR/<task>/probe.json for each task, or DIR/probe.json), a single
+    probe.json, or a bundle's probe.json. Weights act on the raw latent (the teacher's
+    standardisation is folded in); the threshold is on P(perceived).
+    """
+    import json
+
+    path = Path(path)
+    if path.is_dir():
+        files = [path / t / PROBE_FILE for t in TASKS if (path / t / PROBE_FILE).is_file()]
+        if not files and (path / PROBE_FILE).is_file():
+            files = [path / PROBE_FILE]
+    else:
+        files = [path] if path.is_file() else []
+    if not files:
+        raise ValueError(f"no probe at {path}: run `phosphene probe DATASET --checkpoint RUN "
+                         "--out DIR` on the teacher first and pass --probe DIR, or pass "
+                         "--probe-source refit")
+    probes: dict[str, Probe] = {}
+    for file in files:
+        try:
+            doc = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{file} is not valid JSON: {exc}") from None
+        if isinstance(doc, dict) and doc.get("format") == PROBE_FORMAT:  # a bundle's probe.json
+            probes.update(probe_from_json(doc, latent_dim=latent_dim, where=str(file))[1])
+        elif isinstance(doc, dict) and doc.get("format") == "phosphene-probe":
+            p = _teacher_probe(doc, file, latent_dim)
+            probes[p.task] = p
+        else:
+            raise ValueError(f"{file} is not a phosphene probe file (from `phosphene probe`)")
+    return probes
+
+
+def fit_probe(z: np.ndarray, y: np.ndarray, task: str, *, seed: int = 0) -> Probe:
+    """Refit the teacher's probe recipe (train/probe.py) on latents z: (N, D) -> folded Probe."""
+    from phosphene.train.probe import fit_probe as fit_pipeline
+    from phosphene.train.probe import fold_probe
+
+    w, b = fold_probe(fit_pipeline(np.asarray(z, np.float64), np.asarray(y), seed=seed))
+    return Probe(task=task, weights=np.asarray(w, np.float64), bias=float(b), threshold=0.5,
+                 source="refit")
+
+
+def balanced_accuracy(decisions: np.ndarray, y: np.ndarray) -> float:
+    decisions, y = np.asarray(decisions).astype(int), np.asarray(y).astype(int)
+    recalls = [float((decisions[y == k] == k).mean()) for k in (0, 1) if (y == k).any()]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+# --------------------------------------------------------------------------------------
+# Parity
+# --------------------------------------------------------------------------------------
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
+def latent_parity(z_int8: np.ndarray, z_float: np.ndarray, center: np.ndarray) -> dict:
+    c = _cosines(z_int8, z_float)
+    cc = _cosines(z_int8 - center, z_float - center)
+    return {"cosine_mean": float(c.mean()), "cosine_min": float(c.min()),
+            "cosine_centred_mean": float(cc.mean()), "cosine_centred_min": float(cc.min()),
+            "max_abs_error": float(np.abs(z_int8 - z_float).max()),
+            "latent_abs_max": float(np.abs(z_float).max()), "n_windows": int(len(z_int8))}
+
+
+def measure_decision_latency(encoder, windows: np.ndarray, runs: int) -> dict:
+    """Median/p99 of Encoder.decide over `runs` decisions (after a short warm-up), in us."""
+    for w in windows[:20]:
+        encoder.decide(w)
+    totals, invokes = [], []
+    for i in range(runs):
+        d = encoder.decide(windows[i % len(windows)])
+        totals.append(d.timings_us["total"])
+        invokes.append(d.timings_us["invoke"])
+    return {"runtime": encoder.runtime_name, "threads": 1, "runs": runs,
+            "decision_median_us": float(np.median(totals)),
+            "decision_p99_us": float(np.percentile(totals, 99)),
+            "invoke_median_us": float(np.median(invokes)), "machine": _cpu_name()}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _hash_array(x: np.ndarray) -> str:
+    import hashlib
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    h = hashlib.sha256(str(x.shape).encode())
+    h.update(x.tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------
+# The entry point
+# --------------------------------------------------------------------------------------
+def build_bundle(ds: Dataset, student_path: str | os.PathLike,
+                 probe_path: str | os.PathLike | None, out_dir: str | os.PathLike, *,
+                 config: QuantizeConfig = QuantizeConfig(), teacher=None,
+                 overwrite: bool = False,
+                 progress: Callable[[str], None] | None = None) -> dict:
+    """Quantise a distilled student into a verified bundle at out_dir; returns the parity report.
+
+    teacher: a path or train.distill.Teacher for the teacher's balanced accuracy in the
+    report (default: the teacher recorded in the student checkpoint, if it still exists).
+    Raises ParityError when parity is below the config's thresholds (no bundle is written;
+    the report is kept in the work directory), ConversionError when export or onnx2tf fails.
+    """
+    import torch
+
+    from phosphene.edge.interpreter import Encoder, TFLiteModel
+    from phosphene.train.distill import (heldout_resting_windows, load_student,
+                                         load_teacher_for_distill, predict,
+                                         sample_resting_windows)
+    from phosphene.train.student import export_ready
+
+    say = progress or (lambda msg: log.info("%s", msg))
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists (pass --overwrite to replace it)")
+    t_start = time.perf_counter()
+
+    # --- the student and its data contract ---------------------------------------------
+    model, meta = load_student(student_path)
+    spec = WindowSpec.from_dict(meta["window_spec"])
+    norm = NormaliserConfig.from_dict(meta["normaliser"])
+    latent_dim, n_channels = int(meta["latent_dim"]), int(meta["n_channels"])
+    if ds.n_channels != n_channels:
+        raise ValueError(f"the dataset has {ds.n_channels} channels but the student in "
+                         f"{meta['path']} was distilled for {n_channels}")
+    stored_ids = [int(e["id"]) for e in meta["channel_map"]["electrodes"]]
+    if stored_ids != list(ds.channel_map.ids):
+        raise ValueError(f"dataset {ds.path} orders its electrodes differently from the student's "
+                         "channel map: calibrate on the array the student was distilled for")
+    if abs(ds.sample_rate_hz - spec.sample_rate_hz) > 1e-6:
+        raise ValueError(f"dataset {ds.path} runs at {ds.sample_rate_hz:g} Hz, the student at "
+                         f"{spec.sample_rate_hz:g} Hz")
+    heldout_fraction = float(meta.get("distill_config", {}).get("heldout_fraction", 0.1))
+    center = np.asarray(meta.get("latent_center", np.zeros(latent_dim)), dtype=np.float64)
+    export_model = export_ready(model)
+
+    work = out_dir.with_name(out_dir.name + ".work")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+
+    # --- calibration and held-out windows (the runtime's preprocessing) ----------------
+    say(f"sampling {config.calib_windows} calibration + {config.parity_windows} held-out "
+        "resting windows ...")
+    calib = sample_resting_windows(ds, spec, norm, config.calib_windows, seed=config.seed + 1000,
+                                   heldout_fraction=heldout_fraction)
+    heldout = heldout_resting_windows(ds, spec, norm, config.parity_windows,
+                                      seed=config.seed + 2000, heldout_fraction=heldout_fraction)
+    trials = _task_windows(ds, spec, norm)
+
+    # --- ONNX, checked against torch ---------------------------------------------------
+    say(f"exporting ONNX (opset {OPSET}, input {INPUT_NAME} 1x{spec.window_samples}x{n_channels}) ...")
+    onnx_path = export_onnx(export_model, (1, spec.window_samples, n_channels), work / "student.onnx")
+    onnx_err = check_onnx(export_model, onnx_path, heldout[:32])
+    with torch.no_grad():
+        ref_scale = float(np.abs(predict(model, heldout[:32])).max())
+    if not onnx_err <= 1e-4 * max(1.0, ref_scale):
+        raise ConversionError(f"ONNX Runtime differs from torch by {onnx_err:.2e} "
+                              f"(latents up to {ref_scale:.2f}): the export is wrong")
+    say(f"ONNX matches torch (max abs error {onnx_err:.1e})")
+
+    # --- int8 conversion and op check --------------------------------------------------
+    conv = convert_int8(onnx_path, calib, work, progress=say)
+    operators = check_builtin_only(conv.int8_path)
+    int8 = TFLiteModel(conv.int8_path, threads=1, runtime=config.runtime)
+    if int8.input_quant is None or int8.output_quant is None or int8.input_dtype != "int8":
+        raise ConversionError(f"{conv.int8_path} does not have int8 input and output")
+    say(f"int8 model: {conv.int8_path.stat().st_size / 1024:.0f} KiB, operators {', '.join(operators)}")
+
+    # --- parity: float student vs int8 through the edge's code path --------------------
+    say("parity: float student vs int8 on held-out windows ...")
+
+    def int8_latents(x: np.ndarray) -> np.ndarray:
+        return np.stack([int8.run(w[None]).reshape(-1) for w in x])
+
+    z_float_rest, z_int8_rest = predict(model, heldout), int8_latents(heldout)
+    task_latents = {task: {"float": predict(model, X), "int8": int8_latents(X)}
+                    for task, (X, _, _) in trials.items()}
+    all_float = np.concatenate([z_float_rest] + [v["float"] for v in task_latents.values()])
+    all_int8 = np.concatenate([z_int8_rest] + [v["int8"] for v in task_latents.values()])
+    report: dict = {
+        "latent": latent_parity(all_int8, all_float, center),
+        "latent_resting_heldout": latent_parity(z_int8_rest, z_float_rest, center),
+        "onnx_max_abs_error": onnx_err,
+    }
+
+    # --- probes ------------------------------------------------------------------------
+    teacher_probes = load_probes(probe_path, latent_dim) if probe_path is not None else None
+    probes = _bundle_probes(config, teacher_probes, trials, task_latents)
+    default_task = config.task or ("psychometric" if "psychometric" in probes else next(iter(probes)))
+    if default_task not in probes:
+        raise ValueError(f"no probe for task {default_task!r}; have {', '.join(probes)}")
+
+    # --- teacher latents for its balanced accuracy -------------------------------------
+    teacher_z = _teacher_latents(teacher, meta, trials, say)
+
+    report["tasks"], agree_hits, agree_n = {}, 0, 0
+    for task, (X, y, tr) in trials.items():
+        train_mask, test_mask = tr.split_80_20()
+        entry: dict = {"n_trials": int(len(y)), "n_test": int(test_mask.sum())}
+        zf, zi = task_latents[task]["float"], task_latents[task]["int8"]
+        if task in probes:
+            probe = probes[task]
+            df, di = probe.p_perceived(zf) >= probe.threshold, probe.p_perceived(zi) >= probe.threshold
+            entry["decision_agreement"] = float((df == di).mean())
+            agree_hits += int((df == di).sum())
+            agree_n += len(df)
+            entry["probe_source"] = probe.source
+            entry["ba_float_student"] = balanced_accuracy(df[test_mask], y[test_mask])
+            entry["ba_int8_student"] = balanced_accuracy(di[test_mask], y[test_mask])
+        if teacher_z is not None and teacher_probes and task in teacher_probes:
+            tp = teacher_probes[task]
+            dt = tp.p_perceived(teacher_z[task]) >= tp.threshold
+            entry["ba_teacher"] = balanced_accuracy(dt[test_mask], y[test_mask])
+        # a probe refitted on the student's own latents (float and int8), train split only
+        if len(np.unique(y[train_mask])) == 2:
+            for kind, z in (("float", zf), ("int8", zi)):
+                refit = fit_probe(z[train_mask], y[train_mask], task, seed=config.seed)
+                d = refit.p_perceived(z) >= refit.threshold
+                entry[f"ba_refit_{kind}_student"] = balanced_accuracy(d[test_mask], y[test_mask])
+        report["tasks"][task] = entry
+    default_probe = probes[default_task]
+    rest_df = default_probe.p_perceived(z_float_rest) >= default_probe.threshold
+    rest_di = default_probe.p_perceived(z_int8_rest) >= default_probe.threshold
+    report["decision_agreement_resting"] = float((rest_df == rest_di).mean())
+    report["decision_agreement"] = (agree_hits / agree_n if agree_n
+                                    else report["decision_agreement_resting"])
+    report["thresholds"] = {"min_cosine": config.min_cosine, "min_agreement": config.min_agreement}
+
+    budget_ms = config.latency_budget_ms or default_latency_budget_ms(spec)
+    calib_info = {"n_windows": int(len(calib)), "sha256": _hash_array(calib),
+                  "source": "resting sessions, train part, Dataset.normalised (runtime preprocessing)",
+                  "seed": config.seed + 1000, "normaliser": norm.to_dict()}
+
+    say(f"timing {config.latency_runs} int8 decisions (1 thread) ...")
+    latency = measure_decision_latency(_LatencyProbe(int8, default_probe), heldout,
+                                       config.latency_runs)
+    report["latency"] = latency
+    report["latency_budget_ms"] = float(budget_ms)
+
+    problems = []
+    if latency["decision_median_us"] / 1000.0 > budget_ms:
+        problems.append(f"median decision {latency['decision_median_us'] / 1000:.2f} ms exceeds "
+                        f"the {budget_ms:g} ms latency budget on this machine")
+    if report["latent"]["cosine_mean"] < config.min_cosine:
+        problems.append(f"mean latent cosine int8 vs float {report['latent']['cosine_mean']:.4f} "
+                        f"< {config.min_cosine}")
+    if report["decision_agreement"] < config.min_agreement:
+        problems.append(f"probe decision agreement {report['decision_agreement']:.4f} "
+                        f"< {config.min_agreement}")
+    if problems:
+        write_json(work / "parity.json", report)
+        raise ParityError("int8 bundle rejected: " + "; ".join(problems) +
+                          f" (report: {work / 'parity.json'}). Try more --calib-windows, a "
+                          "student without LayerNorm/attention (--arch mixer), or relax the "
+                          "threshold knowingly")
+
+    # --- write the bundle atomically, then load it back as the edge would --------------
+    say(f"writing bundle {out_dir} ...")
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        shutil.copyfile(conv.int8_path, tmp / MODEL_FILE)
+        write_json(tmp / PROBE_FILE, probes_to_json(probes, task=default_task, latent_dim=latent_dim))
+        files = {name: {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+                 for name in (MODEL_FILE, PROBE_FILE)}
+        manifest = {
+            "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION,
+            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "files": files,
+            "n_channels": n_channels,
+            "channel_map": ds.channel_map.to_json(),
+            "sample_rate_hz": spec.sample_rate_hz,
+            "window": spec.to_dict(),
+            "normaliser": norm.to_dict(),
+            "model": {
+                "file": MODEL_FILE, "arch": meta["arch"], "student_config": meta["config"],
+                "latent_dim": latent_dim, "input_name": INPUT_NAME,
+                "input": int8.input_quant.to_dict(), "output": int8.output_quant.to_dict(),
+                "operators": operators, "quantizer": config.quantizer, "onnx_opset": OPSET,
+            },
+            "probe": {"file": PROBE_FILE, "task": default_task, "source": default_probe.source,
+                      "decision": "P(perceived) = sigmoid(weights . latent + bias) >= threshold"},
+            "parity": report,
+            "calibration": calib_info,
+            "training": {"student_step": meta["step"], "student_metrics": meta.get("metrics", {}),
+                         "distill_config": meta.get("distill_config", {}),
+                         "teacher": meta.get("teacher", {}), "dataset": str(ds.path)},
+            "latency_budget_ms": float(budget_ms),
+            "tools": {**tool_versions(), "interpreter": f"{int8.runtime_name} {int8.runtime_version}"},
+        }
+        write_json(tmp / MANIFEST_FILE, manifest)
+    bundle = load_bundle(out_dir)
+    check = Encoder(bundle, runtime=config.runtime)
+    z_check = np.stack([check.latent(w) for w in heldout[:8]])
+    if not np.array_equal(z_check, z_int8_rest[:8]):
+        raise ConversionError(f"{out_dir}: the written bundle does not reproduce the parity run")
+    if not config.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    say(f"bundle ready in {time.perf_counter() - t_start:.0f} s: cosine "
+        f"{report['latent']['cosine_mean']:.4f} (min {report['latent']['cosine_min']:.4f}), "
+        f"agreement {report['decision_agreement']:.3f}, decision "
+        f"{latency['decision_median_us']:.0f} us median")
+    return report
+
+
+class _LatencyProbe:
+    """Encoder.decide on an already-open TFLiteModel (the bundle is not written yet)."""
+
+    def __init__(self, model, probe: Probe):
+        from phosphene.edge.interpreter import Decision
+
+        self._decision = Decision
+        self.model, self.probe = model, probe
+        self.runtime_name = model.runtime_name
+        self._buf = np.zeros(model.input_shape, dtype=model.input_dtype)
+
+    def decide(self, window: np.ndarray):
+        t0 = time.perf_counter()
+        self.model.input_quant.quantize(window.reshape(self._buf.shape), out=self._buf)
+        t1 = time.perf_counter()
+        q = self.model.run_raw(self._buf)
+        t2 = time.perf_counter()
+        p, perceived = self.probe.decide(self.model.output_quant.dequantize(q).reshape(-1))
+        t3 = time.perf_counter()
+        return self._decision(p, perceived, {"quantize": (t1 - t0) * 1e6, "invoke": (t2 - t1) * 1e6,
+                                             "probe": (t3 - t2) * 1e6, "total": (t3 - t0) * 1e6})
+
+
+def _task_windows(ds: Dataset, spec: WindowSpec, norm: NormaliserConfig) -> dict:
+    """{task: (X, y, trials)} for the tasks with labelled trials in the dataset."""
+    from phosphene.train.data import trial_windows
+
+    out = {}
+    for task in TASKS:
+        if not len(ds.task_trials(task)):
+            continue
+        try:
+            out[task] = trial_windows(ds, task, spec, norm)
+        except ValueError as exc:
+            log.warning("no %s parity: %s", task, exc)
+    return out
+
+
+def _bundle_probes(config: QuantizeConfig, teacher_probes: dict | None, trials: dict,
+                   task_latents: dict) -> dict[str, Probe]:
+    if config.probe_source == "teacher":
+        if teacher_probes is None:
+            raise ValueError("pass --probe (the teacher's probe.json) or --probe-source refit")
+        return teacher_probes
+    probes = {}
+    for task, (X, y, tr) in trials.items():
+        train_mask, _ = tr.split_80_20()
+        if len(np.unique(y[train_mask])) == 2:
+            probes[task] = fit_probe(task_latents[task]["int8"][train_mask], y[train_mask], task,
+                                     seed=config.seed)
+    if not probes:
+        raise ValueError("--probe-source refit needs labelled trials of both classes in the dataset")
+    return probes
+
+
+def _teacher_latents(teacher, meta: dict, trials: dict, say) -> dict | None:
+    """{task: teacher latents of the trial windows}, or None when the teacher is unavailable."""
+    from phosphene.train.distill import Teacher, load_teacher_for_distill
+
+    if not trials:
+        return None
+    if teacher is None:
+        path = meta.get("teacher", {}).get("path")
+        if not path or not Path(path).exists():
+            log.warning("teacher %s not found: the report has no teacher balanced accuracy", path)
+            return None
+        teacher = path
+    if not isinstance(teacher, Teacher):
+        teacher = load_teacher_for_distill(teacher)
+    recorded = meta.get("teacher", {}).get("sha256")
+    if recorded and teacher.sha256 and recorded != teacher.sha256:
+        log.warning("teacher %s differs from the one the student was distilled from", teacher.path)
+    say("teacher latents of the trial windows (for its balanced accuracy) ...")
+    return {task: teacher.encode_numpy(X) for task, (X, _, _) in trials.items()}
+
