@@ -78,6 +78,8 @@ class _Signals:
 @click.command("run")
 @click.argument("bundle", type=click.Path(path_type=str))
 @click.option("--port", metavar="DEV", help="Serial device of the array (/dev/ttyACM0) or a pyserial URL.")
+@click.option("--baud", type=click.IntRange(min=1), default=None,
+              help="Baud rate for a UART bridge (default 3,000,000; USB CDC devices ignore it).")
 @click.option("--pty-from-simulator", is_flag=True,
               help="No hardware: stream the virtual cortex through a pseudo-terminal in this process.")
 @click.option("--mode", type=click.Choice(["triggered", "continuous"]), default="triggered", show_default=True,
@@ -116,7 +118,7 @@ class _Signals:
               help="With --pty-from-simulator: the link goes silent this long (see --sim-stall-every-s).")
 @click.option("--sim-stall-every-s", type=click.FloatRange(min=0), default=0.0,
               help="With --pty-from-simulator: period of the stalls (0: one stall, at 1 s).")
-def run(bundle, port, pty_from_simulator, mode, as_json, out, duration, budget_ms, threads,
+def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, duration, budget_ms, threads,
         runtime_name, stall_ms, max_lost_samples, status_s, task, realtime, sim_kind, sim_speed, sim_seed,
         sim_channels, sim_drop_frames, sim_stall_ms, sim_stall_every_s):
     """Decode a live serial stream on the bedside device.
@@ -152,10 +154,12 @@ def run(bundle, port, pty_from_simulator, mode, as_json, out, duration, budget_m
         array = _simulated_array(b, sim_kind, sim_speed, sim_seed, sim_channels, sim_drop_frames,
                                  sim_stall_ms, sim_stall_every_s)
         port = array.device_path
-    from phosphene.firmware_bridge.transport import PortError, open_port
+    from phosphene.firmware_bridge.transport import DEFAULT_BAUD, PortError, open_port
 
+    baudrate = baud or DEFAULT_BAUD
     try:
-        first_port = open_port(port, timeout_s=0.1)  # fail now, with one clear line, if it cannot open
+        # fail now, with one clear line, if it cannot open
+        first_port = open_port(port, baudrate=baudrate, timeout_s=0.1)
     except PortError as exc:
         if array is not None:
             array.close()
@@ -163,7 +167,7 @@ def run(bundle, port, pty_from_simulator, mode, as_json, out, duration, budget_m
     handed = [first_port]
 
     def port_factory():  # the open port first; reopen by name after a disconnect
-        return handed.pop() if handed else open_port(port, timeout_s=0.1)
+        return handed.pop() if handed else open_port(port, baudrate=baudrate, timeout_s=0.1)
 
     from phosphene.edge.deploy.watchdog import Watchdog
 

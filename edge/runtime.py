@@ -663,7 +663,8 @@ class Runtime:
             "decisions": self.counters.decisions,
             "no_decisions": dict(self.counters.no_decisions),
             "events": self.counters.events,
-            "latency_us": {k: (round(v, 1) if isinstance(v, float) and math.isfinite(v) else v)
+            # no decisions yet: null, never NaN (not JSON)
+            "latency_us": {k: (round(v, 1) if math.isfinite(v) else None) if isinstance(v, float) else v
                            for k, v in lat.items()},
             "stages_us": {k: {q: round(h.summary()[q], 1) for q in ("p50", "p99", "max")}
                           for k, h in self.stage_latency.items() if h.count},
