@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -56,26 +57,15 @@ open(sys.argv[1], "wb").write(c.convert())
     return path
 
 
-def x86_tflite_python() -> Path:
-    """A small x86 venv with tflite-runtime 2.14 (numpy < 2), for the x86 reference of that runtime."""
-    venv = CACHE / "x86-tflite"
-    py = venv / "bin" / "python"
-    if not (venv / ".stamp").exists():
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([str(HOST_PY), "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                        "tflite-runtime==2.14.0", "numpy==1.26.4"], check=True)
-        (venv / ".stamp").write_text("tflite-runtime==2.14.0 numpy==1.26.4")
-    return py
-
-
 def run_repro(prefix: list[str], env: dict | None, model: Path, runtime: str, resolver: str) -> dict:
     cmd = prefix + [str(REPRO), str(model), "--runtime", runtime, "--resolver", resolver]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=300)
     stages = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("stage ")]
     last = stages[-1] if stages else "start"
     if proc.returncode != 0:
-        sig = "SIGSEGV" if proc.returncode in (-11, 139) or "signal 11" in proc.stderr else f"exit {proc.returncode}"
+        # qemu-user re-raises the guest's fatal signal on itself: -11 is a guest SIGSEGV
+        rc = proc.returncode
+        sig = signal.Signals(-rc).name if rc < 0 else f"exit {rc}"
         where = {"start": "import", "import": "Interpreter()", "created": "allocate_tensors()",
                  "allocated": "invoke()"}.get(last, last)
         return {"ok": False, "result": f"{sig} in {where}"}
@@ -102,6 +92,8 @@ def main() -> int:
         log(f"{tiny} is missing: run `bash arm64/check.sh --quick` first")
         return 1
     models = {"tiny bundle encoder": tiny, "FULLY_CONNECTED on 3-D input": fc3d_model(OUT / "fc3d.tflite")}
+    from check import x86_tflite_python  # arm64/check.py, beside this file
+
     x86 = {"litert": ([str(HOST_PY)], None), "tflite-runtime": ([str(x86_tflite_python())], None)}
     v7 = subprocess.run([qemu7, "--version"], check=True, capture_output=True, text=True).stdout.split()[2]
     v10 = subprocess.run([str(QEMU10), "--version"], check=True, capture_output=True, text=True).stdout.split()[2]
