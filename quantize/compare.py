@@ -1,0 +1,218 @@
+"""Compare student designs on what the edge needs: fidelity, probe accuracy, int8 speed.
+
+    compare_students(ds, teacher_path, out_dir) -> {"designs": [...], "winner": arch, "table": md}
+
+Every design is distilled from the same cached teacher latents, then measured on:
+latent fidelity (held-out resting windows and the stimulation-trial windows), balanced
+accuracy with the teacher's probe applied to the student's latents and with a probe
+refitted on them (both tasks), and the int8 bundle's parity and single-thread latency
+against its own float32 TFLite model. The winner is the fastest int8 design whose mean
+int8 balanced accuracy is within 1 point of the best design's; it is copied to
+out_dir/student.pt. The table goes to docs/results.md between the students markers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from phosphene.dataset import Dataset
+from phosphene.io import write_json, write_text
+
+__all__ = ["compare_students", "replace_section", "STUDENTS_BEGIN", "STUDENTS_END",
+           "default_results_md"]
+
+log = logging.getLogger(__name__)
+
+STUDENTS_BEGIN = "<!-- students:begin -->"
+STUDENTS_END = "<!-- students:end -->"
+
+
+def default_results_md() -> Path:
+    return Path(__file__).resolve().parents[1] / "docs" / "results.md"
+
+
+def replace_section(path: str | os.PathLike, begin: str, end: str, body: str,
+                    heading: str = "") -> None:
+    """Replace the text between `begin` and `end` markers in a markdown file (append if absent).
+
+    Only this section changes; whatever else the file holds (other engineers' sections) is
+    kept byte for byte.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text and end in text and text.index(begin) < text.index(end):
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1]
+        text = head + block + tail
+    else:
+        text = text.rstrip() + ("\n\n" if text.strip() else "") + (f"{heading}\n\n" if heading else "") \
+            + block + "\n"
+    write_text(path, text)
+
+
+def _float_latency_us(float_path: Path, windows: np.ndarray, runs: int) -> float:
+    from phosphene.edge.interpreter import TFLiteModel
+
+    model = TFLiteModel(float_path, threads=1, runtime="litert")
+    for w in windows[:20]:
+        model.run(w[None])
+    times = []
+    for i in range(runs):
+        t0 = time.perf_counter()
+        model.run(windows[i % len(windows)][None])
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e6)
+
+
+def compare_students(ds: Dataset, teacher_path, out_dir: str | os.PathLike, *, config=None,
+                     archs: tuple[str, ...] | None = None, probe_path=None,
+                     results_md: str | os.PathLike | None = None, latency_runs: int = 500,
+                     progress: Callable[[str], None] | None = None) -> dict:
+    """Distil, quantise and measure every student design; keep the winner (see module doc)."""
+    from phosphene.quantize.build import (QuantizeConfig, balanced_accuracy, build_bundle,
+                                          fit_probe, load_probes, _task_windows)
+    from phosphene.train.distill import (DistillConfig, _as_teacher, distill, load_student,
+                                         predict, teacher_pool)
+    from phosphene.train.student import ARCHS
+
+    say = progress or (lambda msg: log.info("%s", msg))
+    cfg = config or DistillConfig.preset("small")
+    archs = tuple(archs or ARCHS)
+    out_dir = Path(out_dir)
+    teacher = _as_teacher(teacher_path)
+    if probe_path is None and teacher.path:
+        guess = Path(teacher.path).parent / "probe"
+        probe_path = guess if guess.is_dir() else None
+    pool = teacher_pool(ds, teacher, cfg, progress=say)
+    trials = _task_windows(ds, teacher.spec, teacher.norm_config)
+    teacher_z = {t: teacher.encode_numpy(X) for t, (X, _, _) in trials.items()}
+    teacher_probes = load_probes(probe_path, teacher.latent_dim) if probe_path else {}
+    center = pool["z_pool"].mean(0)
+
+    designs = []
+    for arch in archs:
+        cand = out_dir / "candidates" / arch
+        say(f"--- {arch}: distilling ---")
+        metrics = distill(ds, teacher, cand, arch=arch, config=cfg, pool=pool, progress=say)
+        model, _ = load_student(cand)
+        row: dict = {"arch": arch, "parameters": metrics["parameters"],
+                     "train_seconds": metrics["train_seconds"], "heldout": metrics["val"],
+                     "tasks": {}}
+        trial_float = {t: predict(model, X) for t, (X, _, _) in trials.items()}
+        if trials:
+            from phosphene.train.distill import latent_fidelity
+
+            row["trials_fidelity"] = latent_fidelity(
+                np.concatenate(list(trial_float.values())), np.concatenate(list(teacher_z.values())),
+                center)
+        for task, (X, y, tr) in trials.items():
+            train, test = tr.split_80_20()
+            e: dict = {}
+            if task in teacher_probes:
+                p = teacher_probes[task]
+                e["ba_teacher"] = balanced_accuracy(
+                    (p.p_perceived(teacher_z[task]) >= p.threshold)[test], y[test])
+                e["ba_student_teacher_probe"] = balanced_accuracy(
+                    (p.p_perceived(trial_float[task]) >= p.threshold)[test], y[test])
+            if len(np.unique(y[train])) == 2:
+                refit = fit_probe(trial_float[task][train], y[train], task)
+                e["ba_student_refit"] = balanced_accuracy(
+                    (refit.p_perceived(trial_float[task]) >= 0.5)[test], y[test])
+            row["tasks"][task] = e
+        say(f"--- {arch}: int8 bundle ---")
+        qcfg = QuantizeConfig(min_cosine=1e-6, min_agreement=1e-6, latency_budget_ms=1e6,
+                              probe_source="teacher" if teacher_probes else "refit",
+                              latency_runs=latency_runs, keep_work=True)
+        report = build_bundle(ds, cand, probe_path, cand / "bundle", config=qcfg, teacher=teacher,
+                              overwrite=True, progress=say)
+        work = cand / "bundle.work"
+        float_us = _float_latency_us(work / "tflite" / "student_float32.tflite",
+                                     pool["x_val"], latency_runs)
+        shutil.rmtree(work, ignore_errors=True)
+        row["int8"] = {"cosine_mean": report["latent"]["cosine_mean"],
+                       "cosine_min": report["latent"]["cosine_min"],
+                       "decision_agreement": report["decision_agreement"],
+                       "decision_median_us": report["latency"]["decision_median_us"],
+                       "decision_p99_us": report["latency"]["decision_p99_us"],
+                       "invoke_median_us": report["latency"]["invoke_median_us"],
+                       "float32_tflite_median_us": float_us,
+                       "operators": _operators(cand / "bundle")}
+        for task, e in report["tasks"].items():
+            row["tasks"].setdefault(task, {})["ba_int8"] = e.get("ba_int8_student")
+        designs.append(row)
+
+    def int8_ba(row) -> float:
+        vals = [e["ba_int8"] for e in row["tasks"].values() if e.get("ba_int8") is not None]
+        return float(np.mean(vals)) if vals else 0.0
+
+    best_ba = max(int8_ba(r) for r in designs)
+    eligible = [r for r in designs if int8_ba(r) >= best_ba - 0.01]
+    winner = min(eligible, key=lambda r: r["int8"]["decision_median_us"])["arch"]
+    src = out_dir / "candidates" / winner
+    shutil.copyfile(src / "student.pt", out_dir / "student.pt")
+    shutil.copyfile(src / "metrics.json", out_dir / "metrics.json")
+    table = format_comparison(designs, winner, cfg=cfg, ds=ds)
+    result = {"designs": designs, "winner": winner, "table": table,
+              "rule": "fastest int8 design within 1 point of the best mean int8 balanced accuracy"}
+    write_json(out_dir / "compare.json", result)
+    md = Path(results_md) if results_md else default_results_md()
+    replace_section(md, STUDENTS_BEGIN, STUDENTS_END, table, heading="## Student designs")
+    say(f"winner: {winner}; table written to {md}")
+    return result
+
+
+def _operators(bundle_dir: Path) -> list[str]:
+    import json
+
+    return json.loads((bundle_dir / "manifest.json").read_text())["model"]["operators"]
+
+
+def _pct(v) -> str:
+    return f"{100 * v:.1f}" if isinstance(v, (int, float)) else "-"
+
+
+def format_comparison(designs: list[dict], winner: str, *, cfg, ds: Dataset) -> str:
+    """The markdown table of docs/results.md's "Student designs" section."""
+    tasks = sorted({t for r in designs for t in r["tasks"]})
+    lines = [
+        f"Distilled on {cfg.pool_windows} unlabelled resting windows of `{ds.path.name}` "
+        f"({cfg.steps} steps, student preset `{cfg.student_preset}`); fidelity on held-out "
+        "resting windows (tail of every session) and on the stimulation-trial windows; "
+        "balanced accuracy (BA, %) on the test split (last 20% of trials per session). "
+        "Latency: one thread, LiteRT, median per decision (quantise + invoke + probe) for int8, "
+        "per invoke for float32. Reproduce: `phosphene distill DATA --teacher RUN --out "
+        "STUDENT --compare --probe RUN/probe`.",
+        "",
+        "| design | params | cos held-out (centred) | R2 | cos trials (centred) | "
+        + " | ".join(f"BA {t}: teacher / student (teacher probe) / refit / int8" for t in tasks)
+        + " | int8 cos vs float (min) | float32 TFLite us | int8 us | int8 speed-up |",
+        "|---" * (8 + len(tasks)) + "|",
+    ]
+    for r in designs:
+        h, tf = r["heldout"], r.get("trials_fidelity", {})
+        cells = []
+        for t in tasks:
+            e = r["tasks"].get(t, {})
+            cells.append(" / ".join(_pct(e.get(k)) for k in (
+                "ba_teacher", "ba_student_teacher_probe", "ba_student_refit", "ba_int8")))
+        q = r["int8"]
+        name = f"**{r['arch']}** (kept)" if r["arch"] == winner else r["arch"]
+        lines.append(
+            f"| {name} | {r['parameters']:,} | {h['cosine_mean']:.4f} ({h['cosine_centred_mean']:.3f}) "
+            f"| {h['r2']:.3f} | "
+            + (f"{tf['cosine_mean']:.4f} ({tf['cosine_centred_mean']:.3f})" if tf else "-")
+            + " | " + " | ".join(cells)
+            + f" | {q['cosine_mean']:.4f} ({q['cosine_min']:.4f}) | {q['float32_tflite_median_us']:.0f} "
+            f"| {q['decision_median_us']:.0f} | {q['float32_tflite_median_us'] / q['invoke_median_us']:.2f}x |")
+    lines.append("")
+    lines.append("int8 operators: " + "; ".join(f"{r['arch']}: {', '.join(r['int8']['operators'])}"
+                                                 for r in designs))
+    return "\n".join(lines)
