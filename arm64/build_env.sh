@@ -44,6 +44,9 @@ command -v dpkg >/dev/null && command -v apt-get >/dev/null || die "needs Debian
 [[ -r "$KEYRING" ]] || die "missing $KEYRING (apt-get install debian-archive-keyring)"
 mkdir -p "$CACHE/bin"
 start_s=$SECONDS
+# One build at a time per cache (make arm64-check and the CI test may share it).
+exec 9> "$CACHE/.lock"
+flock 9
 
 # apt-get with a private state: its own sources, lists, cache and an empty dpkg status, so it
 # neither reads nor changes the host's package database or architecture list.
@@ -134,18 +137,24 @@ fetch_site litert "${LITERT_WHEELS[@]}"
 fetch_site tflite "${TFLITE_WHEELS[@]}"
 
 # 4. phosphene itself: the wheel a board would install, built from this working tree -------
-# Rebuilt every run (a few seconds) because the tree changes; pure Python, no torch/TF inside
-# the edge path (train/ and quantize/ ship in the same wheel but are never imported there).
+# Rebuilt whenever the sources change (pure Python, a few seconds); train/ and quantize/ ship
+# in the same wheel, as on a board, but the edge path never imports them (no torch/TF here).
 src="$(mktemp -d)"; trap 'rm -rf "$src"' EXIT
 (cd "$REPO" && cp -r pyproject.toml README.md phosphene edge firmware_bridge train quantize "$src"/) 2>/dev/null \
   || die "cannot copy the phosphene sources from $REPO"
-find "$src" -name __pycache__ -prune -exec rm -rf {} +
-rm -rf "$CACHE/wheels-phosphene" "$CACHE/site-phosphene"; mkdir -p "$CACHE/site-phosphene"
-"$HOST_PY" -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation \
-  -w "$CACHE/wheels-phosphene" "$src" > "$CACHE/phosphene-wheel.log" 2>&1 \
-  || { cat "$CACHE/phosphene-wheel.log" >&2; die "building the phosphene wheel failed"; }
-"$HOST_PY" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' \
-  "$CACHE"/wheels-phosphene/phosphene-*.whl "$CACHE/site-phosphene"
+find "$src" \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
+src_hash="$(cd "$src" && find . -type f | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)"
+if ! stamp_ok "$CACHE/site-phosphene/.stamp" "$src_hash"; then
+  rm -rf "$CACHE/wheels-phosphene" "$CACHE/site-phosphene.new"; mkdir -p "$CACHE/site-phosphene.new"
+  "$HOST_PY" -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation \
+    -w "$CACHE/wheels-phosphene" "$src" > "$CACHE/phosphene-wheel.log" 2>&1 \
+    || { cat "$CACHE/phosphene-wheel.log" >&2; die "building the phosphene wheel failed"; }
+  "$HOST_PY" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' \
+    "$CACHE"/wheels-phosphene/phosphene-*.whl "$CACHE/site-phosphene.new"
+  echo "$src_hash" > "$CACHE/site-phosphene.new/.stamp"
+  rm -rf "$CACHE/site-phosphene"; mv "$CACHE/site-phosphene.new" "$CACHE/site-phosphene"
+  log "phosphene wheel rebuilt from the working tree ($src_hash)"
+fi
 
 # 5. launchers ------------------------------------------------------------------------------
 # qemu 7.2's "max" core has SME, and XNNPACK's SME int8 kernels then give wrong outputs under
