@@ -215,9 +215,12 @@ def bench_stream(bundle, *, duration_s: float = 60.0, threads: int = 1, runtime:
     budget = latency_budget_ms if latency_budget_ms is not None else bundle.latency_budget_ms
     # the simulator runs in its own process, as the array is its own device: in this process
     # its Python work would hold the GIL while the runtime's thread waits to decide
+    # with --realtime the simulator runs just below the runtime, as a device that the host's
+    # load cannot delay
+    sim_priority = max(1, realtime_priority - 2) if realtime_priority else None
     with open(os.devnull, "w") as devnull, SimulatedArrayProcess(
             bundle.channel_map, kind="psychometric", speed=1.0, seed=seed,
-            frame_samples=bundle.window_spec.patch_samples) as array:
+            frame_samples=bundle.window_spec.patch_samples, realtime_priority=sim_priority) as array:
         runtime_ = Runtime(decoder, spec=bundle.window_spec, normaliser_config=bundle.normaliser_config,
                            n_channels=bundle.n_channels,
                            config=RuntimeConfig(mode=mode, latency_budget_ms=budget,

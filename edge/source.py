@@ -267,7 +267,7 @@ class SimulatedArrayProcess:
     """
 
     def __init__(self, channel_map, *, kind: str = "psychometric", speed: float = 1.0, seed: int = 0,
-                 frame_samples: int = 16):
+                 frame_samples: int = 16, realtime_priority: int | None = None):
         import json
         import subprocess
         import sys
@@ -278,7 +278,7 @@ class SimulatedArrayProcess:
         self._map_file.close()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "phosphene.edge.source", self._map_file.name, kind, str(speed),
-             str(seed), str(frame_samples)],
+             str(seed), str(frame_samples), str(realtime_priority or 0)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline().strip()
         if not line.startswith("/"):
@@ -313,12 +313,16 @@ class SimulatedArrayProcess:
 
 
 def _child_main(argv: list[str]) -> None:
-    """python -m phosphene.edge.source MAP.json KIND SPEED SEED FRAME_SAMPLES (SimulatedArrayProcess)."""
+    """python -m phosphene.edge.source MAP.json KIND SPEED SEED FRAME_SAMPLES PRIORITY (0: normal)."""
     import sys
 
     from phosphene.geometry import ChannelMap
 
-    map_path, kind, speed, seed, frame_samples = argv
+    map_path, kind, speed, seed, frame_samples, priority = argv
+    if int(priority):  # a device is not starved by the host's other work: neither is its stand-in
+        refused = set_realtime_priority(int(priority))
+        if refused:
+            log.warning("simulator: real-time priority refused (%s)", refused)
     array = SimulatedArray(ChannelMap.load(map_path), kind=kind, speed=float(speed), seed=int(seed),
                            frame_samples=int(frame_samples))
     print(array.device_path, flush=True)
