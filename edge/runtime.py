@@ -449,6 +449,7 @@ class Runtime:
             if not self._stream_matches(item):
                 continue
             t0 = self.clock_ns()
+            expected = self.ingest.next_sample
             status = self.ingest.add(item)
             normalise_ns += self.clock_ns() - t0
             if status == "late":
@@ -459,8 +460,10 @@ class Runtime:
             n = item.data.shape[0]
             self._status_samples += n
             if self.config.mode == "continuous":
+                # every patch boundary gets a line, those inside a filled gap included
+                first = expected if status == "gap" else item.sample
                 P = self.spec.patch_samples
-                first_stop = -(-(item.sample + 1) // P) * P  # smallest multiple of P > item.sample
+                first_stop = -(-(first + 1) // P) * P  # smallest multiple of P > first
                 boundaries.extend(range(first_stop, item.sample + n + 1, P))
         if link_alive:
             self._last_input_ns = t_parsed_ns

@@ -168,6 +168,9 @@ def test_lost_frames_never_decided_beyond_the_bound(edge_bundle, edge_decoder, m
     decided = [r for r in recs if r["type"] == "decision"]
     refused = [r for r in recs if r.get("reason") == "lost_samples"]
     assert decided and refused
+    # the cadence holds through the gaps: one line per patch boundary
+    P = edge_bundle.window_spec.patch_samples
+    assert [r["sample"] for r in recs] == list(range(P - 1, runtime.ingest.next_sample, P))
     for r in decided:
         a, b = r["window"]
         assert (~present[a:b]).sum() <= max_lost
