@@ -52,7 +52,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = resolve_checkpoint(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types (pickle, zip, runtime) for bad files
+    except Exception as exc:  # noqa: BLE001 - torch raises many types (pickle, zip, runtime) for bad files
         raise ValueError(f"{path} is not a phosphene teacher checkpoint "
                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
@@ -88,14 +88,14 @@ def load_teacher(path: str | os.PathLike, map_location: str | torch.device = "cp
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
-        raise ValueError(f"{ckpt['path']}: the weights do not fit a {config.preset!r} model with "
+        raise ValueError(f"{ckpt['path']}: the weights do not fit a {config.preset_name!r} model with "
                          f"{config.n_channels} channels (incompatible preset or channel count): "
                          f"{' '.join(first[1:3])[:300]}") from None
     model.to(map_location).eval()
     meta = {
         "config": config, "window_spec": spec, "normaliser": norm,
         "session_index": dict(ckpt["session_index"]), "step": int(ckpt["step"]),
-        "preset": config.preset, "channel_map": ckpt.get("channel_map"),
+        "preset": config.preset_name, "channel_map": ckpt.get("channel_map"),
         "best_val_loss": ckpt.get("best_val_loss"), "path": ckpt["path"],
     }
     return model, meta

@@ -160,7 +160,7 @@ def run_diagnostics(ds: Dataset, encode_fn, out_dir: str | os.PathLike, *,
         png = out_dir / f"latents_{task}.png"
         plot_embedding(xy, trials.electrode, trials.current_ua, y, png,
                        title=f"{task}: {method.upper()} of latents ({len(y)} trials)")
-        report["tasks"][task] = {"plot": str(png), "n_trials": int(len(y)),
+        report["tasks"][task] = {"plot": str(png), "n_trials": len(y),
                                  "electrodes": sorted(int(e) for e in np.unique(trials.electrode))}
         pooled_lat.append(latents)
         pooled_raw.append(X.reshape(X.shape[0], -1).astype(np.float64))

@@ -141,7 +141,7 @@ class MaskedAutoencoder(nn.Module):
 
     def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
         """patches: (N, L, P) -> (N, T, C), the inverse of patchify."""
-        N, L, P = patches.shape  # batch, tokens, samples per patch
+        N, _, P = patches.shape  # batch, tokens, samples per patch
         C, n_t = self.config.n_channels, self.config.n_time_patches
         return patches.reshape(N, C, n_t, P).permute(0, 2, 3, 1).reshape(N, n_t * P, C)
 
@@ -174,7 +174,7 @@ class MaskedAutoencoder(nn.Module):
         tokens = self.patch_embed(self.patchify(x))  # (N, L, D)
         pos = (self.spatial_embed[:, None, :] + self.temporal_embed[None, :, :]).flatten(0, 1)
         tokens = tokens + pos
-        N, L, D = tokens.shape  # batch, tokens, width
+        N, L, _ = tokens.shape  # batch, tokens, width
         if mask_ratio > 0:
             tokens, mask, ids_restore = self.random_masking(tokens, mask_ratio, noise)
         else:

@@ -156,9 +156,9 @@ def pretrain(ds: Dataset, preset: str = "small", *, out_dir: str | os.PathLike,
         tcfg = TrainConfig(**{**tcfg.__dict__, **{k: v for k, v in overrides.items()
                                                  if v is not None}})
         config = MAEConfig.from_dict(dict(ckpt["config"]))
-        if config.preset != preset:
-            raise ValueError(f"{last_path} was trained with preset {config.preset!r}, not "
-                             f"{preset!r}: pass --preset {config.preset} to resume it")
+        if config.preset_name != preset:
+            raise ValueError(f"{last_path} was trained with preset {config.preset_name!r}, not "
+                             f"{preset!r}: pass --preset {config.preset_name} to resume it")
         spec = WindowSpec.from_dict(dict(ckpt["window_spec"]))
         norm_config = NormaliserConfig.from_dict(dict(ckpt["normaliser"]))
         session_index = {str(k): int(v) for k, v in ckpt["session_index"].items()}
@@ -273,7 +273,7 @@ def pretrain(ds: Dataset, preset: str = "small", *, out_dir: str | os.PathLike,
 
     counts = count_parameters(model)
     summary = {
-        "preset": config.preset, "dataset": str(ds.path), "out_dir": str(out_dir),
+        "preset": config.preset_name, "dataset": str(ds.path), "out_dir": str(out_dir),
         "steps": tcfg.steps, "resumed_from": start_step if ckpt is not None else None,
         "wall_s": round(wall_s, 2), "train_s": round(train_time, 2),
         "windows_per_s": round(windows_done / max(train_time, 1e-9), 2),
@@ -290,5 +290,5 @@ def pretrain(ds: Dataset, preset: str = "small", *, out_dir: str | os.PathLike,
     }
     write_json(out_dir / "pretrain.json", summary)
     plot_loss_curve(history, out_dir / "loss_curve.png",
-                    title=f"MAE pretraining ({config.preset}, {ds.path.name})")
+                    title=f"MAE pretraining ({config.preset_name}, {ds.path.name})")
     return summary

@@ -151,7 +151,7 @@ def fold_probe(pipeline) -> tuple[np.ndarray, float]:
         elif isinstance(step, RowSpace):
             w = step.components_.T @ w
         else:
-            raise ValueError(f"cannot fold a {type(step).__name__} into a linear probe")
+            raise TypeError(f"cannot fold a {type(step).__name__} into a linear probe")
     return w, b
 
 
@@ -221,7 +221,7 @@ def probe_task(ds: Dataset, encode_fn: EncodeFn, task: str, *,
     latent_dim = feats["latent"].shape[1] if "latent" in feats else 128
 
     result: dict = {"task": task, "n_trials": int(N), "n_train": int(train.sum()),
-                    "n_test": int(test.sum()), "n_sessions": int(len(np.unique(trials.session))),
+                    "n_test": int(test.sum()), "n_sessions": len(np.unique(trials.session)),
                     "perceived_fraction": round(float(y.mean()), 4), "latent_dim": int(latent_dim),
                     "latent_label": latent_label,
                     "ideal_observer": ds.ideal_observer.get(task)}
@@ -259,7 +259,7 @@ def _label_efficiency(feats, y, train, test, feature_sets, fractions, repeats, l
     train_idx = np.flatnonzero(train)
     draws = {}
     for frac in fractions:
-        n_sub = max(4, int(round(frac * len(train_idx))))
+        n_sub = max(4, round(frac * len(train_idx)))
         if n_sub >= len(train_idx):
             draws[frac] = [train_idx]
             continue
@@ -269,7 +269,7 @@ def _label_efficiency(feats, y, train, test, feature_sets, fractions, repeats, l
             parts = []
             for cls in (0, 1):
                 idx = train_idx[y[train_idx] == cls]
-                k = min(len(idx), max(2, int(round(n_sub * len(idx) / len(train_idx)))))
+                k = min(len(idx), max(2, round(n_sub * len(idx) / len(train_idx))))
                 parts.append(rng.choice(idx, size=k, replace=False))
             runs.append(np.sort(np.concatenate(parts)))
         draws[frac] = runs
@@ -314,6 +314,9 @@ def plot_label_efficiency(result: dict, path: str | os.PathLike) -> None:
                    label="ideal observer")
     ax.axhline(50, color="grey", ls=":", lw=1)
     ax.set_xscale("log")
+    ticks = sorted({p["n_train"] for pts in result["curve"].values() for p in pts})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("labelled training trials")
     ax.set_ylabel("balanced accuracy on test split (%)")
     ax.set_title(f"Label efficiency: {result['task']}")

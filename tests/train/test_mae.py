@@ -98,7 +98,7 @@ def test_session_token_and_unknown_index(model):
     assert model.session_embed.num_embeddings == cfg.n_sessions + 1
     assert cfg.unknown_session == cfg.n_sessions
     x = _window(model)
-    loss, pred, mask, terms = model(x, torch.full((3,), cfg.unknown_session), noise=None)
+    loss, pred, _, _ = model(x, torch.full((3,), cfg.unknown_session), noise=None)
     assert pred.shape == (3, cfg.n_patches, cfg.patch_samples) and torch.isfinite(loss)
 
 

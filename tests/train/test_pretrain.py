@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -35,8 +36,8 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     cfg = TrainConfig(steps=100, warmup_steps=10, lr=1e-3, lr_min=1e-5)
     lrs = [lr_at(s, cfg) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
-    assert all(a <= b for a, b in zip(lrs[:10], lrs[1:10]))
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert all(a <= b for a, b in itertools.pairwise(lrs[:10]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
     assert lr_at(99, cfg) == pytest.approx(1e-5, rel=0.01)
 
 
@@ -114,7 +115,7 @@ def test_load_teacher_rejects_what_is_not_a_checkpoint(tmp_path):
 
 
 def test_pretrain_writes_checkpoints_summary_and_resumes(tiny_run, tiny_dataset):
-    out, summary = tiny_run
+    out, _ = tiny_run
     for name in ("best.pt", "last.pt", "pretrain.json", "loss_curve.png"):
         assert (out / name).is_file(), name
     on_disk = json.loads((out / "pretrain.json").read_text())
@@ -123,7 +124,7 @@ def test_pretrain_writes_checkpoints_summary_and_resumes(tiny_run, tiny_dataset)
     assert np.isfinite(on_disk["best_val_mse"]) and on_disk["windows_per_s"] > 0
     assert set(on_disk["val_sessions"]).isdisjoint(on_disk["train_sessions"])
     assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
-    model, meta = load_teacher(out)  # a run directory means its best.pt
+    _, meta = load_teacher(out)  # a run directory means its best.pt
     assert meta["path"].name == "best.pt" and meta["preset"] == "tiny"
     assert set(meta["session_index"]) == set(on_disk["train_sessions"])
     last = torch.load(out / "last.pt", weights_only=True)
