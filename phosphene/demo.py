@@ -1,0 +1,391 @@
+"""`phosphene demo`: the whole mission on the virtual cortex, in one command.
+
+Stages (each shows progress; a failing stage stops the demo with a one-line reason):
+dataset -> pretrain -> probe (+ diagnostics) -> distill -> quantize -> verify ->
+stream (simulator on a pty -> `phosphene run`, triggered) -> bench -> report.
+The edge stages run the real CLI in subprocesses, exactly as on a board.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from phosphene.io import write_json, write_text
+
+__all__ = ["demo", "DemoSettings", "run_demo"]
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the demo runs; `quick` is the test-sized version (tiny data, a few steps)."""
+
+    out: Path
+    seed: int = 0
+    dataset_preset: str = "demo"
+    teacher_preset: str = "small"
+    pretrain_steps: int | None = None  # None: the preset's default
+    distill_steps: int | None = None
+    distill_preset: str = "small"
+    calib_windows: int = 300
+    stream_seconds: float = 60.0
+    bench_runs: int = 2000
+    min_cosine: float = 0.99
+    min_agreement: float = 0.98
+
+    @classmethod
+    def quick(cls, out: Path, seed: int = 0) -> DemoSettings:
+        return cls(out=out, seed=seed, dataset_preset="tiny", teacher_preset="tiny",
+                   pretrain_steps=30, distill_steps=60, distill_preset="tiny", calib_windows=64,
+                   stream_seconds=8.0, bench_runs=200, min_cosine=0.9, min_agreement=0.8)
+
+
+class StageFailed(click.ClickException):
+    pass
+
+
+class _Stages:
+    """Numbered stage banners on stderr, timings kept for the report."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        self.timings: dict[str, float] = {}
+
+    def run(self, name: str, func, *args, **kwargs):
+        i = self.names.index(name) + 1
+        click.echo(f"\n[{i}/{len(self.names)}] {name}", err=True)
+        t0 = time.perf_counter()
+        try:
+            result = func(*args, **kwargs)
+        except click.ClickException as exc:
+            raise StageFailed(f"stage '{name}' failed: {exc.format_message()}") from None
+        except (ValueError, OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+            raise StageFailed(f"stage '{name}' failed: {_one_line(exc)}") from None
+        self.timings[name] = round(time.perf_counter() - t0, 1)
+        click.echo(f"    done in {self.timings[name]:.1f} s", err=True)
+        return result
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+def _say(msg: str) -> None:
+    click.echo(f"    {msg}", err=True)
+
+
+def _phosphene(*args: str, capture_json: bool = False, log: Path | None = None,
+               timeout_s: float | None = None) -> dict | None:
+    """Run the real CLI in a subprocess (as a user would); parse the last JSON object of stdout."""
+    cmd = [sys.executable, "-m", "phosphene", *args]
+    _say("$ phosphene " + " ".join(args))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    if log is not None:
+        write_text(log, proc.stderr)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        raise RuntimeError(f"phosphene {args[0]} exited {proc.returncode}: {last}")
+    if not capture_json:
+        return None
+    text = proc.stdout.strip()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        # line-oriented output (decisions, then the summary): the last line is the summary
+        return json.loads(text.splitlines()[-1])
+
+
+def run_demo(settings: DemoSettings) -> dict:
+    """Run every stage into settings.out; returns the report (also written as report.json)."""
+    import torch
+
+    from phosphene.cortex import generate_dataset
+    from phosphene.quantize.build import QuantizeConfig, build_bundle
+    from phosphene.train.checkpoint import load_teacher
+    from phosphene.train.cortex_figure import plot_virtual_cortex
+    from phosphene.train.diagnostics import run_diagnostics
+    from phosphene.train.distill import distill
+    from phosphene.train.pretrain import pretrain
+    from phosphene.train.probe import format_table, probe_task, save_probe, teacher_encode_fn
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    out = settings.out
+    out.mkdir(parents=True, exist_ok=True)
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    stages = _Stages(["dataset", "pretrain", "probe", "distill", "quantize", "verify", "stream",
+                      "bench", "report"])
+    tasks = ("psychometric", "threshold")
+
+    # 1. dataset ------------------------------------------------------------------------
+    def make_dataset():
+        last = [-1]
+
+        def progress(label, fraction):
+            pct = int(fraction * 100)
+            if pct >= last[0] + 20:
+                _say(f"{pct:3d}%  {label}")
+                last[0] = pct
+
+        ds = generate_dataset(out / "data", preset=settings.dataset_preset, seed=settings.seed,
+                              overwrite=True, progress=progress)
+        for kind, k in ds.summary()["kinds"].items():
+            trials = f", {k['trials']} trials" if "trials" in k else ""
+            _say(f"{kind}: {k['sessions']} sessions, {60 * k['hours']:.1f} min{trials}")
+        plot_virtual_cortex(ds, plots / "virtual-cortex.png")
+        return ds
+
+    ds = stages.run("dataset", make_dataset)
+
+    # 2. pretrain -----------------------------------------------------------------------
+    run_dir = out / "teacher"
+
+    def do_pretrain():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        last = [0.0]
+
+        def progress(p):
+            now = time.monotonic()
+            if now - last[0] > 10 or p["step"] == p["steps"]:
+                last[0] = now
+                val = f", val mse {p['val_mse']:.4f}" if p.get("val_mse") is not None else ""
+                _say(f"step {p['step']}/{p['steps']}  loss {p['loss']:.4f}{val}  "
+                     f"{p.get('windows_per_s', 0):.0f} windows/s")
+
+        summary = pretrain(ds, settings.teacher_preset, out_dir=run_dir, steps=settings.pretrain_steps,
+                           seed=settings.seed, device="auto", progress=progress)
+        if (run_dir / "loss_curve.png").exists():
+            shutil.copy(run_dir / "loss_curve.png", plots / "pretrain-loss.png")
+        return summary
+
+    pretrain_summary = stages.run("pretrain", do_pretrain)
+
+    # 3. probe both tasks, baselines, ideal observer, diagnostics --------------------------
+    def do_probe():
+        model, meta = load_teacher(run_dir)
+        encode = teacher_encode_fn(model)
+        results = {}
+        for task in tasks:
+            _say(f"{task}: latents, raw and PCA baselines, L2 logistic regression (CV on train) ...")
+            r = probe_task(ds, encode, task, curve=True)
+            (run_dir / "probe" / task).mkdir(parents=True, exist_ok=True)
+            save_probe(run_dir / "probe" / task / "probe.json", r)
+            results[task] = r
+        from phosphene.train.probe import plot_label_efficiency
+
+        for task, r in results.items():
+            plot_label_efficiency(r, plots / f"label-efficiency-{task}.png")
+        click.echo("\n" + format_table(list(results.values()), n_channels=ds.n_channels,
+                                       window_samples=128), err=True)
+        diag = run_diagnostics(ds, encode, plots, method="tsne", permutations=499)
+        return results, diag
+
+    probe_results, diagnostics = stages.run("probe", do_probe)
+
+    # 4. distill -------------------------------------------------------------------------
+    student_dir = out / "student"
+
+    def do_distill():
+        shutil.rmtree(student_dir, ignore_errors=True)
+        return distill(ds, run_dir, student_dir, arch="mixer", steps=settings.distill_steps,
+                       preset=settings.distill_preset, progress=_say)
+
+    distill_summary = stages.run("distill", do_distill)
+
+    # 5. quantize ------------------------------------------------------------------------
+    bundle_dir = out / "bundle"
+
+    def do_quantize():
+        cfg = QuantizeConfig(calib_windows=settings.calib_windows, min_cosine=settings.min_cosine,
+                             min_agreement=settings.min_agreement)
+        return build_bundle(ds, student_dir, run_dir / "probe", bundle_dir, config=cfg, teacher=run_dir,
+                            overwrite=True, progress=_say)
+
+    parity = stages.run("quantize", do_quantize)
+
+    # 6-8. the edge, through the real CLI ------------------------------------------------
+    verify = stages.run("verify", _phosphene, "verify", str(bundle_dir), "--json", capture_json=True)
+    stream = stages.run(
+        "stream", _phosphene, "run", str(bundle_dir), "--pty-from-simulator", "--mode", "triggered",
+        "--duration", f"{settings.stream_seconds:g}", "--sim-kind", "psychometric", "--json",
+        "--out", str(out / "decisions.jsonl"), capture_json=True, log=out / "run.log",
+        timeout_s=settings.stream_seconds + 120)
+    bench = stages.run("bench", _phosphene, "bench", str(bundle_dir), "--threads", "1", "--runs",
+                       str(settings.bench_runs), "--json", capture_json=True)
+
+    # 9. report --------------------------------------------------------------------------
+    def do_report():
+        report = build_report(settings, ds, pretrain_summary, probe_results, diagnostics,
+                              distill_summary, parity, verify, stream, bench, stages.timings)
+        write_json(out / "report.json", report)
+        write_text(out / "report.md", render_markdown(report, plots, out))
+        return report
+
+    return stages.run("report", do_report)
+
+
+def _ba(value) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+def build_report(settings, ds, pretrain_summary, probe_results, diagnostics, distill_summary,
+                 parity, verify, stream, bench, timings) -> dict:
+    accuracy = {}
+    for task, r in probe_results.items():
+        f = r["features"]
+        tp = (parity.get("tasks") or {}).get(task, {})
+        accuracy[task] = {
+            "raw": _ba(f["raw"]["balanced_accuracy"]),
+            "pca": _ba(f["pca"]["balanced_accuracy"]),
+            "teacher": _ba(f["latent"]["balanced_accuracy"]),
+            "student": _ba(tp.get("ba_float_student")),
+            "int8": _ba(tp.get("ba_int8_student")),
+            "student_refit": _ba(tp.get("ba_refit_float_student")),
+            "int8_refit": _ba(tp.get("ba_refit_int8_student")),
+            "ideal": _ba(r.get("ideal_observer")),
+            "n_test": r["n_test"],
+        }
+    dec = bench["decision_us"]
+    lat = stream.get("latency_us") or {}
+    frames_received = stream.get("frames_ok", stream.get("frames_received"))
+    sim = stream.get("simulator") or {}
+    report = {
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(settings).items()},
+        "dataset": ds.summary(),
+        "accuracy": accuracy,
+        "parity": {
+            "cosine_mean": parity["latent"]["cosine_mean"],
+            "cosine_min": parity["latent"]["cosine_min"],
+            "max_abs_error": parity["latent"]["max_abs_error"],
+            "decision_agreement": parity["decision_agreement"],
+            "windows": parity["latent"]["n_windows"],
+        },
+        "latency_us": {
+            "decision_p50": round(dec["p50"], 1), "decision_p99": round(dec["p99"], 1),
+            "invoke_p50": round(bench["invoke_us"]["p50"], 1),
+            "invoke_p99": round(bench["invoke_us"]["p99"], 1),
+            "e2e_p50": lat.get("p50"), "e2e_p99": lat.get("p99"),
+            "budget_ms": bench.get("budget_ms"),
+        },
+        "stream": {
+            "seconds": stream.get("duration_s"),
+            "frames_sent": sim.get("frames_sent"),
+            "frames_received": frames_received,
+            "frames_lost": stream.get("seq_gaps", stream.get("frames_lost")),
+            "crc_errors": stream.get("crc_errors"),
+            "events": stream.get("events"),
+            "decisions": stream.get("decisions"),
+            "no_decisions": stream.get("no_decisions"),
+            "budget_misses": stream.get("budget_misses"),
+            "rss_mb_end": stream.get("rss_mb_end"),
+        },
+        "runtime": {"interpreter": bench.get("runtime"), "threads": bench.get("threads"),
+                    "rss_mb": bench.get("rss_mb"), "cpu": bench.get("cpu")},
+        "pretrain": {k: pretrain_summary.get(k) for k in ("preset", "steps", "best_val_mse",
+                                                          "windows_per_s", "seconds", "parameters")
+                     if k in pretrain_summary},
+        "distill": {k: v for k, v in distill_summary.items() if isinstance(v, (int, float, str))},
+        "diagnostics": diagnostics,
+        "bundle": {"path": str(settings.out / "bundle"), "verified": bool(verify)},
+        "stage_seconds": timings,
+    }
+    return report
+
+
+def render_markdown(report: dict, plots: Path, out: Path) -> str:
+    acc = report["accuracy"]
+    lines = ["# phosphene demo report", "",
+             "Balanced accuracy on the paper's test split (last 20% of each session's trials):", "",
+             "| task | raw MUA | PCA | MAE teacher | student | int8 student | ideal observer | test trials |",
+             "|---|---|---|---|---|---|---|---|"]
+    for task, a in acc.items():
+        cells = [f"{a[k]:.1%}" if a.get(k) is not None else "n/a"
+                 for k in ("raw", "pca", "teacher", "student", "int8", "ideal")]
+        lines.append(f"| {task} | " + " | ".join(cells) + f" | {a['n_test']} |")
+    p, lat, st = report["parity"], report["latency_us"], report["stream"]
+    lines += ["", "## Parity (int8 vs float student)", "",
+              f"latent cosine mean {p['cosine_mean']}, min {p['cosine_min']}; decision agreement "
+              f"{p['decision_agreement']}", "",
+              "## Latency (one thread)", "",
+              f"decision (normalise + invoke + probe): p50 {lat['decision_p50']} us, p99 "
+              f"{lat['decision_p99']} us; end to end through the pty: p50 {lat['e2e_p50']} us, "
+              f"p99 {lat['e2e_p99']} us; budget {lat['budget_ms']} ms", "",
+              "## Stream", "", "```", json.dumps(st, indent=2), "```", "", "## Plots", ""]
+    for png in sorted(plots.glob("*.png")):
+        lines.append(f"![{png.stem}]({png.relative_to(out)})")
+        lines.append("")
+    lines += ["## Stage times (s)", "", "```", json.dumps(report["stage_seconds"], indent=2), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def print_summary(report: dict) -> None:
+    acc, p, lat, st = report["accuracy"], report["parity"], report["latency_us"], report["stream"]
+    fmt = lambda v: "  n/a" if v is None else f"{100 * v:5.1f}"  # noqa: E731
+    click.echo("\nphosphene demo: balanced accuracy (%), test split")
+    click.echo(f"{'task':<13}{'raw':>7}{'PCA':>7}{'MAE':>7}{'student':>9}{'int8':>7}{'ideal':>7}")
+    for task, a in acc.items():
+        click.echo(f"{task:<13}{fmt(a['raw']):>7}{fmt(a['pca']):>7}{fmt(a['teacher']):>7}"
+                   f"{fmt(a['student']):>9}{fmt(a['int8']):>7}{fmt(a['ideal']):>7}")
+    click.echo(f"int8 parity   cosine mean {p['cosine_mean']:.4f} (min {p['cosine_min']:.4f}), "
+               f"decisions agree {100 * p['decision_agreement']:.1f}%")
+    click.echo(f"latency       decision p50/p99 {lat['decision_p50']:.0f}/{lat['decision_p99']:.0f} us; "
+               f"end-to-end p50/p99 {_us(lat['e2e_p50'])}/{_us(lat['e2e_p99'])} us; "
+               f"budget {lat['budget_ms']} ms")
+    click.echo(f"stream        {st['seconds']} s: {st['frames_received']} frames received, "
+               f"{st['frames_lost']} lost, {st['crc_errors']} CRC errors; {st['decisions']} decisions, "
+               f"{st['budget_misses']} over budget")
+
+
+def _us(v) -> str:
+    return "n/a" if v is None else f"{v:.0f}"
+
+
+@click.command("demo")
+@click.option("--out", default="demo-run", show_default=True, type=click.Path(path_type=Path),
+              help="Directory for the dataset, models, bundle, plots and report.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--overwrite", is_flag=True, help="Reuse OUT even if it holds an earlier run.")
+@click.option("--quick", is_flag=True, help="Test-sized run: tiny data, a few steps (about 2 min).")
+@click.option("--stream-seconds", type=float, default=None,
+              help="How long the simulated array streams to the runtime (default 60 s).")
+@click.option("--pretrain-steps", type=int, default=None, help="Override the teacher's step count.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout at the end.")
+def demo(out, seed, overwrite, quick, stream_seconds, pretrain_steps, as_json):
+    """Run the whole pipeline on the virtual cortex and write a report.
+
+    Generates the demo dataset, pretrains the small MAE teacher, probes both tasks against
+    the raw and PCA baselines and the ideal observer, distils a student, quantises it to
+    int8 TFLite with parity checks, writes and verifies the bundle, streams the simulated
+    array over a pseudo-terminal into the edge runtime (triggered mode) and benchmarks
+    the bundle. Writes OUT/report.json and OUT/report.md (with plots).
+
+    \b
+    Example:
+      phosphene demo --out demo-run
+      phosphene demo --out /tmp/quick --quick
+    """
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise click.ClickException(f"{out} already exists and is not empty (pass --overwrite)")
+    settings = DemoSettings.quick(out, seed) if quick else DemoSettings(out=out, seed=seed)
+    if stream_seconds is not None:
+        if stream_seconds <= 0:
+            raise click.ClickException("--stream-seconds must be positive")
+        settings = DemoSettings(**{**vars(settings), "stream_seconds": stream_seconds})
+    if pretrain_steps is not None:
+        settings = DemoSettings(**{**vars(settings), "pretrain_steps": pretrain_steps})
+    t0 = time.perf_counter()
+    report = run_demo(settings)
+    report["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    write_json(out / "report.json", report)
+    print_summary(report) if not as_json else click.echo(json.dumps(report, indent=2))
+    click.echo(f"\nreport: {out / 'report.json'}, {out / 'report.md'} ({report['wall_seconds']:.0f} s)",
+               err=True)
