@@ -225,6 +225,7 @@ def pretrain(ds: Dataset, preset: str = "small", *, out_dir: str | os.PathLike,
         return d
 
     model.train()
+    log_every = max(1, tcfg.val_every // 10)
     t_start = time.perf_counter()
     train_time, windows_done = 0.0, 0
     running: list[float] = []
@@ -254,7 +255,11 @@ def pretrain(ds: Dataset, preset: str = "small", *, out_dir: str | os.PathLike,
         info = {"step": step + 1, "steps": tcfg.steps, "loss": loss_value,
                 "mse": float(np.mean(running[-50:])), "lr": lr_now,
                 "windows_per_s": windows_done / max(train_time, 1e-9)}
-        if (step + 1) % tcfg.val_every == 0 or step + 1 == tcfg.steps:
+        is_val_step = (step + 1) % tcfg.val_every == 0 or step + 1 == tcfg.steps
+        if (step + 1) % log_every == 0 and not is_val_step:  # loss curve between validations
+            history.append({"step": step + 1, "train_mse": info["mse"], "loss": loss_value,
+                            "lr": lr_now})
+        if is_val_step:
             val_mse = evaluate(model, val_x, val_s, val_noise, batch_size=tcfg.batch_size,
                                device=dev)
             info["val_mse"] = val_mse
