@@ -22,9 +22,9 @@ __all__ = ["distill"]
               show_default=True, help="Student design: attention-free MLP-mixer or small transformer.")
 @click.option("--preset", type=click.Choice(["small", "tiny", "paper"]), default="small",
               show_default=True, help="Distillation schedule and student size (tiny: tests).")
-@click.option("--steps", type=int, default=None, help="Optimizer steps [preset: small 3000].")
+@click.option("--steps", type=int, default=None, help="Optimizer steps [preset: small 2000].")
 @click.option("--pool-windows", type=int, default=None,
-              help="Resting windows with cached teacher latents [preset: small 8192].")
+              help="Resting windows with cached teacher latents [preset: small 4096].")
 @click.option("--compare", is_flag=True,
               help="Train every design, measure fidelity, probe accuracy and int8 latency, keep "
                    "the winner as OUT/student.pt and write the table to docs/results.md.")

@@ -83,3 +83,19 @@ def test_teacher_probe_files_are_read(tmp_path):
         load_probes(tmp_path, latent_dim=3)
     with pytest.raises(ValueError, match="no probe at"):
         load_probes(tmp_path / "missing", latent_dim=2)
+
+
+def test_results_section_is_replaced_in_place(tmp_path):
+    from phosphene.quantize.compare import STUDENTS_BEGIN, STUDENTS_END, replace_section
+
+    md = tmp_path / "results.md"
+    md.write_text("# Results\n\n## Pretraining\nother engineer's text\n")
+    replace_section(md, STUDENTS_BEGIN, STUDENTS_END, "| a |\n", heading="## Student designs")
+    first = md.read_text()
+    assert first.startswith("# Results\n\n## Pretraining\nother engineer's text\n")
+    assert f"## Student designs\n\n{STUDENTS_BEGIN}\n| a |\n{STUDENTS_END}\n" in first
+    md.write_text(first + "\n## Later section\nkept\n")
+    replace_section(md, STUDENTS_BEGIN, STUDENTS_END, "| b |", heading="## Student designs")
+    second = md.read_text()
+    assert "| a |" not in second and f"{STUDENTS_BEGIN}\n| b |\n{STUDENTS_END}" in second
+    assert second.count("## Student designs") == 1 and second.endswith("## Later section\nkept\n")
