@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, save, table  # noqa: E402
+from _common import RESULTS, machine, save, table
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = RESULTS / "cache"
@@ -75,7 +75,6 @@ def timed(fn, windows: np.ndarray, runs: int, warmup: int = 10, budget_s: float 
 # --------------------------------------------------------------------------------------
 def random_teacher(n_channels: int, spec, preset: str):
     import torch
-
     from phosphene.train.config import MAEConfig
     from phosphene.train.mae import build_model
 
@@ -85,7 +84,6 @@ def random_teacher(n_channels: int, spec, preset: str):
 
 def random_student(n_channels: int, spec, arch: str, preset: str, latent_dim: int):
     import torch
-
     from phosphene.train.student import build_student, student_config
 
     torch.manual_seed(0)
@@ -100,7 +98,6 @@ def random_student(n_channels: int, spec, arch: str, preset: str, latent_dim: in
 def converted(model, spec, n_channels: int, calib: np.ndarray) -> dict:
     """ONNX + onnx2tf float32 and full-int8 TFLite of a student, cached by weights and shape."""
     import torch
-
     from phosphene.quantize.convert import check_builtin_only, convert_int8, export_onnx
     from phosphene.train.student import export_ready
 
@@ -126,9 +123,18 @@ def converted(model, spec, n_channels: int, calib: np.ndarray) -> dict:
 
 def bundle_from_int8(int8_path: Path, spec, n_channels: int, latent_dim: int, out: Path) -> Path:
     """A minimal bundle around an int8 model (random-weight mode), for the edge Encoder."""
-    from phosphene.edge.bundle import (BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE, MODEL_FILE,
-                                       PROBE_FILE, Probe, probes_to_json, file_sha256)
+    from phosphene.edge.bundle import (
+        BUNDLE_FORMAT,
+        BUNDLE_VERSION,
+        MANIFEST_FILE,
+        MODEL_FILE,
+        PROBE_FILE,
+        Probe,
+        file_sha256,
+        probes_to_json,
+    )
     from phosphene.edge.interpreter import TFLiteModel
+
     from phosphene.geometry import map_for_channels
     from phosphene.signal import NormaliserConfig
 
@@ -158,7 +164,6 @@ def measure(teacher, student, bundle_dir: Path | None, spec, n_channels: int, *,
             label: str = "") -> dict:
     import onnxruntime as ort
     import torch
-
     from phosphene.edge.bundle import load_bundle
     from phosphene.edge.interpreter import Encoder, TFLiteModel
 
@@ -202,7 +207,8 @@ def measure(teacher, student, bundle_dir: Path | None, spec, n_channels: int, *,
     if tflite_python is not None and tflite_python.is_file():
         np.save(tmp_w := Path(tempfile.mkdtemp()) / "w.npy", windows)
         proc = subprocess.run([str(tflite_python), "-c", TFLITE_HELPER, str(bundle_dir), str(tmp_w),
-                               str(runs)], capture_output=True, text=True, timeout=600)
+                               str(runs)], capture_output=True, text=True, timeout=600,
+                              check=False)
         if proc.returncode == 0:
             t = np.asarray(json.loads(proc.stdout.strip().splitlines()[-1])["times_s"]) * 1e6
             rows["bundle tflite-runtime 2.14 int8 (decision, subprocess)"] = {
@@ -296,9 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         teacher = random_teacher(n_channels, spec, args.teacher_preset)
     windows = None
     if args.dataset:
+        from phosphene.train.distill import heldout_resting_windows
+
         from phosphene.dataset import Dataset
         from phosphene.signal import NormaliserConfig
-        from phosphene.train.distill import heldout_resting_windows
 
         norm = NormaliserConfig.from_dict(meta["normaliser"]) if args.student else NormaliserConfig()
         windows = heldout_resting_windows(Dataset.open(args.dataset), spec, norm, 256)

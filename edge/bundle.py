@@ -30,10 +30,22 @@ from phosphene.geometry import ChannelMap
 from phosphene.signal import NormaliserConfig, WindowSpec
 
 __all__ = [
-    "BUNDLE_FORMAT", "BUNDLE_VERSION", "PROBE_FORMAT", "PROBE_VERSION",
-    "MANIFEST_FILE", "MODEL_FILE", "PROBE_FILE",
-    "BundleError", "QuantParams", "Probe", "Bundle",
-    "load_bundle", "check_stream", "file_sha256", "probe_from_json", "probes_to_json",
+    "BUNDLE_FORMAT",
+    "BUNDLE_VERSION",
+    "MANIFEST_FILE",
+    "MODEL_FILE",
+    "PROBE_FILE",
+    "PROBE_FORMAT",
+    "PROBE_VERSION",
+    "Bundle",
+    "BundleError",
+    "Probe",
+    "QuantParams",
+    "check_stream",
+    "file_sha256",
+    "load_bundle",
+    "probe_from_json",
+    "probes_to_json",
 ]
 
 BUNDLE_FORMAT = "phosphene-bundle"
@@ -453,4 +465,4 @@ def format_verify(report: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ += ["verify_bundle", "format_verify"]
+__all__ += ["format_verify", "verify_bundle"]

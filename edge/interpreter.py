@@ -20,11 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from phosphene.edge.bundle import Bundle, BundleError, Probe, QuantParams
 
-__all__ = ["RUNTIMES", "RuntimeUnavailable", "TFLiteModel", "Encoder", "Decision",
-           "load_interpreter_class", "available_runtimes"]
+__all__ = [
+    "RUNTIMES",
+    "Decision",
+    "Encoder",
+    "RuntimeUnavailable",
+    "TFLiteModel",
+    "available_runtimes",
+    "load_interpreter_class",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +55,7 @@ def _import_runtime(name: str):
     try:
         from importlib.metadata import version
         ver = version(dist)
-    except Exception:  # a vendored or source build without metadata
+    except Exception:  # noqa: BLE001  (a vendored or source build without metadata)
         ver = "unknown"
     return module.Interpreter, ver
 

@@ -7,14 +7,34 @@ Heavy tools (torch, onnx, onnxruntime, onnx2tf, TensorFlow) are imported inside 
 functions that use them, so importing this package is cheap.
 """
 
-from phosphene.quantize.build import (ParityError, QuantizeConfig, build_bundle,
-                                      default_latency_budget_ms, load_probes)
-from phosphene.quantize.convert import (ConversionError, check_builtin_only, convert_int8,
-                                        export_onnx, tflite_operators)
+from phosphene.quantize.build import (
+    ParityError,
+    QuantizeConfig,
+    build_bundle,
+    default_latency_budget_ms,
+    load_probes,
+)
+from phosphene.quantize.convert import (
+    ConversionError,
+    check_builtin_only,
+    convert_int8,
+    export_onnx,
+    tflite_operators,
+)
 
-__all__ = ["build_bundle", "QuantizeConfig", "ParityError", "ConversionError", "load_probes",
-           "default_latency_budget_ms", "export_onnx", "convert_int8", "check_builtin_only",
-           "tflite_operators", "compare_students"]
+__all__ = [
+    "ConversionError",
+    "ParityError",
+    "QuantizeConfig",
+    "build_bundle",
+    "check_builtin_only",
+    "compare_students",
+    "convert_int8",
+    "default_latency_budget_ms",
+    "export_onnx",
+    "load_probes",
+    "tflite_operators",
+]
 
 
 def __getattr__(name: str):

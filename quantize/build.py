@@ -22,19 +22,44 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from phosphene.edge.bundle import (
+    BUNDLE_FORMAT,
+    BUNDLE_VERSION,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    PROBE_FILE,
+    PROBE_FORMAT,
+    Probe,
+    file_sha256,
+    load_bundle,
+    probe_from_json,
+    probes_to_json,
+)
+from phosphene.quantize.convert import (
+    INPUT_NAME,
+    OPSET,
+    ConversionError,
+    check_builtin_only,
+    check_onnx,
+    convert_int8,
+    export_onnx,
+)
 
 from phosphene.dataset import Dataset
-from phosphene.edge.bundle import (BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE, MODEL_FILE,
-                                   PROBE_FILE, PROBE_FORMAT, Probe, QuantParams, file_sha256,
-                                   load_bundle, probe_from_json, probes_to_json)
 from phosphene.io import atomic_dir, write_json
-from phosphene.quantize.convert import (INPUT_NAME, OPSET, ConversionError, check_builtin_only,
-                                        check_onnx, convert_int8, export_onnx)
 from phosphene.signal import NormaliserConfig, WindowSpec
 
-__all__ = ["QuantizeConfig", "ParityError", "build_bundle", "load_probes", "fit_probe",
-           "balanced_accuracy", "tool_versions", "default_latency_budget_ms",
-           "measure_decision_latency"]
+__all__ = [
+    "ParityError",
+    "QuantizeConfig",
+    "balanced_accuracy",
+    "build_bundle",
+    "default_latency_budget_ms",
+    "fit_probe",
+    "load_probes",
+    "measure_decision_latency",
+    "tool_versions",
+]
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +204,7 @@ def latent_parity(z_int8: np.ndarray, z_float: np.ndarray, center: np.ndarray) -
     return {"cosine_mean": float(c.mean()), "cosine_min": float(c.min()),
             "cosine_centred_mean": float(cc.mean()), "cosine_centred_min": float(cc.min()),
             "max_abs_error": float(np.abs(z_int8 - z_float).max()),
-            "latent_abs_max": float(np.abs(z_float).max()), "n_windows": int(len(z_int8))}
+            "latent_abs_max": float(np.abs(z_float).max()), "n_windows": len(z_int8)}
 
 
 def measure_decision_latency(encoder, windows: np.ndarray, runs: int) -> dict:
@@ -232,11 +257,13 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
     the report is kept in the work directory), ConversionError when export or onnx2tf fails.
     """
     import torch
-
     from phosphene.edge.interpreter import Encoder, TFLiteModel
-    from phosphene.train.distill import (heldout_resting_windows, load_student,
-                                         load_teacher_for_distill, predict,
-                                         sample_resting_windows)
+    from phosphene.train.distill import (
+        heldout_resting_windows,
+        load_student,
+        predict,
+        sample_resting_windows,
+    )
     from phosphene.train.student import export_ready
 
     say = progress or (lambda msg: log.info("%s", msg))
@@ -326,7 +353,7 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
     report["tasks"], agree_hits, agree_n = {}, 0, 0
     for task, (X, y, tr) in trials.items():
         train_mask, test_mask = tr.split_80_20()
-        entry: dict = {"n_trials": int(len(y)), "n_test": int(test_mask.sum())}
+        entry: dict = {"n_trials": len(y), "n_test": int(test_mask.sum())}
         zf, zi = task_latents[task]["float"], task_latents[task]["int8"]
         if task in probes:
             probe = probes[task]
@@ -357,7 +384,7 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
     report["thresholds"] = {"min_cosine": config.min_cosine, "min_agreement": config.min_agreement}
 
     budget_ms = config.latency_budget_ms or default_latency_budget_ms(spec)
-    calib_info = {"n_windows": int(len(calib)), "sha256": _hash_array(calib),
+    calib_info = {"n_windows": len(calib), "sha256": _hash_array(calib),
                   "source": "resting sessions, train part, Dataset.normalised (runtime preprocessing)",
                   "seed": config.seed + 1000, "normaliser": norm.to_dict()}
 
@@ -393,7 +420,7 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
                  for name in (MODEL_FILE, PROBE_FILE)}
         manifest = {
             "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION,
-            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "files": files,
             "n_channels": n_channels,
             "channel_map": ds.channel_map.to_json(),

@@ -25,8 +25,13 @@ import numpy as np
 from phosphene.dataset import Dataset
 from phosphene.io import write_json, write_text
 
-__all__ = ["compare_students", "replace_section", "STUDENTS_BEGIN", "STUDENTS_END",
-           "default_results_md"]
+__all__ = [
+    "STUDENTS_BEGIN",
+    "STUDENTS_END",
+    "compare_students",
+    "default_results_md",
+    "replace_section",
+]
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +85,22 @@ def compare_students(ds: Dataset, teacher_path, out_dir: str | os.PathLike, *, c
                      results_md: str | os.PathLike | None = None, latency_runs: int = 500,
                      progress: Callable[[str], None] | None = None) -> dict:
     """Distil, quantise and measure every student design; keep the winner (see module doc)."""
-    from phosphene.quantize.build import (QuantizeConfig, balanced_accuracy, build_bundle,
-                                          fit_probe, load_probes, _task_windows)
-    from phosphene.train.distill import (DistillConfig, _as_teacher, distill, load_student,
-                                         predict, teacher_pool)
+    from phosphene.quantize.build import (
+        QuantizeConfig,
+        _task_windows,
+        balanced_accuracy,
+        build_bundle,
+        fit_probe,
+        load_probes,
+    )
+    from phosphene.train.distill import (
+        DistillConfig,
+        _as_teacher,
+        distill,
+        load_student,
+        predict,
+        teacher_pool,
+    )
     from phosphene.train.student import ARCHS
 
     say = progress or (lambda msg: log.info("%s", msg))

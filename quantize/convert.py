@@ -27,8 +27,18 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "OPSET", "ConversionError", "export_onnx", "check_onnx",
-           "convert_int8", "tflite_operators", "check_builtin_only", "Converted"]
+__all__ = [
+    "INPUT_NAME",
+    "OPSET",
+    "OUTPUT_NAME",
+    "ConversionError",
+    "Converted",
+    "check_builtin_only",
+    "check_onnx",
+    "convert_int8",
+    "export_onnx",
+    "tflite_operators",
+]
 
 log = logging.getLogger(__name__)
 

@@ -28,19 +28,37 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from phosphene.train.data import Source, WindowSampler
+from phosphene.train.student import (
+    ARCHS,
+    StudentConfig,
+    build_student,
+    count_parameters,
+    student_config,
+)
 from torch.nn import functional as F
 
 from phosphene.dataset import Dataset, DatasetError
 from phosphene.io import atomic_path, sha256_file, write_json
 from phosphene.signal import NormaliserConfig, WindowSpec
-from phosphene.train.data import Source, WindowSampler
-from phosphene.train.student import (ARCHS, StudentConfig, build_student, count_parameters,
-                                     student_config)
 
-__all__ = ["DistillConfig", "DISTILL_PRESETS", "Teacher", "load_teacher_for_distill",
-           "sample_resting_windows", "heldout_resting_windows", "resting_sources", "train_student", "distill",
-           "load_student", "save_student", "latent_fidelity", "STUDENT_FORMAT",
-           "STUDENT_VERSION", "STUDENT_FILE"]
+__all__ = [
+    "DISTILL_PRESETS",
+    "STUDENT_FILE",
+    "STUDENT_FORMAT",
+    "STUDENT_VERSION",
+    "DistillConfig",
+    "Teacher",
+    "distill",
+    "heldout_resting_windows",
+    "latent_fidelity",
+    "load_student",
+    "load_teacher_for_distill",
+    "resting_sources",
+    "sample_resting_windows",
+    "save_student",
+    "train_student",
+]
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +237,7 @@ def latent_fidelity(pred: np.ndarray, target: np.ndarray, center: np.ndarray | N
     return {"cosine_mean": float(c.mean()), "cosine_min": float(c.min()),
             "cosine_centred_mean": float(cc.mean()), "cosine_centred_min": float(cc.min()),
             "r2": float(1 - sse / max(sst, 1e-12)),
-            "max_abs_error": float(np.abs(pred - target).max()), "n_windows": int(len(pred))}
+            "max_abs_error": float(np.abs(pred - target).max()), "n_windows": len(pred)}
 
 
 @torch.no_grad()
@@ -310,7 +328,7 @@ def load_student(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
         raise ValueError(f"no student checkpoint at {file}: run `phosphene distill` first")
     try:
         ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt file
+    except Exception as exc:  # noqa: BLE001  (torch raises many types for a corrupt file)
         raise ValueError(f"{file} is not a readable student checkpoint: {exc}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != STUDENT_FORMAT:
         raise ValueError(f"{file} is not a {STUDENT_FORMAT} checkpoint")

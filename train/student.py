@@ -29,8 +29,17 @@ from torch.nn import functional as F
 
 from phosphene.signal import WindowSpec
 
-__all__ = ["StudentConfig", "MixerStudent", "TransformerStudent", "ARCHS", "PRESETS",
-           "student_config", "build_student", "export_ready", "count_parameters"]
+__all__ = [
+    "ARCHS",
+    "PRESETS",
+    "MixerStudent",
+    "StudentConfig",
+    "TransformerStudent",
+    "build_student",
+    "count_parameters",
+    "export_ready",
+    "student_config",
+]
 
 ARCHS = ("mixer", "transformer")
 

@@ -9,11 +9,18 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from phosphene.edge.bundle import (
+    BUNDLE_VERSION,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    PROBE_FILE,
+    BundleError,
+    check_stream,
+    load_bundle,
+)
+from phosphene.edge.interpreter import Encoder
 
 from phosphene.cli import cli
-from phosphene.edge.bundle import (BUNDLE_VERSION, MANIFEST_FILE, MODEL_FILE, PROBE_FILE,
-                                   BundleError, check_stream, load_bundle)
-from phosphene.edge.interpreter import Encoder
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +76,7 @@ def test_loaded_bundle_decodes_like_the_parity_run(tiny_bundle, tiny_dataset):
     assert bundle.probe.task == "psychometric" and bundle.probe.weights.shape == (32,)
     assert set(bundle.probes) == {"psychometric", "threshold"}
     enc = Encoder(bundle)
-    X, y, _ = trial_windows(tiny_dataset, "psychometric", bundle.window_spec,
+    X, _, _ = trial_windows(tiny_dataset, "psychometric", bundle.window_spec,
                             bundle.normaliser_config)
     decisions = [enc.decide(w) for w in X[:10]]
     for w, d in zip(X[:10], decisions):
@@ -137,7 +144,6 @@ def test_flex_ops_fail_loudly(tiny_bundle, tmp_path):
     """A model using a non-builtin op (as onnx2tf emits for Erf) is rejected by name."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
-
     from phosphene.quantize.convert import ConversionError, check_builtin_only, tflite_operators
 
     src = tiny_bundle[0] / MODEL_FILE

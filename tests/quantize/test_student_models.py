@@ -5,10 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from phosphene.train.student import (
+    ARCHS,
+    StudentConfig,
+    build_student,
+    export_ready,
+    student_config,
+)
 
 from phosphene.signal import NormaliserConfig, WindowSpec
-from phosphene.train.student import (ARCHS, StudentConfig, build_student, export_ready,
-                                     student_config)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

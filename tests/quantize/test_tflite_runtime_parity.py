@@ -27,7 +27,7 @@ def tflite_python() -> Path:
     python = venv / "bin" / "python"
     ready = python.is_file() and subprocess.run(
         [str(python), "-c", "import tflite_runtime.interpreter, phosphene.edge.interpreter"],
-        capture_output=True).returncode == 0
+        capture_output=True, check=False).returncode == 0
     if not ready:
         subprocess.run(["bash", str(ROOT / "scripts" / "make_tflite_env.sh"), str(venv)],
                        check=True, env={**os.environ, "PYTHON": sys.executable}, timeout=900)
