@@ -237,6 +237,31 @@ def print_rows(result: dict) -> None:
     print()
 
 
+def accuracy_md(bundle_dir: Path) -> str:
+    """The bundle's parity report as a markdown table: student vs teacher, int8 vs float."""
+    man = json.loads((bundle_dir / "manifest.json").read_text())
+    p = man["parity"]
+    lines = [f"Accuracy of the same bundle (`{bundle_dir.name}`, {man['model']['arch']} student, "
+             f"probe source: {man['probe']['source']}); balanced accuracy on the test split, "
+             "points:", "",
+             "| task | teacher | float student | int8 student | student - teacher | int8 - float "
+             "| refit on student (float / int8) | decision agreement int8 vs float |",
+             "|---|---|---|---|---|---|---|---|"]
+    for task, e in p["tasks"].items():
+        t, f, i = (100 * e.get(k, float("nan")) for k in ("ba_teacher", "ba_float_student",
+                                                           "ba_int8_student"))
+        lines.append(f"| {task} | {t:.1f} | {f:.1f} | {i:.1f} | {f - t:+.1f} | {i - f:+.1f} | "
+                     f"{100 * e.get('ba_refit_float_student', float('nan')):.1f} / "
+                     f"{100 * e.get('ba_refit_int8_student', float('nan')):.1f} | "
+                     f"{e.get('decision_agreement', float('nan')):.3f} |")
+    lat = p["latent"]
+    lines += ["", f"int8 vs float student latents: cosine mean {lat['cosine_mean']:.4f} (min "
+              f"{lat['cosine_min']:.4f}), max abs error {lat['max_abs_error']:.3f} over "
+              f"{lat['n_windows']} held-out windows; overall decision agreement "
+              f"{p['decision_agreement']:.3f}."]
+    return "\n".join(lines)
+
+
 def docs_section(main: dict, scaling: list[dict] | None, extra_md: str) -> str:
     m = machine()
     lines = [f"Machine: {m['cpu']} ({m['cores']} cores), Python {m['python']}; one thread, batch 1, "
@@ -332,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         from phosphene.quantize.compare import replace_section
 
         extra = args.docs_extra.read_text() if args.docs_extra else ""
+        if args.bundle and (args.bundle / "manifest.json").is_file():
+            extra = accuracy_md(args.bundle) + ("\n\n" + extra if extra else "")
         replace_section(args.docs, INFERENCE_BEGIN, INFERENCE_END,
                         docs_section(result, scaling, extra), heading="## Inference latency")
         print(f"updated {args.docs}")

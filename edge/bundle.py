@@ -111,15 +111,21 @@ class QuantParams:
         """The smallest and largest real values the integer range represents."""
         return ((self.qmin - self.zero_point) * self.scale, (self.qmax - self.zero_point) * self.scale)
 
-    def quantize(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """x: float array -> integer array of `dtype` (into `out` when given, no allocation)."""
-        y = np.asarray(x, dtype=np.float32) * np.float32(1.0 / self.scale)
-        y += np.float32(self.zero_point)
-        np.rint(y, out=y)
+    def quantize(self, x: np.ndarray, out: np.ndarray | None = None,
+                 scratch: np.ndarray | None = None) -> np.ndarray:
+        """x: float array -> integer array of `dtype`.
+
+        With `out` (the integer result) and `scratch` (float32, x's shape) preallocated, the
+        decision path allocates nothing.
+        """
+        x = np.asarray(x, dtype=np.float32)
+        y = np.divide(x, np.float32(self.scale), out=scratch)
+        np.add(y, np.float32(self.zero_point), out=y)
+        np.rint(y, out=y)  # half to even; differs from TFLite's half-away only on exact ties
         np.clip(y, self.qmin, self.qmax, out=y)
         if out is None:
             return y.astype(self.dtype)
-        out[...] = y  # the float -> int cast of values already in range
+        np.copyto(out, y, casting="unsafe")  # values are whole numbers already in range
         return out
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:

@@ -217,6 +217,7 @@ class Encoder:
         self._in_q = self.model.input_quant
         self._out_q = self.model.output_quant
         self._in_buffer = np.zeros(self.model.input_shape, dtype=self._in_q.dtype)
+        self._scratch = np.zeros(self.model.input_shape, dtype=np.float32)
 
     @property
     def runtime_name(self) -> str:
@@ -244,7 +245,8 @@ class Encoder:
     def latent(self, window: np.ndarray) -> np.ndarray:
         """window: (T, C) float32 normalised MUA -> (D,) float32 dequantised latent."""
         window = self._check(window)
-        self._in_q.quantize(window.reshape(self._in_buffer.shape), out=self._in_buffer)
+        self._in_q.quantize(window.reshape(self._in_buffer.shape), out=self._in_buffer,
+                            scratch=self._scratch)
         q = self.model.run_raw(self._in_buffer)
         return self._out_q.dequantize(q).reshape(-1)
 
@@ -257,7 +259,8 @@ class Encoder:
         """window: (T, C) -> Decision with per-stage timings (quantize, invoke, probe) in us."""
         t0 = time.perf_counter()
         window = self._check(window)
-        self._in_q.quantize(window.reshape(self._in_buffer.shape), out=self._in_buffer)
+        self._in_q.quantize(window.reshape(self._in_buffer.shape), out=self._in_buffer,
+                            scratch=self._scratch)
         t1 = time.perf_counter()
         q = self.model.run_raw(self._in_buffer)
         t2 = time.perf_counter()
