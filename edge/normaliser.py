@@ -105,7 +105,8 @@ def _work_up(known: np.ndarray, n_recent: int) -> _Known:
     distances = np.abs(rows - center[:, None])
     radius = np.partition(distances, rank, axis=1)[:, rank].astype(np.float64)
     r32 = radius.astype(np.float32)
-    guesses = [np.array([np.searchsorted(row, v, side=side) for row, v in zip(rows, values)])
+    guesses = [np.array([np.searchsorted(row, v, side=side)
+                         for row, v in zip(rows, values, strict=True)])
                for values, side in ((center - r32, "left"), (center, "left"), (center + r32, "right"))]
     f1, f2 = _middle_ranks(nA + n_recent)
     middle_lo, middle_hi = max(0, f1 - n_recent), min(nA, f2 + 1)
@@ -119,7 +120,7 @@ def _work_up(known: np.ndarray, n_recent: int) -> _Known:
 
 @dataclass
 class EdgeNormaliser(Normaliser):
-    """Normaliser(n_channels, config) whose robust refresh costs ~0.1 ms at the boundary.
+    """Normaliser(n_channels, config) whose robust refresh costs a fraction of a ms at the boundary.
 
     Call prepare() in idle time (after a batch's decisions are written); process() is
     unchanged. `fast_refreshes` / `slow_refreshes` count which path each refresh took.

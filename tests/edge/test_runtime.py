@@ -115,7 +115,7 @@ def test_triggered_decisions_are_exactly_the_manifest_window(edge_bundle, edge_d
     encoder = Encoder(edge_bundle)
     spec = edge_bundle.window_spec
     assert len(events) >= 3 and len(decisions) == len(events)
-    for ev, d in zip(events, decisions):
+    for ev, d in zip(events, decisions, strict=True):
         start, stop = spec.triggered_window(ev.sample_counter)
         assert start == ev.sample_counter + round(spec.offset_ms * spec.sample_rate_hz / 1000)
         assert d["window"] == [start, stop] and d["sample"] == stop - 1
