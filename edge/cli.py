@@ -187,9 +187,13 @@ def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, duration, bu
     stop = threading.Event()
     try:
         with _Signals(stop) as signals:
+            run_s = duration
             if array is not None:
-                array.start()
-            result = run_live(runtime, port_factory, stop=stop, duration_s=duration,
+                # the simulated array stops first, and the runtime drains what it sent, so
+                # frames sent and frames received can be compared exactly
+                array.start(duration_s=duration)
+                run_s = None if duration is None else duration + SIMULATOR_DRAIN_S
+            result = run_live(runtime, port_factory, stop=stop, duration_s=run_s,
                               watchdog=Watchdog(), stop_reason=lambda: signals.received or "stop",
                               realtime_priority=realtime)
     except RuntimeError as exc:
@@ -200,11 +204,19 @@ def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, duration, bu
             array.close()
     summary = result.summary
     summary["stopped_by"] = result.stopped_by
+    if array is not None:  # what the simulated array sent, to compare with what arrived
+        from dataclasses import asdict
+
+        summary["simulator"] = {k: v for k, v in asdict(array.simulator.counts).items()
+                                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     sinks.write(summary)  # the log's last line; on stdout too with --json
     log_path = sinks.close()
     click.echo(format_summary(summary), err=True)
     if log_path is not None:
         click.echo(f"[phosphene run] decision log: {log_path}", err=True)
+
+
+SIMULATOR_DRAIN_S = 0.5  # after the simulated array's last frame, before the runtime stops
 
 
 def _simulated_array(b, kind, speed, seed, channels, drop_frames, stall_ms, stall_every_s):

@@ -101,7 +101,19 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MiB."""
+    """Peak resident set size of this process in MiB.
+
+    Linux: VmHWM of /proc/self/status, which starts afresh at exec. getrusage's ru_maxrss
+    does not: a runtime started by a large parent (the demo, with torch loaded) would
+    report the parent's peak as its own.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes
     return peak / 2**20 if platform.system() == "Darwin" else peak / 1024

@@ -279,6 +279,7 @@ def build_report(settings, ds, pretrain_summary, probe_results, diagnostics, dis
         "stream": {
             "seconds": stream.get("duration_s"),
             "frames_sent": sim.get("frames_sent"),
+            "frames_lost_expected": sim.get("expected_frames_lost"),
             "frames_received": frames_received,
             "frames_lost": stream.get("seq_gaps", stream.get("frames_lost")),
             "crc_errors": stream.get("crc_errors"),
