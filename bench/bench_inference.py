@@ -264,7 +264,11 @@ def accuracy_md(bundle_dir: Path) -> str:
 
 def docs_section(main: dict, scaling: list[dict] | None, extra_md: str) -> str:
     m = machine()
-    lines = [f"Machine: {m['cpu']} ({m['cores']} cores), Python {m['python']}; one thread, batch 1, "
+    lines = ["## Inference: teacher, student, int8 bundle", "",
+             "`python bench/bench_inference.py` runs every form in one process on the same "
+             "windows, one thread, batch 1; ratios are against the int8 bundle's whole decision "
+             "(quantise + invoke + dequantise + probe).", "",
+             f"Machine: {m['cpu']} ({m['cores']} cores), Python {m['python']}; "
              f"median of {main['rows'][0]['n']}+ runs. Reproduce: `python bench/bench_inference.py "
              f"{' '.join(main.get('argv', []))}`.", "",
              "| form | median us | p99 us | x int8 decision |", "|---|---|---|---|"]
@@ -360,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.bundle and (args.bundle / "manifest.json").is_file():
             extra = accuracy_md(args.bundle) + ("\n\n" + extra if extra else "")
         replace_section(args.docs, INFERENCE_BEGIN, INFERENCE_END,
-                        docs_section(result, scaling, extra), heading="## Inference latency")
+                        docs_section(result, scaling, extra))
         print(f"updated {args.docs}")
     return 0
 

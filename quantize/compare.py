@@ -189,7 +189,7 @@ def compare_students(ds: Dataset, teacher_path, out_dir: str | os.PathLike, *, c
     result = {"designs": designs, "winner": winner, "table": table, "rule": RULE}
     write_json(out_dir / "compare.json", result)
     md = Path(results_md) if results_md else default_results_md()
-    replace_section(md, STUDENTS_BEGIN, STUDENTS_END, table, heading="## Student designs")
+    replace_section(md, STUDENTS_BEGIN, STUDENTS_END, table)
     say(f"winner: {winner}; table written to {md}")
     return result
 
@@ -208,6 +208,8 @@ def format_comparison(designs: list[dict], winner: str, *, cfg, ds: Dataset) -> 
     """The markdown table of docs/results.md's "Student designs" section."""
     tasks = sorted({t for r in designs for t in r["tasks"]})
     lines = [
+        "## Student designs",
+        "",
         f"Distilled on {cfg.pool_windows} unlabelled resting windows of `{ds.path.name}` "
         f"({cfg.steps} steps, student preset `{cfg.student_preset}`); fidelity on held-out "
         "resting windows (tail of every session) and on the stimulation-trial windows; "

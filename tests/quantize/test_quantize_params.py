@@ -88,12 +88,12 @@ def test_results_section_is_replaced_in_place(tmp_path):
 
     md = tmp_path / "results.md"
     md.write_text("# Results\n\n## Pretraining\nother engineer's text\n")
-    replace_section(md, STUDENTS_BEGIN, STUDENTS_END, "| a |\n", heading="## Student designs")
+    replace_section(md, STUDENTS_BEGIN, STUDENTS_END, "## Student designs\n\n| a |\n")
     first = md.read_text()
     assert first.startswith("# Results\n\n## Pretraining\nother engineer's text\n")
-    assert f"## Student designs\n\n{STUDENTS_BEGIN}\n| a |\n{STUDENTS_END}\n" in first
+    assert f"{STUDENTS_BEGIN}\n## Student designs\n\n| a |\n{STUDENTS_END}\n" in first
     md.write_text(first + "\n## Later section\nkept\n")
-    replace_section(md, STUDENTS_BEGIN, STUDENTS_END, "| b |", heading="## Student designs")
+    replace_section(md, STUDENTS_BEGIN, STUDENTS_END, "## Student designs\n\n| b |")
     second = md.read_text()
-    assert "| a |" not in second and f"{STUDENTS_BEGIN}\n| b |\n{STUDENTS_END}" in second
+    assert "| a |" not in second and f"\n| b |\n{STUDENTS_END}" in second
     assert second.count("## Student designs") == 1 and second.endswith("## Later section\nkept\n")
