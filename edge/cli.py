@@ -188,13 +188,20 @@ def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, duration, bu
     try:
         with _Signals(stop) as signals:
             run_s = duration
+            simulator_done = threading.Event()
             if array is not None:
-                # the simulated array stops first, and the runtime drains what it sent, so
-                # frames sent and frames received can be compared exactly
-                array.start(duration_s=duration)
-                run_s = None if duration is None else duration + SIMULATOR_DRAIN_S
-            result = run_live(runtime, port_factory, stop=stop, duration_s=run_s,
-                              watchdog=Watchdog(), stop_reason=lambda: signals.received or "stop",
+                # the simulated array stops first and the runtime then drains what it sent,
+                # so frames sent and frames received compare exactly (the simulator counts
+                # stream time, which runs sim_speed times faster than the wall clock)
+                array.start(duration_s=None if duration is None else duration * sim_speed)
+                if duration is not None:
+                    run_s = None
+                    drain_s = min(SIMULATOR_DRAIN_S, 0.5 * config.stall_ms / 1000.0)
+                    threading.Thread(target=_stop_after, daemon=True, name="sim-drain",
+                                     args=(array, stop, simulator_done, drain_s)).start()
+            result = run_live(runtime, port_factory, stop=stop, duration_s=run_s, watchdog=Watchdog(),
+                              stop_reason=lambda: signals.received or (
+                                  "duration" if simulator_done.is_set() else "stop"),
                               realtime_priority=realtime)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
@@ -216,7 +223,17 @@ def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, duration, bu
         click.echo(f"[phosphene run] decision log: {log_path}", err=True)
 
 
-SIMULATOR_DRAIN_S = 0.5  # after the simulated array's last frame, before the runtime stops
+# after the simulated array's last frame, before the runtime stops (under the stall bound,
+# so the drain never reads as a stall)
+SIMULATOR_DRAIN_S = 0.5
+
+
+def _stop_after(array, stop: threading.Event, done: threading.Event, drain_s: float) -> None:
+    """Stop the runtime drain_s after the simulated array has sent its last frame."""
+    array.simulator.wait()
+    if not stop.wait(drain_s):  # a signal may have stopped the run meanwhile
+        done.set()
+        stop.set()
 
 
 def _simulated_array(b, kind, speed, seed, channels, drop_frames, stall_ms, stall_every_s):
