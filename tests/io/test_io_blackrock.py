@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import UV_PER_BIT, expected_mua, make_broadband
+from io_signals import UV_PER_BIT, expected_mua, make_broadband
 from nsx_writer import write_nev, write_nsx
 from phosphene.train.importers import RecordingError, import_blackrock, parse_stim_comment
 

@@ -12,7 +12,7 @@ import datetime as dt
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import UV_PER_BIT
+from io_signals import UV_PER_BIT
 from nsx_writer import write_nev, write_nsx
 
 from phosphene.cli import cli

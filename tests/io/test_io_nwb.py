@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import UV_PER_BIT, expected_mua, make_broadband
+from io_signals import UV_PER_BIT, expected_mua, make_broadband
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from phosphene.train.importers import RecordingError, export_nwb, import_array, import_nwb
