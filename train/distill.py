@@ -281,7 +281,7 @@ def train_student(student_cfg: StudentConfig, x_pool: np.ndarray, z_pool: np.nda
         loss.backward()
         opt.step()
         if progress and ((step + 1) % report_every == 0 or step + 1 == cfg.steps):
-            progress(f"{student_cfg.arch} step {step + 1}/{cfg.steps} loss {float(loss):.4f} "
+            progress(f"{student_cfg.arch} step {step + 1}/{cfg.steps} loss {float(loss.detach()):.4f} "
                      f"cos {last['cosine_centred']:.3f} ({time.perf_counter() - t0:.0f} s)")
     model.eval()
     metrics = {"steps": cfg.steps, "train_seconds": round(time.perf_counter() - t0, 1),
