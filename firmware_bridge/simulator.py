@@ -193,6 +193,9 @@ class SimulatorConfig:
     # How long the device's transmit buffer holds bytes nobody reads. After that the
     # device drops what it cannot send (counted as tx_overflow_*) until the reader drains.
     tx_timeout_s: float = 2.0
+    # Keep ground truth of every SAMPLES frame and whether an intact copy reached the wire
+    # (memory grows with the run: for tests that check what a receiver may decide on).
+    track_samples: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.frame_samples <= 0xFFFF:
@@ -347,12 +350,26 @@ class Simulator:
         self._delivered_recent: set[int] = set()
         self._delivered_count = 0
         self._max_delivered = -1
+        # ground truth (track_samples): (boot_id, seq) -> (first device sample, n samples)
+        self._sample_frames: dict[tuple[int, int], tuple[int, int]] = {}
+        self._delivered_all: set[tuple[int, int]] = set()
+        self._late_all: set[tuple[int, int]] = set()
 
     # --- public control ----------------------------------------------------------------
     @property
     def counts(self) -> SimulatorCounts:
         with self._lock:
             return replace(self._counts)
+
+    def undelivered_samples(self, *, late: bool = False) -> list[tuple[int, int, int]]:
+        """(boot_id, first device sample, n) of every SAMPLES frame no intact copy of
+        reached the wire (dropped, corrupted or cut off); with late=True also those whose
+        first intact copy arrived after a later frame (reordered). Needs track_samples=True."""
+        if not self.config.track_samples:
+            raise RuntimeError("construct the Simulator with SimulatorConfig(track_samples=True)")
+        with self._lock:
+            return sorted((key[0], first, n) for key, (first, n) in self._sample_frames.items()
+                          if key not in self._delivered_all or (late and key in self._late_all))
 
     def stop(self) -> None:
         self._stop.set()
@@ -469,6 +486,9 @@ class Simulator:
                     still.append(ev)
             pending_events = still
             data, n_clipped = quantize_uv(block, cfg.scale_uv)
+            if cfg.track_samples:
+                with self._lock:
+                    self._sample_frames[(self._boot_id, self._seq)] = (start - self._run_origin, F)
             frames.append(self._number(encode_samples(
                 self._seq, start - self._run_origin, data, scale_uv=cfg.scale_uv, sample_rate_hz=fs)))
             with self._lock:
@@ -621,6 +641,10 @@ class Simulator:
 
     def _deliver(self, seq: int) -> None:
         c = self._counts
+        if self.config.track_samples:
+            if seq < self._max_delivered and (self._boot_id, seq) not in self._delivered_all:
+                self._late_all.add((self._boot_id, seq))  # arrives after a later frame
+            self._delivered_all.add((self._boot_id, seq))
         if seq in self._delivered_recent:
             c.expected_duplicates += 1
             return
