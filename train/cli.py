@@ -34,7 +34,7 @@ def _bar_callback(bar: ProgressLine):
 @dataset_argument
 @click.option("--preset", type=click.Choice(["small", "tiny", "paper"]), default="small",
               show_default=True, help="Model size: small (CPU demo), tiny (tests), paper (Table 4).")
-@click.option("--steps", type=int, default=None, help="Optimizer steps [preset: paper 1M, small 300].")
+@click.option("--steps", type=int, default=None, help="Optimizer steps [preset: paper 1M, small 500].")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory: best.pt, last.pt, pretrain.json, loss_curve.png.")
 @click.option("--batch-size", type=int, default=None, help="Windows per step [preset].")
@@ -58,7 +58,7 @@ def pretrain(dataset, preset, steps, out_dir, batch_size, lr, lr_min, warmup_ste
 
     \b
     Example:
-      phosphene pretrain data --preset small --steps 600 --out run
+      phosphene pretrain data --preset small --out run
       phosphene probe data --checkpoint run
     """
     from phosphene.train.pretrain import pretrain as run_pretrain
@@ -148,19 +148,19 @@ def probe(dataset, checkpoint, task, as_json, out_dir, curve, plots, seed, threa
                     "normaliser": meta["normaliser"].to_dict()})
                 if curve:
                     plot_label_efficiency(r, out_dir / t / "label_efficiency.png")
+        if plots:
+            from phosphene.train.diagnostics import run_diagnostics
+
+            click.echo("probe: diagnostics (t-SNE, Mantel test) ...", err=True)
+            diag = run_diagnostics(ds, encode, out_dir / "diagnostics", tasks=tuple(tasks),
+                                   spec=meta["window_spec"], norm_config=meta["normaliser"],
+                                   seed=seed)
+            for r in results:
+                r["diagnostics"] = {k: diag[k] for k in ("mantel_latent", "mantel_raw")}
         if out_dir is not None:
             from phosphene.io import write_json
 
             write_json(out_dir / "results.json", {"results": _public(results)})
-            if plots:
-                from phosphene.train.diagnostics import run_diagnostics
-
-                click.echo("probe: diagnostics (t-SNE, Mantel test) ...", err=True)
-                diag = run_diagnostics(ds, encode, out_dir / "diagnostics", tasks=tuple(tasks),
-                                       spec=meta["window_spec"], norm_config=meta["normaliser"],
-                                       seed=seed)
-                for r in results:
-                    r["diagnostics"] = {k: diag[k] for k in ("mantel_latent", "mantel_raw")}
     except _ERRORS as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:

@@ -34,7 +34,8 @@ def test_pretrain_then_probe_json_and_files(runner, tiny_dataset, tmp_path):
     assert (run / "best.pt").is_file()
 
     r = runner.invoke(cli, ["probe", str(tiny_dataset.path), "--checkpoint", str(run),
-                            "--task", "threshold", "--json", "--out", str(tmp_path / "probe")])
+                            "--task", "threshold", "--json", "--out", str(tmp_path / "probe"),
+                            "--plots"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)["results"]
     assert [x["task"] for x in res] == ["threshold"]
@@ -44,6 +45,10 @@ def test_pretrain_then_probe_json_and_files(runner, tiny_dataset, tmp_path):
     assert probe["window_spec"]["offset_ms"] == 170.0
     saved = json.loads((tmp_path / "probe" / "results.json").read_text())["results"]
     assert saved[0]["features"] == res[0]["features"]
+    mantel = saved[0]["diagnostics"]["mantel_latent"]
+    assert mantel == res[0]["diagnostics"]["mantel_latent"] and 0 < mantel["p_value"] <= 1
+    png = tmp_path / "probe" / "diagnostics" / "latents_threshold.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_probe_prints_table_1(runner, tiny_dataset, tiny_run):
