@@ -1,9 +1,9 @@
 """Pretraining throughput of the MAE teacher: windows/s per preset, threads and device.
 
-Times full optimizer steps (forward, masked loss, backward, AdamW) at batch 32 on
-synthetic windows of the paper's shape (96 electrodes x 128 samples; the window sampler's
-memory-map copy costs ~30 us a window and is left out), and the unmasked `encode` the
-probes run. On CUDA it also times the `paper` preset (bf16 autocast) and projects the
+Times full optimizer steps (forward, masked loss, backward, AdamW) at each preset's batch
+size (paper: 32) on synthetic windows of the paper's shape (96 electrodes x 128 samples;
+the window sampler's memory-map copy, measured at ~40 us a window or 0.2% of a `small`
+step, is left out), and the unmasked `encode` the probes run. On CUDA it also times the `paper` preset (bf16 autocast) and projects the
 paper's 1M steps. The load average is recorded: on a shared machine it explains a lot.
 
     python bench/bench_pretrain.py            # tiny + small, 1 and 2 threads (+ paper on CUDA)
@@ -95,13 +95,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer steps, current thread count only")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per configuration")
     args = ap.parse_args()
-    steps = args.steps or (3 if args.quick else 10)
+    steps = args.steps or (3 if args.quick else 20)
     cores = os.cpu_count() or 1
     thread_counts = [None] if args.quick else sorted({1, cores})
     rows = []
     for preset in ("tiny", "small"):
         for threads in thread_counts:
-            rows.append(time_steps(preset, device="cpu", batch=32, steps=steps, threads=threads))
+            batch = TrainConfig.preset(preset).batch_size  # what `phosphene pretrain` runs
+            rows.append(time_steps(preset, device="cpu", batch=batch, steps=steps,
+                                   threads=threads))
             print(f"  {preset} cpu threads={rows[-1]['threads']}: "
                   f"{rows[-1]['train_windows_per_s']:.1f} windows/s", flush=True)
     if torch.cuda.is_available():
