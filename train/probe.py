@@ -47,7 +47,7 @@ class RowSpace(TransformerMixin, BaseEstimator):
     the training rows (representer theorem), and the penalty is rotation-invariant, so
     fitting on z gives the same decision function as fitting on x (and also within every
     CV fold, whose rows span a subspace of this one). It turns the raw-MUA baseline's
-    12,288-d L-BFGS problem into an N-d one (measured 25x faster).
+    12,288-d L-BFGS problem into an N-d one (one CV fit: 17.6 s -> 0.34 s of CPU).
     """
 
     def __init__(self, rtol: float = 1e-10):
