@@ -224,6 +224,8 @@ def run_demo(settings: DemoSettings) -> dict:
 
     # 9. report --------------------------------------------------------------------------
     def do_report():
+        plot_latency(out / "decisions.jsonl", plots / "latency-histogram.png",
+                     budget_ms=bench.get("budget_ms"))
         report = build_report(settings, ds, pretrain_summary, probe_results, diagnostics,
                               distill_summary, parity, verify, stream, bench, stages.timings)
         write_json(out / "report.json", report)
@@ -231,6 +233,51 @@ def run_demo(settings: DemoSettings) -> dict:
         return report
 
     return stages.run("report", do_report)
+
+
+def plot_latency(decisions_log: Path, out_png: Path, *, budget_ms: float | None) -> Path | None:
+    """Histogram of end-to-end decision latency (last byte read -> decision written)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from phosphene.io import atomic_path
+
+    totals, stages = [], {}
+    for line in decisions_log.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("type") == "decision":
+            totals.append(rec["latency_us"]["total"])
+            for k, v in rec["latency_us"].items():
+                if k != "total":
+                    stages.setdefault(k, []).append(v)
+    if not totals:
+        return None
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2, 1]})
+    t = np.asarray(totals)
+    ax.hist(t, bins=np.logspace(np.log10(max(t.min(), 1)), np.log10(max(t.max(), 2)), 40), color="C0")
+    ax.set_xscale("log")
+    for q, style in ((50, "--"), (99, ":")):
+        ax.axvline(np.percentile(t, q), color="k", ls=style, lw=1, label=f"p{q} {np.percentile(t, q):.0f} us")
+    if budget_ms:
+        ax.axvline(budget_ms * 1000, color="C3", lw=1.5, label=f"budget {budget_ms:g} ms")
+    ax.set(xlabel="end-to-end latency per decision (us, log)", ylabel="decisions",
+           title=f"{len(t)} triggered decisions through a pty")
+    ax.legend(fontsize=8)
+    names = list(stages)
+    ax2.bar(names, [np.median(stages[k]) for k in names], color="C1", label="p50")
+    ax2.bar(names, [np.percentile(stages[k], 99) - np.median(stages[k]) for k in names],
+            bottom=[np.median(stages[k]) for k in names], color="C1", alpha=0.35, label="p50 -> p99")
+    ax2.set(ylabel="us", title="by stage")
+    ax2.tick_params(axis="x", rotation=30)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return out_png
 
 
 def _ba(value) -> float | None:
