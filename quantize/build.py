@@ -80,6 +80,10 @@ class QuantizeConfig:
     min_agreement: float = 0.98  # fail below this probe decision agreement, int8 vs float
     latency_budget_ms: float | None = None  # None: one patch period of the WindowSpec
     quantizer: str = "tf"  # "tf": onnx2tf's TensorFlow quantizer ("ai-edge": see docs)
+    # "int8": full int8 (fast: one XNNPACK partition). "int16": int8 weights with int16
+    # activations and I/O, for probes too sensitive for int8 activations; runs on the
+    # reference kernels (about 1 ms per decision on x86 instead of tens of us).
+    activations: str = "int8"
     task: str | None = None  # the probe the runtime applies; None: psychometric if present
     probe_source: str = "teacher"  # "teacher": teacher's probe as is; "refit": on int8 latents
     runtime: str = "auto"  # interpreter used for parity and latency
@@ -97,6 +101,8 @@ class QuantizeConfig:
         if self.quantizer not in ("tf",):
             raise ValueError(f"quantizer {self.quantizer!r} is not available; use 'tf' "
                              "(onnx2tf's TensorFlow full-int8 quantizer)")
+        if self.activations not in ("int8", "int16"):
+            raise ValueError("activations must be 'int8' or 'int16'")
         if self.probe_source not in ("teacher", "refit"):
             raise ValueError("probe_source must be 'teacher' or 'refit'")
 
@@ -317,11 +323,18 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
 
     # --- int8 conversion and op check --------------------------------------------------
     conv = convert_int8(onnx_path, calib, work, progress=say)
-    operators = check_builtin_only(conv.int8_path)
-    int8 = TFLiteModel(conv.int8_path, threads=1, runtime=config.runtime)
-    if int8.input_quant is None or int8.output_quant is None or int8.input_dtype != "int8":
-        raise ConversionError(f"{conv.int8_path} does not have int8 input and output")
-    say(f"int8 model: {conv.int8_path.stat().st_size / 1024:.0f} KiB, operators {', '.join(operators)}")
+    model_path = conv.int8_path
+    if config.activations == "int16":
+        if conv.int16_act_path is None:
+            raise ConversionError(f"onnx2tf made no int16-activation model (see {conv.log_path})")
+        model_path = conv.int16_act_path
+    operators = check_builtin_only(model_path)
+    int8 = TFLiteModel(model_path, threads=1, runtime=config.runtime)
+    if (int8.input_quant is None or int8.output_quant is None
+            or int8.input_dtype != config.activations or int8.output_quant.dtype != config.activations):
+        raise ConversionError(f"{model_path} does not have {config.activations} input and output")
+    say(f"{config.activations} model: {model_path.stat().st_size / 1024:.0f} KiB, operators "
+        f"{', '.join(operators)}")
 
     # --- parity: float student vs int8 through the edge's code path --------------------
     say("parity: float student vs int8 on held-out windows ...")
@@ -362,12 +375,18 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
             agree_hits += int((df == di).sum())
             agree_n += len(df)
             entry["probe_source"] = probe.source
+            # how sensitive the probe is: spread of its logit vs the logit error int8 adds
+            lf, li = probe.logit(zf), probe.logit(zi)
+            entry["logit_sd"] = float(lf.std())
+            entry["logit_error_rms"] = float(np.sqrt(np.mean((li - lf) ** 2)))
             entry["ba_float_student"] = balanced_accuracy(df[test_mask], y[test_mask])
             entry["ba_int8_student"] = balanced_accuracy(di[test_mask], y[test_mask])
         if teacher_z is not None and teacher_probes and task in teacher_probes:
             tp = teacher_probes[task]
             dt = tp.p_perceived(teacher_z[task]) >= tp.threshold
             entry["ba_teacher"] = balanced_accuracy(dt[test_mask], y[test_mask])
+            ds_ = tp.p_perceived(zf) >= tp.threshold
+            entry["teacher_float_student_agreement"] = float((dt == ds_).mean())
         # a probe refitted on the student's own latents (float and int8), train split only
         if len(np.unique(y[train_mask])) == 2:
             for kind, z in (("float", zf), ("int8", zi)):
@@ -414,7 +433,7 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
     # --- write the bundle atomically, then load it back as the edge would --------------
     say(f"writing bundle {out_dir} ...")
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        shutil.copyfile(conv.int8_path, tmp / MODEL_FILE)
+        shutil.copyfile(model_path, tmp / MODEL_FILE)
         write_json(tmp / PROBE_FILE, probes_to_json(probes, task=default_task, latent_dim=latent_dim))
         files = {name: {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
                  for name in (MODEL_FILE, PROBE_FILE)}
@@ -432,6 +451,7 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
                 "latent_dim": latent_dim, "input_name": INPUT_NAME,
                 "input": int8.input_quant.to_dict(), "output": int8.output_quant.to_dict(),
                 "operators": operators, "quantizer": config.quantizer, "onnx_opset": OPSET,
+                "weights": "int8 (per-channel)", "activations": config.activations,
             },
             "probe": {"file": PROBE_FILE, "task": default_task, "source": default_probe.source,
                       "decision": "P(perceived) = sigmoid(weights . latent + bias) >= threshold"},

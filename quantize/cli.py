@@ -32,6 +32,9 @@ __all__ = ["quantize"]
               help="Per-decision budget stated in the bundle [one patch period, 16 ms at 1 kHz].")
 @click.option("--quantizer", type=click.Choice(["tf"]), default="tf", show_default=True,
               help="Full-int8 quantizer: onnx2tf's TensorFlow quantizer.")
+@click.option("--activations", type=click.Choice(["int8", "int16"]), default="int8", show_default=True,
+              help="int8: full int8 (fast). int16: int8 weights, int16 activations and I/O, for "
+                   "probes too sensitive for int8 (reference kernels, ~1 ms per decision).")
 @click.option("--task", type=click.Choice(["psychometric", "threshold"]), default=None,
               help="Probe the runtime applies by default [psychometric when present].")
 @click.option("--probe-source", type=click.Choice(["teacher", "refit"]), default="teacher",
@@ -47,8 +50,8 @@ __all__ = ["quantize"]
               help="Keep OUT.work/ (ONNX, onnx2tf output and log, calibration set).")
 @click.option("--json", "as_json", is_flag=True, help="Print the parity report as JSON.")
 def quantize(dataset, student_path, probe_path, out_dir, calib_windows, parity_windows, min_cosine,
-             min_agreement, latency_budget_ms, quantizer, task, probe_source, teacher_path, runtime,
-             seed, overwrite, keep_work, as_json):
+             min_agreement, latency_budget_ms, quantizer, activations, task, probe_source,
+             teacher_path, runtime, seed, overwrite, keep_work, as_json):
     """Export the student to full-int8 TFLite and write a verified bundle.
 
     ONNX (opset 20, static shape) checked against torch; onnx2tf full int8 calibrated on
@@ -70,6 +73,7 @@ def quantize(dataset, student_path, probe_path, out_dir, calib_windows, parity_w
         config = QuantizeConfig(calib_windows=calib_windows, parity_windows=parity_windows,
                                 min_cosine=min_cosine, min_agreement=min_agreement,
                                 latency_budget_ms=latency_budget_ms, quantizer=quantizer,
+                                activations=activations,
                                 task=task, probe_source=probe_source, runtime=runtime, seed=seed,
                                 keep_work=keep_work)
     except ValueError as exc:

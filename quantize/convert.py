@@ -92,6 +92,7 @@ def check_onnx(model, onnx_path: str | os.PathLike, windows: np.ndarray) -> floa
 @dataclass(frozen=True)
 class Converted:
     int8_path: Path  # full-integer model, int8 input and output
+    int16_act_path: Path | None  # int8 weights, int16 activations and I/O (when onnx2tf made it)
     float_path: Path  # onnx2tf's float32 model (benchmarks, ai-edge-quantizer)
     seconds: float
     log_path: Path
@@ -161,7 +162,9 @@ def convert_int8(onnx_path: str | os.PathLike, calib: np.ndarray, work_dir: str 
                "\n" + "\n".join(lines[-15:])))
     if progress:
         progress(f"onnx2tf: done in {seconds:.0f} s")
-    return Converted(int8_path=int8_path, float_path=float_path, seconds=seconds,
+    int16 = out_dir / f"{stem}_full_integer_quant_with_int16_act.tflite"
+    return Converted(int8_path=int8_path, int16_act_path=int16 if int16.is_file() else None,
+                     float_path=float_path, seconds=seconds,
                      log_path=log_path)
 
 
