@@ -121,7 +121,9 @@ def run_demo(settings: DemoSettings) -> dict:
     from phosphene.train.pretrain import pretrain
     from phosphene.train.probe import format_table, probe_task, save_probe, teacher_encode_fn
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # One thread: measured faster than two for these small models on 2 cores, and far
+    # more robust when anything else runs (docs/benchmarks.md, pretraining throughput).
+    torch.set_num_threads(1)
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
     plots = out / "plots"
