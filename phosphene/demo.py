@@ -9,7 +9,6 @@ The edge stages run the real CLI in subprocesses, exactly as on a board.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import click
 
 from phosphene.io import write_json, write_text
 
-__all__ = ["demo", "DemoSettings", "run_demo"]
+__all__ = ["DemoSettings", "demo", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ def _phosphene(*args: str, capture_json: bool = False, log: Path | None = None,
     """Run the real CLI in a subprocess (as a user would); parse the last JSON object of stdout."""
     cmd = [sys.executable, "-m", "phosphene", *args]
     _say("$ phosphene " + " ".join(args))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     if log is not None:
         write_text(log, proc.stderr)
     if proc.returncode != 0:
@@ -177,7 +176,7 @@ def run_demo(settings: DemoSettings) -> dict:
 
     # 3. probe both tasks, baselines, ideal observer, diagnostics --------------------------
     def do_probe():
-        model, meta = load_teacher(run_dir)
+        model, _ = load_teacher(run_dir)
         encode = teacher_encode_fn(model)
         results = {}
         for task in tasks:
@@ -364,12 +363,12 @@ def render_markdown(report: dict, plots: Path, out: Path) -> str:
         lines.append(f"| {task} | " + " | ".join(cells) + f" | {a['n_test']} |")
     p, lat, st = report["parity"], report["latency_us"], report["stream"]
     lines += ["", "## Parity (int8 vs float student)", "",
-              f"latent cosine mean {p['cosine_mean']}, min {p['cosine_min']}; decision agreement "
-              f"{p['decision_agreement']}", "",
+              (f"latent cosine mean {p['cosine_mean']}, min {p['cosine_min']}; decision agreement "
+               f"{p['decision_agreement']} (bounds {p.get('thresholds')})"), "",
               "## Latency (one thread)", "",
-              f"decision (normalise + invoke + probe): p50 {lat['decision_p50']} us, p99 "
-              f"{lat['decision_p99']} us; end to end through the pty: p50 {lat['e2e_p50']} us, "
-              f"p99 {lat['e2e_p99']} us; budget {lat['budget_ms']} ms", "",
+              (f"decision (normalise + invoke + probe): p50 {lat['decision_p50']} us, p99 "
+               f"{lat['decision_p99']} us; end to end through the pty: p50 {lat['e2e_p50']} us, "
+               f"p99 {lat['e2e_p99']} us; budget {lat['budget_ms']} ms"), "",
               "## Stream", "", "```", json.dumps(st, indent=2), "```", "", "## Plots", ""]
     for png in sorted(plots.glob("*.png")):
         lines.append(f"![{png.stem}]({png.relative_to(out)})")
@@ -380,7 +379,10 @@ def render_markdown(report: dict, plots: Path, out: Path) -> str:
 
 def print_summary(report: dict) -> None:
     acc, p, lat, st = report["accuracy"], report["parity"], report["latency_us"], report["stream"]
-    fmt = lambda v: "  n/a" if v is None else f"{100 * v:5.1f}"  # noqa: E731
+
+    def fmt(v):
+        return "  n/a" if v is None else f"{100 * v:5.1f}"
+
     click.echo("\nphosphene demo: balanced accuracy (%), test split")
     click.echo(f"{'task':<13}{'raw':>7}{'PCA':>7}{'MAE':>7}{'student':>9}{'int8':>7}{'ideal':>7}")
     for task, a in acc.items():
