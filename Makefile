@@ -16,6 +16,7 @@ help:
 	@echo "make bench        benchmarks under bench/ (tables + JSON in bench/results/)"
 	@echo "make soak         1-hour fault-injection soak of the edge runtime"
 	@echo "make arm64-check  the edge path in an emulated arm64 Python (qemu-user)"
+	@echo "make tflite-env   .venv-tflite: tflite-runtime 2.14 with numpy<2 (bench/tests use it)"
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +44,10 @@ soak: venv
 
 arm64-check: venv
 	bash arm64/check.sh
+
+# the design card's interpreter (tflite-runtime 2.14 needs numpy<2) in its own environment
+tflite-env:
+	bash scripts/make_tflite_env.sh
 
 lint: venv
 	$(BIN)/ruff check phosphene edge train quantize firmware_bridge tests bench
