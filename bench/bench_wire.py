@@ -34,13 +34,9 @@ TARGET_MB_S = 100.0
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from phosphene.edge.stats import cpu_name
+
+    return cpu_name()
 
 
 def make_frames(n_frames: int, n_channels: int = 96, n_samples: int = 16, seed: int = 0) -> list[bytes]:

@@ -19,6 +19,7 @@ __all__ = [
     "PERCENTILE_KEYS",
     "LatencyHistogram",
     "cpu_model",
+    "cpu_name",
     "peak_rss_mb",
     "rss_mb",
     "summarise_us",
@@ -119,8 +120,8 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if platform.system() == "Darwin" else peak / 1024
 
 
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux), with the core count."""
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux; arm boards give Model/Hardware)."""
     name = ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -132,5 +133,9 @@ def cpu_model() -> str:
                         break
     except OSError:
         pass
-    name = name or platform.processor() or platform.machine()
-    return f"{name} ({os.cpu_count()} cores, {platform.machine()})"
+    return name or platform.processor() or platform.machine()
+
+
+def cpu_model() -> str:
+    """The CPU's model name with the core count and architecture."""
+    return f"{cpu_name()} ({os.cpu_count()} cores, {platform.machine()})"

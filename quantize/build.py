@@ -229,13 +229,9 @@ def measure_decision_latency(encoder, windows: np.ndarray, runs: int) -> dict:
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from phosphene.edge.stats import cpu_name
+
+    return cpu_name()
 
 
 def _hash_array(x: np.ndarray) -> str:
