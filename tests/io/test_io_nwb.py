@@ -17,7 +17,7 @@ from phosphene.cli import cli
 from phosphene.dataset import Dataset, DatasetWriter
 from phosphene.geometry import ChannelMap
 
-pynwb = pytest.importorskip("pynwb")
+import pynwb  # the io extra is part of `make test`: a missing pynwb must fail, not skip
 from pynwb import NWBHDF5IO, NWBFile, TimeSeries
 from pynwb.ecephys import ElectricalSeries
 
