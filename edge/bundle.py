@@ -17,7 +17,6 @@ whose channel count or sample rate differs from the bundle's.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from phosphene.geometry import ChannelMap
+from phosphene.io import sha256_file as file_sha256  # re-exported: the one file hash
 from phosphene.signal import NormaliserConfig, WindowSpec
 
 __all__ = [
@@ -61,14 +61,6 @@ _INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
 
 class BundleError(ValueError):
     """A bundle is missing, corrupt, too new or does not fit the stream; says which file/field."""
-
-
-def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------
