@@ -31,7 +31,7 @@ from phosphene.io import atomic_dir, atomic_path, write_json, write_text
 from phosphene.signal import NormaliserConfig, Normaliser
 
 __all__ = ["Dataset", "DatasetWriter", "SessionInfo", "Trials", "DatasetError",
-           "FORMAT_NAME", "FORMAT_VERSION", "SESSION_KINDS", "TASKS"]
+           "FORMAT_NAME", "FORMAT_VERSION", "SESSION_KINDS", "TASKS", "first_non_finite"]
 
 FORMAT_NAME = "phosphene-dataset"
 FORMAT_VERSION = 1
@@ -202,9 +202,8 @@ class Dataset:
         arr = self.mua(session_id)
         for start in range(0, arr.shape[0], chunk_samples):
             block = np.asarray(arr[start:start + chunk_samples])
-            bad = ~np.isfinite(block)
-            if bad.any():
-                t, c = np.argwhere(bad)[0]
+            if (found := first_non_finite(block)) is not None:
+                t, c = found
                 raise DatasetError(
                     f"session {session_id}: sample {start + t} on electrode "
                     f"{self.channel_map.ids[c]} is {block[t, c]} (NaN/inf is not valid MUA)")
@@ -270,6 +269,15 @@ class Dataset:
             "kinds": by_kind,
             "ideal_observer": self.ideal_observer,
         }
+
+
+def first_non_finite(block: np.ndarray) -> tuple[int, int] | None:
+    """(row, column) of the first NaN/inf in a (T, C) block, or None when all are finite."""
+    bad = ~np.isfinite(block)
+    if not bad.any():
+        return None
+    t, c = np.argwhere(bad)[0]
+    return int(t), int(c)
 
 
 def _read_csv(file: Path) -> list[dict]:

@@ -378,9 +378,10 @@ def _merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def _check_finite(block: np.ndarray, start: int, spec: SessionSpec, channel_ids) -> None:
-    bad = ~np.isfinite(block)
-    if bad.any():
-        t, c = np.argwhere(bad)[0]
+    from phosphene.dataset import first_non_finite
+
+    if (found := first_non_finite(block)) is not None:
+        t, c = found
         raise RecordingError(
             f"session {spec.session}: input sample {start + t} on electrode {channel_ids[c]} is "
             f"{block[t, c]}; NaN/inf samples cannot be imported (fill or cut the gap first)")
