@@ -21,16 +21,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from phosphene.geometry import ChannelMap, utah_96
 
-__all__ = ["CortexConfig", "VirtualCortex", "SessionStream", "StimEvent", "DatasetPreset",
-           "PRESETS", "generate_dataset", "ideal_balanced_accuracy", "PSYCHOMETRIC_ELECTRODES",
-           "THRESHOLD_ELECTRODES"]
+__all__ = [
+    "PRESETS",
+    "PSYCHOMETRIC_ELECTRODES",
+    "THRESHOLD_ELECTRODES",
+    "CortexConfig",
+    "DatasetPreset",
+    "SessionStream",
+    "StimEvent",
+    "VirtualCortex",
+    "generate_dataset",
+    "ideal_balanced_accuracy",
+]
 
 # The paper's stimulated electrodes (Table 2).
 PSYCHOMETRIC_ELECTRODES = (6, 14, 20, 23, 25, 34, 42, 44, 53, 65, 70, 96)
@@ -342,18 +351,31 @@ class DatasetPreset:
     threshold_trials: int
     lead_in_s: float = 12.0  # spontaneous activity before the first trial (normaliser warm-up)
     dtype: str = "float32"
+    # Evaluation set: labelled trials per task in new sessions of the same array and days,
+    # written to <dataset>/eval and never used for fitting or selection. A test split of
+    # 60-80 trials has a 95% CI of +-12 points; 2,000 trials bring it to about +-2.
+    eval_trials: int = 0
+    eval_trials_per_session: int = 500  # ~11 min of stimulation per session
 
 
 PRESETS: dict[str, DatasetPreset] = {
-    "tiny": DatasetPreset("tiny", 3, 3, 20.0, 2, 2, 60, 2, 2, 60),
-    "demo": DatasetPreset("demo", 10, 5, 48.0, 4, 2, 288, 4, 2, 400),
+    "tiny": DatasetPreset("tiny", 3, 3, 20.0, 2, 2, 60, 2, 2, 60, eval_trials=60,
+                          eval_trials_per_session=30),
+    "demo": DatasetPreset("demo", 10, 5, 48.0, 4, 2, 288, 4, 2, 400, eval_trials=2000),
     # Paper Table 2: 14.6 h resting over 252 sessions / 96 days; 1,205 and 1,760 trials.
     "paper": DatasetPreset("paper", 252, 96, 14.6 * 3600 / 252, 22, 13, 1205, 19, 11, 1760,
-                           dtype="float16"),
+                           dtype="float16", eval_trials=6000),
+    # `make reproduce`: 2 h of resting data over 40 days (what 2 CPU cores can pretrain on
+    # in about an hour), the demo's labelled trials, and 6,000 evaluation trials per task.
+    "reproduce": DatasetPreset("reproduce", 80, 40, 90.0, 4, 2, 288, 4, 2, 400,
+                               eval_trials=6000, dtype="float16"),
 }
 
+EVAL_DIR = "eval"  # the evaluation set's dataset directory inside a generated dataset
+_EVAL_SESSION_OFFSET = 1000  # eval sessions draw from their own seeds, never a training one
 
-def _session_plan(preset: DatasetPreset, cfg: CortexConfig):
+
+def _session_plan(preset: DatasetPreset):
     """(session_id, kind, day, session_index, n_trials) for every session, resting first."""
     plan = []
     for kind, n_sessions, n_days, n_trials in (
@@ -368,77 +390,112 @@ def _session_plan(preset: DatasetPreset, cfg: CortexConfig):
     return plan
 
 
+def _eval_plan(preset: DatasetPreset):
+    """The evaluation set's sessions: per task, new sessions spread over the task's days."""
+    plan = []
+    for kind, n_days in (("psychometric", preset.psychometric_days),
+                         ("threshold", preset.threshold_days)):
+        n_sessions = max(1, math.ceil(preset.eval_trials / preset.eval_trials_per_session))
+        for i in range(n_sessions):
+            day = i * n_days // n_sessions
+            trials = preset.eval_trials // n_sessions + (1 if i < preset.eval_trials % n_sessions else 0)
+            plan.append((f"{kind[:4]}-e{i:03d}", kind, day, _EVAL_SESSION_OFFSET + i, trials))
+    return plan
+
+
 def generate_dataset(out: str | Path, *, preset: str | DatasetPreset = "demo", seed: int = 0,
                      channel_map: ChannelMap | None = None, config: CortexConfig = CortexConfig(),
                      overwrite: bool = False, chunk_samples: int = 60_000,
                      progress: Callable[[str, float], None] | None = None):
     """Write a virtual-cortex dataset (resting, psychometric, threshold) in chunks.
 
+    With `preset.eval_trials` > 0 the evaluation set (new labelled sessions of the same
+    array and days) is written as a dataset of its own in <out>/eval (`Dataset.evaluation`).
     Memory stays bounded by `chunk_samples` x channels whatever the preset; the `paper`
     preset (14.6 h of resting data) is written as float16 to halve its 10 GB.
     Returns the opened Dataset.
     """
-    from phosphene.dataset import DatasetWriter
+    from phosphene.dataset import Dataset, DatasetWriter
 
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         preset = PRESETS[preset]
     cortex = VirtualCortex(channel_map, seed=seed, config=config)
-    fs = config.sample_rate_hz
-    plan = _session_plan(preset, config)
-    mean_interval = float(np.mean(config.trial_interval_s))
-    lengths = []
-    for sid, kind, day, idx, n_trials in plan:
-        if kind == "resting":
-            lengths.append(int(preset.resting_session_s * fs))
-        else:  # generous: trials are drawn until the session ends, then cut to n_trials
-            lengths.append(int((preset.lead_in_s + (n_trials + 1) * config.trial_interval_s[1] + 1.0) * fs))
-    total = float(sum(lengths))
-    done = 0.0
+    plan = _session_plan(preset)
+    eval_plan = _eval_plan(preset) if preset.eval_trials > 0 else []
+    lengths = [_session_samples(preset, config, kind, n) for _, kind, _, _, n in plan]
+    eval_lengths = [_session_samples(preset, config, kind, n) for _, kind, _, _, n in eval_plan]
+    done, total = [0.0], float(sum(lengths) + sum(eval_lengths))
+
+    def advance(label: str, n: int) -> None:
+        done[0] += n
+        if progress:
+            progress(label, done[0] / total)
+
     source = {"generator": "phosphene.cortex", "preset": preset.name, "seed": seed,
               "config": {k: v for k, v in vars(config).items()}}
-    ideal: dict[str, list] = {}
-    with DatasetWriter(out, cortex.channel_map, sample_rate_hz=fs, source=source,
-                       dtype=preset.dtype, overwrite=overwrite) as writer:
-        for (sid, kind, day, idx, n_trials), n_samples in zip(plan, lengths):
-            stream = cortex.stream(kind, day=day, session_index=idx)
-            if kind != "resting":  # the lead-in lets the normaliser warm up before trial 1
-                stream._next_onset = int(preset.lead_in_s * fs)
-            arr = writer.add_session(sid, kind=kind, day=day, n_samples=n_samples)
-            events: list[StimEvent] = []
-            for start in range(0, n_samples, chunk_samples):
-                n = min(chunk_samples, n_samples - start)
-                block, evs = stream.read(n)
-                arr[start:start + n] = block
-                events.extend(evs)
-                done += n
-                if progress:
-                    progress(f"{sid} ({kind})", done / total)
-            writer.finish_session(arr)
-            del arr
-            # keep trials whose decoded window (and some margin) lies inside the session
-            last_ok = n_samples - int(0.5 * fs)
-            events = [e for e in events if e.sample < last_ok][:n_trials] if kind != "resting" else []
-            writer.add_trials([{"session": sid, "onset_sample": e.sample, "electrode": e.electrode,
-                                "current_ua": e.current_ua, "perceived": e.perceived,
-                                "p_true": e.p_true} for e in events])
-            if events:
-                ideal.setdefault(kind, []).extend((sid, e.sample, e.p_true, e.perceived) for e in events)
-        # the ideal observer on the paper's test split (last 20% of each session's trials)
-        io_meta = {}
-        for kind, rows in ideal.items():
-            rows = np.array(rows, dtype=object)
-            test = np.zeros(len(rows), dtype=bool)
-            for sid in set(rows[:, 0]):
-                idx = np.flatnonzero(rows[:, 0] == sid)
-                test[idx[int(np.floor(0.8 * len(idx))):]] = True
-            p, y = rows[:, 2].astype(float), rows[:, 3].astype(int)
-            io_meta[kind] = round(ideal_balanced_accuracy(p[test], y[test]), 4)
-            io_meta[f"{kind}_all_trials"] = round(ideal_balanced_accuracy(p, y), 4)
-        writer.meta["ideal_observer"] = {k: v for k, v in io_meta.items() if "_all" not in k}
-        writer.meta["ideal_observer_all_trials"] = {k.replace("_all_trials", ""): v
-                                                    for k, v in io_meta.items() if "_all" in k}
-    from phosphene.dataset import Dataset
-
+    with DatasetWriter(out, cortex.channel_map, sample_rate_hz=config.sample_rate_hz,
+                       source=source, dtype=preset.dtype, overwrite=overwrite) as writer:
+        _write_sessions(writer, cortex, preset, plan, lengths, chunk_samples, advance)
+        if eval_plan:
+            eval_source = {**source, "evaluation_set": True}
+            with DatasetWriter(writer._tmp / EVAL_DIR, cortex.channel_map,
+                               sample_rate_hz=config.sample_rate_hz, source=eval_source,
+                               dtype=preset.dtype) as eval_writer:
+                _write_sessions(eval_writer, cortex, preset, eval_plan, eval_lengths,
+                                chunk_samples, advance)
+            writer.meta["evaluation_set"] = {"path": EVAL_DIR, "trials_per_task": preset.eval_trials}
     return Dataset.open(out)
+
+
+def _session_samples(preset: DatasetPreset, config: CortexConfig, kind: str, n_trials: int) -> int:
+    fs = config.sample_rate_hz
+    if kind == "resting":
+        return int(preset.resting_session_s * fs)
+    # generous: trials are drawn until the session ends, then cut to n_trials
+    return int((preset.lead_in_s + (n_trials + 1) * config.trial_interval_s[1] + 1.0) * fs)
+
+
+def _write_sessions(writer, cortex: VirtualCortex, preset: DatasetPreset, plan: list,
+                    lengths: list[int], chunk_samples: int,
+                    advance: Callable[[str, int], None]) -> None:
+    """Generate the planned sessions into a DatasetWriter; records the ideal observer."""
+    fs = cortex.config.sample_rate_hz
+    ideal: dict[str, list] = {}
+    for (sid, kind, day, idx, n_trials), n_samples in zip(plan, lengths):
+        stream = cortex.stream(kind, day=day, session_index=idx)
+        if kind != "resting":  # the lead-in lets the normaliser warm up before trial 1
+            stream._next_onset = int(preset.lead_in_s * fs)
+        arr = writer.add_session(sid, kind=kind, day=day, n_samples=n_samples)
+        events: list[StimEvent] = []
+        for start in range(0, n_samples, chunk_samples):
+            n = min(chunk_samples, n_samples - start)
+            block, evs = stream.read(n)
+            arr[start:start + n] = block
+            events.extend(evs)
+            advance(f"{sid} ({kind})", n)
+        writer.finish_session(arr)
+        del arr
+        # keep trials whose decoded window (and some margin) lies inside the session
+        last_ok = n_samples - int(0.5 * fs)
+        events = [e for e in events if e.sample < last_ok][:n_trials] if kind != "resting" else []
+        writer.add_trials([{"session": sid, "onset_sample": e.sample, "electrode": e.electrode,
+                            "current_ua": e.current_ua, "perceived": e.perceived,
+                            "p_true": e.p_true} for e in events])
+        if events:
+            ideal.setdefault(kind, []).extend((sid, e.sample, e.p_true, e.perceived) for e in events)
+    # the ideal observer on the paper's test split (last 20% of each session's trials)
+    io_meta = {}
+    for kind, rows in ideal.items():
+        rows = np.array(rows, dtype=object)
+        test = np.zeros(len(rows), dtype=bool)
+        for sid in set(rows[:, 0]):
+            idx = np.flatnonzero(rows[:, 0] == sid)
+            test[idx[int(np.floor(0.8 * len(idx))):]] = True
+        p, y = rows[:, 2].astype(float), rows[:, 3].astype(int)
+        io_meta[kind] = round(ideal_balanced_accuracy(p[test], y[test]), 4)
+        io_meta[f"{kind}_all_trials"] = round(ideal_balanced_accuracy(p, y), 4)
+    writer.meta["ideal_observer"] = {k: v for k, v in io_meta.items() if "_all" not in k}
+    writer.meta["ideal_observer_all_trials"] = {k.replace("_all_trials", ""): v
+                                                for k, v in io_meta.items() if "_all" in k}

@@ -179,6 +179,18 @@ class Dataset:
         """{task: balanced accuracy of the ground-truth observer on the test split} if known."""
         return dict(self.meta.get("ideal_observer", {}))
 
+    def evaluation(self) -> Dataset | None:
+        """The evaluation set written beside this dataset (<path>/eval), or None.
+
+        Its labelled trials come from new sessions of the same array and days and are never
+        used for fitting or selection: every reported accuracy is measured on them.
+        """
+        rel = (self.meta.get("evaluation_set") or {}).get("path", "eval")
+        path = self.path / rel
+        if ".." in Path(rel).parts or not (path / "dataset.json").is_file():
+            return None
+        return Dataset.open(path)
+
     def session(self, session_id: str) -> SessionInfo:
         try:
             return self._by_id[session_id]

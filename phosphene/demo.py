@@ -118,7 +118,8 @@ def run_demo(settings: DemoSettings) -> dict:
     from phosphene.train.diagnostics import run_diagnostics
     from phosphene.train.distill import distill
     from phosphene.train.pretrain import pretrain
-    from phosphene.train.probe import format_table, probe_task, save_probe, teacher_encode_fn
+    from phosphene.train.probe import format_table, probe_teacher
+    from phosphene.train.readout import readout_encode_fn
 
     # One thread: measured faster than two for these small models on 2 cores, and far
     # more robust when anything else runs (docs/benchmarks.md, pretraining throughput).
@@ -174,31 +175,33 @@ def run_demo(settings: DemoSettings) -> dict:
 
     pretrain_summary = stages.run("pretrain", do_pretrain)
 
-    # 3. probe both tasks, baselines, ideal observer, diagnostics --------------------------
-    def do_probe():
-        model, _ = load_teacher(run_dir)
-        encode = teacher_encode_fn(model)
-        results = {}
-        for task in tasks:
-            _say(f"{task}: latents, raw and PCA baselines, L2 logistic regression (CV on train) ...")
-            r = probe_task(ds, encode, task)
-            (run_dir / "probe" / task).mkdir(parents=True, exist_ok=True)
-            save_probe(run_dir / "probe" / task / "probe.json", r)
-            results[task] = r
-        click.echo("\n" + format_table(list(results.values()), n_channels=ds.n_channels,
-                                       window_samples=128), err=True)
-        diag = run_diagnostics(ds, encode, plots, method="tsne", permutations=499)
-        return results, diag
+    # 3. probe both tasks: readouts, baselines, ideal observer, diagnostics --------------
+    probe_dir = run_dir / "probe"
 
-    probe_results, diagnostics = stages.run("probe", do_probe)
+    def do_probe():
+        model, meta = load_teacher(run_dir)
+        run = probe_teacher(ds, model, spec=meta["window_spec"], norm_config=meta["normaliser"],
+                            tasks=tasks, out_dir=probe_dir, seed=settings.seed, progress=_say,
+                            extra={"checkpoint": str(meta["path"]), "checkpoint_step": meta["step"]})
+        results, choice = run["results"], run["choice"]
+        click.echo(f"\nTable 1: balanced accuracy (%) [95% CI] on the {results[0]['evaluation']}"
+                   f"; * = the readout the bundle carries ({choice['readout']})", err=True)
+        click.echo(format_table(results, n_channels=ds.n_channels, window_samples=128,
+                                chosen=choice["feature"]), err=True)
+        encode = readout_encode_fn(model, run["readouts"], names=(choice["readout"],))
+        diag = run_diagnostics(ds, encode, plots, method="tsne", permutations=499)
+        return {r["task"]: r for r in results}, choice, diag
+
+    probe_results, readout_choice, diagnostics = stages.run("probe", do_probe)
 
     # 4. distill -------------------------------------------------------------------------
     student_dir = out / "student"
 
     def do_distill():
         shutil.rmtree(student_dir, ignore_errors=True)
-        return distill(ds, run_dir, student_dir, arch="mixer", steps=settings.distill_steps,
-                       preset=settings.distill_preset, progress=_say)
+        arch = "electrode" if readout_choice["readout"].startswith("electrode") else "mixer"
+        return distill(ds, run_dir, student_dir, arch=arch, steps=settings.distill_steps,
+                       preset=settings.distill_preset, probe_dir=probe_dir, progress=_say)
 
     distill_summary = stages.run("distill", do_distill)
 
@@ -208,8 +211,8 @@ def run_demo(settings: DemoSettings) -> dict:
     def do_quantize():
         cfg = QuantizeConfig(calib_windows=settings.calib_windows, min_cosine=settings.min_cosine,
                              min_agreement=settings.min_agreement)
-        return build_bundle(ds, student_dir, run_dir / "probe", bundle_dir, config=cfg, teacher=run_dir,
-                            overwrite=True, progress=_say)
+        return build_bundle(ds, student_dir, probe_dir, bundle_dir, config=cfg, overwrite=True,
+                            progress=_say)
 
     parity = stages.run("quantize", do_quantize)
 
@@ -227,8 +230,9 @@ def run_demo(settings: DemoSettings) -> dict:
     def do_report():
         plot_latency(out / "decisions.jsonl", plots / "latency-histogram.png",
                      budget_ms=bench.get("budget_ms"))
-        report = build_report(settings, ds, pretrain_summary, probe_results, diagnostics,
-                              distill_summary, parity, verify, stream, bench, stages.timings)
+        report = build_report(settings, ds, pretrain_summary, probe_results, readout_choice,
+                              diagnostics, distill_summary, parity, verify, stream, bench,
+                              stages.timings)
         write_json(out / "report.json", report)
         write_text(out / "report.md", render_markdown(report, plots, out))
         return report
@@ -285,23 +289,69 @@ def _ba(value) -> float | None:
     return None if value is None else round(float(value), 4)
 
 
-def build_report(settings, ds, pretrain_summary, probe_results, diagnostics, distill_summary,
-                 parity, verify, stream, bench, timings) -> dict:
+def build_report(settings, ds, pretrain_summary, probe_results, readout_choice, diagnostics,
+                 distill_summary, parity, verify, stream, bench, timings) -> dict:
+    return {**_report_body(settings, ds, pretrain_summary, diagnostics, distill_summary, parity,
+                           verify, stream, bench, timings),
+            "accuracy": accuracy_table(probe_results, readout_choice, parity),
+            "readout": readout_choice}
+
+
+# report.json accuracy keys -> where the number comes from
+_BASELINE_KEYS = {"raw": "raw", "pca": "pca", "electrode_mean": "electrode_mean",
+                  "electrode_mean_whitened": "electrode_mean_whitened"}
+
+
+def accuracy_table(probe_results: dict, readout_choice: dict, parity: dict) -> dict:
+    """accuracy.<task>: balanced accuracy on the evaluation trials of every method, its 95%
+    CI, and the paired comparisons (same trials) that the claims rest on."""
+    chosen = readout_choice["feature"]
     accuracy = {}
     for task, r in probe_results.items():
         f = r["features"]
         tp = (parity.get("tasks") or {}).get(task, {})
-        accuracy[task] = {
-            "raw": _ba(f["raw"]["balanced_accuracy"]),
-            "pca": _ba(f["pca"]["balanced_accuracy"]),
-            "teacher": _ba(f["latent"]["balanced_accuracy"]),
-            "student": _ba(tp.get("ba_float_student")),
-            "int8": _ba(tp.get("ba_int8_student")),
-            "student_refit": _ba(tp.get("ba_refit_float_student")),
-            "int8_refit": _ba(tp.get("ba_refit_int8_student")),
-            "ideal": _ba(r.get("ideal_observer")),
-            "n_test": r["n_test"],
-        }
+        a: dict = {k: _ba(f[src]["balanced_accuracy"]) for k, src in _BASELINE_KEYS.items()
+                   if src in f}
+        ci: dict = {k: _ci(f[src]["ci95"]) for k, src in _BASELINE_KEYS.items() if src in f}
+        a["teacher"], ci["teacher"] = _ba(f[chosen]["balanced_accuracy"]), _ci(f[chosen]["ci95"])
+        if "latent_mean" in f:  # the paper's readout, always reported beside the chosen one
+            a["teacher_mean"] = _ba(f["latent_mean"]["balanced_accuracy"])
+            ci["teacher_mean"] = _ci(f["latent_mean"]["ci95"])
+        for key, src in (("student", "float_student"), ("int8", "int8"),
+                         ("student_refit", "refit_float_student"), ("int8_refit", "refit_int8_student")):
+            a[key] = _ba(tp.get(f"ba_{src}"))
+            if tp.get(f"ci95_{src}"):
+                ci[key] = _ci(tp[f"ci95_{src}"])
+        a["ideal"] = _ba(r.get("ideal_observer"))
+        if r.get("ideal_ci95"):
+            ci["ideal"] = _ci(r["ideal_ci95"])
+        a.update(n_eval=r["n_eval"], n_train=r["n_train"], evaluation=r["evaluation"],
+                 readout=readout_choice["readout"], ci95=ci)
+        paired = {}
+        if "int8-teacher" in tp.get("paired", {}):
+            paired["int8-teacher"] = _pair(tp["paired"]["int8-teacher"])
+        for name in ("pca", "raw", "electrode_mean", "electrode_mean_whitened"):
+            if f"{chosen}-{name}" in r["paired"]:
+                paired[f"teacher-{name}"] = _pair(r["paired"][f"{chosen}-{name}"])
+            if chosen != "latent_mean" and f"latent_mean-{name}" in r["paired"]:
+                paired[f"teacher_mean-{name}"] = _pair(r["paired"][f"latent_mean-{name}"])
+        a["paired"] = paired
+        a["agreement_int8_teacher"] = tp.get("teacher_int8_agreement")
+        accuracy[task] = a
+    return accuracy
+
+
+def _ci(ci) -> list[float] | None:
+    return None if ci is None else [round(float(v), 4) for v in ci]
+
+
+def _pair(c: dict) -> dict:
+    return {"diff": round(c["diff"], 4), "ci95": _ci(c["ci95"]), "p_value": round(c["p_value"], 4),
+            "mcnemar_p": round(c["mcnemar_p"], 4), "n": c["n"]}
+
+
+def _report_body(settings, ds, pretrain_summary, diagnostics, distill_summary, parity, verify,
+                 stream, bench, timings) -> dict:
     dec = bench["decision_us"]
     lat = stream.get("latency_us") or {}
     frames_received = stream.get("frames_ok", stream.get("frames_received"))
@@ -309,7 +359,7 @@ def build_report(settings, ds, pretrain_summary, probe_results, diagnostics, dis
     report = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(settings).items()},
         "dataset": ds.summary(),
-        "accuracy": accuracy,
+        "evaluation_set": ds.evaluation().summary() if ds.evaluation() is not None else None,
         "parity": {
             "cosine_mean": parity["latent"]["cosine_mean"],
             "cosine_min": parity["latent"]["cosine_min"],
@@ -351,16 +401,45 @@ def build_report(settings, ds, pretrain_summary, probe_results, diagnostics, dis
     return report
 
 
+_COLUMNS = (("raw", "raw MUA"), ("pca", "PCA"), ("electrode_mean", "electrode mean"),
+            ("electrode_mean_whitened", "electrode mean, whitened"),
+            ("teacher_mean", "MAE, paper's mean"), ("teacher", "MAE, chosen readout"),
+            ("student", "student"), ("int8", "int8 student"), ("ideal", "ideal observer"))
+
+
+def _cell(a: dict, key: str) -> str:
+    value, ci = a.get(key), (a.get("ci95") or {}).get(key)
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else f"{100 * value:.1f}"
+
+
+def _pair_text(c: dict) -> str:
+    return (f"{100 * c['diff']:+.1f} [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}], "
+            f"p {c['p_value']:.3g} (McNemar {c['mcnemar_p']:.3g})")
+
+
 def render_markdown(report: dict, plots: Path, out: Path) -> str:
     acc = report["accuracy"]
+    first = next(iter(acc.values()))
+    choice = report.get("readout") or {}
+    n_eval = ", ".join(f"{t}: {a['n_eval']}" for t, a in acc.items())
+    n_train = ", ".join(str(a["n_train"]) for a in acc.values())
     lines = ["# phosphene demo report", "",
-             "Balanced accuracy on the paper's test split (last 20% of each session's trials):", "",
-             "| task | raw MUA | PCA | MAE teacher | student | int8 student | ideal observer | test trials |",
-             "|---|---|---|---|---|---|---|---|"]
+             (f"Balanced accuracy (%) with bootstrap 95% CI on the {first['evaluation']} "
+              f"({n_eval} trials, never used "
+              f"for fitting or selection). Probes were fitted on "
+              f"{n_train} training trials; the "
+              f"bundle carries the `{choice.get('readout')}` readout, chosen by blocked "
+              "cross-validation on the training trials."), "",
+             "| task | " + " | ".join(label for _, label in _COLUMNS) + " |",
+             "|---|" + "---|" * len(_COLUMNS)]
     for task, a in acc.items():
-        cells = [f"{a[k]:.1%}" if a.get(k) is not None else "n/a"
-                 for k in ("raw", "pca", "teacher", "student", "int8", "ideal")]
-        lines.append(f"| {task} | " + " | ".join(cells) + f" | {a['n_test']} |")
+        lines.append(f"| {task} | " + " | ".join(_cell(a, k) for k, _ in _COLUMNS) + " |")
+    lines += ["", "Paired differences on the same evaluation trials (points, 95% CI, p):", ""]
+    for task, a in acc.items():
+        for key, c in a.get("paired", {}).items():
+            lines.append(f"- {task}, {key}: {_pair_text(c)}")
     p, lat, st = report["parity"], report["latency_us"], report["stream"]
     lines += ["", "## Parity (int8 vs float student)", "",
               (f"latent cosine mean {p['cosine_mean']}, min {p['cosine_min']}; decision agreement "
@@ -383,11 +462,21 @@ def print_summary(report: dict) -> None:
     def fmt(v):
         return "  n/a" if v is None else f"{100 * v:5.1f}"
 
-    click.echo("\nphosphene demo: balanced accuracy (%), test split")
-    click.echo(f"{'task':<13}{'raw':>7}{'PCA':>7}{'MAE':>7}{'student':>9}{'int8':>7}{'ideal':>7}")
+    first = next(iter(acc.values()))
+    n_eval = ", ".join(str(a["n_eval"]) for a in acc.values())
+    click.echo(f"\nphosphene demo: balanced accuracy (%) on the {first['evaluation']} "
+               f"({n_eval} trials, 95% CI about "
+               f"+-{_half_width(first):.1f}); MAE readout: {first['readout']}")
+    keys = (("raw", "raw"), ("pca", "PCA"), ("electrode_mean_whitened", "el.mean-w"),
+            ("teacher_mean", "MAE-mean"), ("teacher", "MAE"), ("student", "student"),
+            ("int8", "int8"), ("ideal", "ideal"))
+    click.echo(f"{'task':<13}" + "".join(f"{label:>10}" for _, label in keys))
     for task, a in acc.items():
-        click.echo(f"{task:<13}{fmt(a['raw']):>7}{fmt(a['pca']):>7}{fmt(a['teacher']):>7}"
-                   f"{fmt(a['student']):>9}{fmt(a['int8']):>7}{fmt(a['ideal']):>7}")
+        click.echo(f"{task:<13}" + "".join(f"{fmt(a.get(k)):>10}" for k, _ in keys))
+    for task, a in acc.items():
+        for key in ("int8-teacher", "teacher-pca"):
+            if key in a.get("paired", {}):
+                click.echo(f"paired        {task} {key}: {_pair_text(a['paired'][key])}")
     click.echo(f"int8 parity   cosine mean {p['cosine_mean']:.4f} (min {p['cosine_min']:.4f}), "
                f"decisions agree {100 * p['decision_agreement']:.1f}%")
     click.echo(f"latency       decision p50/p99 {lat['decision_p50']:.0f}/{lat['decision_p99']:.0f} us; "
@@ -396,6 +485,11 @@ def print_summary(report: dict) -> None:
     click.echo(f"stream        {st['seconds']} s: {st['frames_received']} frames received, "
                f"{st['frames_lost']} lost, {st['crc_errors']} CRC errors; {st['decisions']} decisions, "
                f"{st['budget_misses']} over budget")
+
+
+def _half_width(a: dict) -> float:
+    ci = (a.get("ci95") or {}).get("teacher")
+    return 100 * (ci[1] - ci[0]) / 2 if ci else float("nan")
 
 
 def _us(v) -> str:

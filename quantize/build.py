@@ -47,17 +47,18 @@ from phosphene.quantize.convert import (
 
 from phosphene.dataset import Dataset
 from phosphene.io import atomic_dir, write_json
+from phosphene.metrics import balanced_accuracy, bootstrap_ci, paired_comparison
 from phosphene.signal import NormaliserConfig, WindowSpec
 
 __all__ = [
     "ParityError",
     "QuantizeConfig",
-    "balanced_accuracy",
     "build_bundle",
     "default_latency_budget_ms",
     "fit_probe",
     "load_probes",
     "measure_decision_latency",
+    "teacher_evaluation",
     "tool_versions",
 ]
 
@@ -151,25 +152,13 @@ def load_probes(path: str | os.PathLike, latent_dim: int) -> dict[str, Probe]:
     probe.json, or a bundle's probe.json. Weights act on the raw latent (the teacher's
     standardisation is folded in); the threshold is on P(perceived).
     """
-    import json
-
-    path = Path(path)
-    if path.is_dir():
-        files = [path / t / PROBE_FILE for t in TASKS if (path / t / PROBE_FILE).is_file()]
-        if not files and (path / PROBE_FILE).is_file():
-            files = [path / PROBE_FILE]
-    else:
-        files = [path] if path.is_file() else []
-    if not files:
+    docs = _probe_docs(path)
+    if not docs:
         raise ValueError(f"no probe at {path}: run `phosphene probe DATASET --checkpoint RUN "
                          "--out DIR` on the teacher first and pass --probe DIR, or pass "
                          "--probe-source refit")
     probes: dict[str, Probe] = {}
-    for file in files:
-        try:
-            doc = json.loads(file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{file} is not valid JSON: {exc}") from None
+    for file, doc in docs:
         if isinstance(doc, dict) and doc.get("format") == PROBE_FORMAT:  # a bundle's probe.json
             probes.update(probe_from_json(doc, latent_dim=latent_dim, where=str(file))[1])
         elif isinstance(doc, dict) and doc.get("format") == "phosphene-probe":
@@ -180,20 +169,17 @@ def load_probes(path: str | os.PathLike, latent_dim: int) -> dict[str, Probe]:
     return probes
 
 
-def fit_probe(z: np.ndarray, y: np.ndarray, task: str, *, seed: int = 0) -> Probe:
-    """Refit the teacher's probe recipe (train/probe.py) on latents z: (N, D) -> folded Probe."""
+def fit_probe(z: np.ndarray, y: np.ndarray, task: str, *, folds: np.ndarray | None = None,
+              seed: int = 0) -> Probe:
+    """Refit the teacher's probe recipe (train/probe.py: blocked CV, one-SE rule) on
+    latents z: (N, D) -> folded Probe."""
     from phosphene.train.probe import fit_probe as fit_pipeline
     from phosphene.train.probe import fold_probe
 
-    w, b = fold_probe(fit_pipeline(np.asarray(z, np.float64), np.asarray(y), seed=seed))
+    w, b = fold_probe(fit_pipeline(np.asarray(z, np.float64), np.asarray(y), folds=folds,
+                                   seed=seed, label=f"{task} refit"))
     return Probe(task=task, weights=np.asarray(w, np.float64), bias=float(b), threshold=0.5,
                  source="refit")
-
-
-def balanced_accuracy(decisions: np.ndarray, y: np.ndarray) -> float:
-    decisions, y = np.asarray(decisions).astype(int), np.asarray(y).astype(int)
-    recalls = [float((decisions[y == k] == k).mean()) for k in (0, 1) if (y == k).any()]
-    return float(np.mean(recalls)) if recalls else float("nan")
 
 
 # --------------------------------------------------------------------------------------
@@ -248,13 +234,12 @@ def _hash_array(x: np.ndarray) -> str:
 # --------------------------------------------------------------------------------------
 def build_bundle(ds: Dataset, student_path: str | os.PathLike,
                  probe_path: str | os.PathLike | None, out_dir: str | os.PathLike, *,
-                 config: QuantizeConfig = QuantizeConfig(), teacher=None,
-                 overwrite: bool = False,
+                 config: QuantizeConfig = QuantizeConfig(), overwrite: bool = False,
                  progress: Callable[[str], None] | None = None) -> dict:
     """Quantise a distilled student into a verified bundle at out_dir; returns the parity report.
 
-    teacher: a path or train.distill.Teacher for the teacher's balanced accuracy in the
-    report (default: the teacher recorded in the student checkpoint, if it still exists).
+    The teacher's accuracy and decisions come from its probes (probe.json keeps the teacher's
+    P(perceived) on the evaluation trials), so the teacher is not run again here.
     Raises ParityError when parity is below the config's thresholds (no bundle is written;
     the report is kept in the work directory), ConversionError when export or onnx2tf fails.
     """
@@ -304,7 +289,7 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
                                    heldout_fraction=heldout_fraction)
     heldout = heldout_resting_windows(ds, spec, norm, config.parity_windows,
                                       seed=config.seed + 2000, heldout_fraction=heldout_fraction)
-    trials = _task_windows(ds, spec, norm)
+    splits = _task_splits(ds, spec, norm)
 
     # --- ONNX, checked against torch ---------------------------------------------------
     say(f"exporting ONNX (opset {OPSET}, input {INPUT_NAME} 1x{spec.window_samples}x{n_channels}) ...")
@@ -339,56 +324,35 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
         return np.stack([int8.run(w[None]).reshape(-1) for w in x])
 
     z_float_rest, z_int8_rest = predict(model, heldout), int8_latents(heldout)
-    task_latents = {task: {"float": predict(model, X), "int8": int8_latents(X)}
-                    for task, (X, _, _) in trials.items()}
-    all_float = np.concatenate([z_float_rest] + [v["float"] for v in task_latents.values()])
-    all_int8 = np.concatenate([z_int8_rest] + [v["int8"] for v in task_latents.values()])
+    task_latents = {task: {part: {"float": predict(model, sp[part][0]),
+                                  "int8": int8_latents(sp[part][0])} for part in ("train", "eval")}
+                    for task, sp in splits.items()}
+    all_float = np.concatenate([z_float_rest] + [v["eval"]["float"] for v in task_latents.values()])
+    all_int8 = np.concatenate([z_int8_rest] + [v["eval"]["int8"] for v in task_latents.values()])
     report: dict = {
         "latent": latent_parity(all_int8, all_float, center),
         "latent_resting_heldout": latent_parity(z_int8_rest, z_float_rest, center),
         "onnx_max_abs_error": onnx_err,
+        "readout": meta.get("readout", "mean"),
     }
 
     # --- probes ------------------------------------------------------------------------
     teacher_probes = load_probes(probe_path, latent_dim) if probe_path is not None else None
-    probes = _bundle_probes(config, teacher_probes, trials, task_latents)
+    if probe_path is not None:
+        _check_readout(probe_path, meta.get("readout", "mean"))
+    probes = _bundle_probes(config, teacher_probes, splits, task_latents)
     default_task = config.task or ("psychometric" if "psychometric" in probes else next(iter(probes)))
     if default_task not in probes:
         raise ValueError(f"no probe for task {default_task!r}; have {', '.join(probes)}")
-
-    # --- teacher latents for its balanced accuracy -------------------------------------
-    teacher_z = _teacher_latents(teacher, meta, trials, say)
+    teacher_eval = teacher_evaluation(probe_path) if probe_path is not None else {}
 
     report["tasks"], agree_hits, agree_n = {}, 0, 0
-    for task, (X, y, tr) in trials.items():
-        train_mask, test_mask = tr.split_80_20()
-        entry: dict = {"n_trials": len(y), "n_test": int(test_mask.sum())}
-        zf, zi = task_latents[task]["float"], task_latents[task]["int8"]
-        if task in probes:
-            probe = probes[task]
-            df, di = probe.p_perceived(zf) >= probe.threshold, probe.p_perceived(zi) >= probe.threshold
-            entry["decision_agreement"] = float((df == di).mean())
-            agree_hits += int((df == di).sum())
-            agree_n += len(df)
-            entry["probe_source"] = probe.source
-            # how sensitive the probe is: spread of its logit vs the logit error int8 adds
-            lf, li = probe.logit(zf), probe.logit(zi)
-            entry["logit_sd"] = float(lf.std())
-            entry["logit_error_rms"] = float(np.sqrt(np.mean((li - lf) ** 2)))
-            entry["ba_float_student"] = balanced_accuracy(df[test_mask], y[test_mask])
-            entry["ba_int8_student"] = balanced_accuracy(di[test_mask], y[test_mask])
-        if teacher_z is not None and teacher_probes and task in teacher_probes:
-            tp = teacher_probes[task]
-            dt = tp.p_perceived(teacher_z[task]) >= tp.threshold
-            entry["ba_teacher"] = balanced_accuracy(dt[test_mask], y[test_mask])
-            ds_ = tp.p_perceived(zf) >= tp.threshold
-            entry["teacher_float_student_agreement"] = float((dt == ds_).mean())
-        # a probe refitted on the student's own latents (float and int8), train split only
-        if len(np.unique(y[train_mask])) == 2:
-            for kind, z in (("float", zf), ("int8", zi)):
-                refit = fit_probe(z[train_mask], y[train_mask], task, seed=config.seed)
-                d = refit.p_perceived(z) >= refit.threshold
-                entry[f"ba_refit_{kind}_student"] = balanced_accuracy(d[test_mask], y[test_mask])
+    for task, sp in splits.items():
+        entry = _task_report(task, sp, task_latents[task], probes.get(task),
+                             teacher_eval.get(task), seed=config.seed)
+        if "decision_agreement" in entry:
+            agree_hits += entry["decision_agreement"] * entry["n_eval"]
+            agree_n += entry["n_eval"]
         report["tasks"][task] = entry
     default_probe = probes[default_task]
     rest_df = default_probe.p_perceived(z_float_rest) >= default_probe.threshold
@@ -497,55 +461,142 @@ class _LatencyProbe:
                                              "probe": (t3 - t2) * 1e6, "total": (t3 - t0) * 1e6})
 
 
-def _task_windows(ds: Dataset, spec: WindowSpec, norm: NormaliserConfig) -> dict:
-    """{task: (X, y, trials)} for the tasks with labelled trials in the dataset."""
-    from phosphene.train.data import trial_windows
+def _task_splits(ds: Dataset, spec: WindowSpec, norm: NormaliserConfig) -> dict:
+    """{task: {"train": (X, y, trials), "eval": (X, y, trials), "evaluation": str}} for the
+    tasks with labelled trials: the probes' own split (train.probe.task_split)."""
+    from phosphene.train.probe import task_split
 
     out = {}
     for task in TASKS:
         if not len(ds.task_trials(task)):
             continue
         try:
-            out[task] = trial_windows(ds, task, spec, norm)
+            sp = task_split(ds, task, spec, norm)
         except ValueError as exc:
             log.warning("no %s parity: %s", task, exc)
+            continue
+        out[task] = {"train": (sp["X"], sp["y"], sp["trials"]),
+                     "eval": (sp["X_eval"], sp["y_eval"], sp["trials_eval"]),
+                     "evaluation": sp["evaluation"]}
     return out
 
 
-def _bundle_probes(config: QuantizeConfig, teacher_probes: dict | None, trials: dict,
+def _ci(y: np.ndarray, decided: np.ndarray, seed: int) -> list[float]:
+    return [float(v) for v in bootstrap_ci(y, decided, seed=seed)]
+
+
+def _task_report(task: str, split: dict, latents: dict, probe: Probe | None,
+                 teacher: dict | None, *, seed: int) -> dict:
+    """Accuracy (95% CI) of the float and int8 student on the evaluation trials, paired with
+    the teacher's decisions on the same trials, and a probe refitted on the student."""
+    from phosphene.train.probe import blocked_folds
+
+    _, y, te = split["eval"]
+    _, y_train, tr = split["train"]
+    zf, zi = latents["eval"]["float"], latents["eval"]["int8"]
+    entry: dict = {"evaluation": split["evaluation"], "n_eval": len(y),
+                   "n_train": len(y_train)}
+    decisions: dict[str, np.ndarray] = {}
+    if probe is not None:
+        df, di = probe.p_perceived(zf) >= probe.threshold, probe.p_perceived(zi) >= probe.threshold
+        decisions.update(float_student=df, int8=di)
+        entry["decision_agreement"] = float((df == di).mean())
+        entry["probe_source"] = probe.source
+        # how sensitive the probe is: spread of its logit vs the logit error int8 adds
+        lf, li = probe.logit(zf), probe.logit(zi)
+        entry["logit_sd"] = float(lf.std())
+        entry["logit_error_rms"] = float(np.sqrt(np.mean((li - lf) ** 2)))
+    if teacher is not None:
+        keys = list(zip(te.session.tolist(), te.onset_sample.tolist()))
+        lookup = dict(zip(zip(teacher["session"], teacher["onset_sample"]), teacher["p_teacher"]))
+        if all(k in lookup for k in keys):
+            decisions["teacher"] = np.array([lookup[k] for k in keys]) >= 0.5
+        else:
+            log.warning("%s: the probe's evaluation trials are not this dataset's: no teacher "
+                        "comparison", task)
+    for name, d in decisions.items():
+        entry[f"ba_{name}"] = balanced_accuracy(y, d)
+        entry[f"ci95_{name}"] = _ci(y, d, seed)
+    if "teacher" in decisions and probe is not None:
+        entry["teacher_int8_agreement"] = float((decisions["teacher"] == decisions["int8"]).mean())
+        entry["teacher_float_student_agreement"] = float(
+            (decisions["teacher"] == decisions["float_student"]).mean())
+        entry["paired"] = {
+            "int8-teacher": paired_comparison(y, decisions["int8"], decisions["teacher"], seed=seed),
+            "float_student-teacher": paired_comparison(y, decisions["float_student"],
+                                                       decisions["teacher"], seed=seed),
+            "int8-float_student": paired_comparison(y, decisions["int8"],
+                                                    decisions["float_student"], seed=seed)}
+    # a probe refitted on the student's own latents (float and int8), training trials only
+    if len(np.unique(y_train)) == 2:
+        folds = blocked_folds(tr.session, tr.onset_sample)
+        for kind in ("float", "int8"):
+            refit = fit_probe(latents["train"][kind], y_train, task, folds=folds, seed=seed)
+            d = refit.p_perceived(latents["eval"][kind]) >= refit.threshold
+            entry[f"ba_refit_{kind}_student"] = balanced_accuracy(y, d)
+            entry[f"ci95_refit_{kind}_student"] = _ci(y, d, seed)
+    return entry
+
+
+def _bundle_probes(config: QuantizeConfig, teacher_probes: dict | None, splits: dict,
                    task_latents: dict) -> dict[str, Probe]:
+    from phosphene.train.probe import blocked_folds
+
     if config.probe_source == "teacher":
         if teacher_probes is None:
             raise ValueError("pass --probe (the teacher's probe.json) or --probe-source refit")
         return teacher_probes
     probes = {}
-    for task, (X, y, tr) in trials.items():
-        train_mask, _ = tr.split_80_20()
-        if len(np.unique(y[train_mask])) == 2:
-            probes[task] = fit_probe(task_latents[task]["int8"][train_mask], y[train_mask], task,
+    for task, sp in splits.items():
+        _, y, tr = sp["train"]
+        if len(np.unique(y)) == 2:
+            probes[task] = fit_probe(task_latents[task]["train"]["int8"], y, task,
+                                     folds=blocked_folds(tr.session, tr.onset_sample),
                                      seed=config.seed)
     if not probes:
         raise ValueError("--probe-source refit needs labelled trials of both classes in the dataset")
     return probes
 
 
-def _teacher_latents(teacher, meta: dict, trials: dict, say) -> dict | None:
-    """{task: teacher latents of the trial windows}, or None when the teacher is unavailable."""
-    from phosphene.train.distill import Teacher, load_teacher_for_distill
+def _probe_files(path: str | os.PathLike) -> list[Path]:
+    path = Path(path)
+    if path.is_dir():
+        files = [path / t / PROBE_FILE for t in TASKS if (path / t / PROBE_FILE).is_file()]
+        if not files and (path / PROBE_FILE).is_file():
+            files = [path / PROBE_FILE]
+        return files
+    return [path] if path.is_file() else []
 
-    if not trials:
-        return None
-    if teacher is None:
-        path = meta.get("teacher", {}).get("path")
-        if not path or not Path(path).exists():
-            log.warning("teacher %s not found: the report has no teacher balanced accuracy", path)
-            return None
-        teacher = path
-    if not isinstance(teacher, Teacher):
-        teacher = load_teacher_for_distill(teacher)
-    recorded = meta.get("teacher", {}).get("sha256")
-    if recorded and teacher.sha256 and recorded != teacher.sha256:
-        log.warning("teacher %s differs from the one the student was distilled from", teacher.path)
-    say("teacher latents of the trial windows (for its balanced accuracy) ...")
-    return {task: teacher.encode_numpy(X) for task, (X, _, _) in trials.items()}
 
+def _probe_docs(path: str | os.PathLike) -> list[tuple[Path, dict]]:
+    import json
+
+    docs = []
+    for file in _probe_files(path):
+        try:
+            doc = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{file} is not valid JSON: {exc}") from None
+        docs.append((file, doc))
+    return docs
+
+
+def teacher_evaluation(probe_path: str | os.PathLike) -> dict:
+    """{task: {"session", "onset_sample", "perceived", "p_teacher"}}: the teacher probe's
+    P(perceived) on its evaluation trials, as `phosphene probe` saved them."""
+    out = {}
+    for _, doc in _probe_docs(probe_path):
+        ev = doc.get("evaluation") if isinstance(doc, dict) else None
+        if doc.get("format") == "phosphene-probe" and isinstance(ev, dict) and "p_teacher" in ev:
+            out[str(doc["task"])] = ev
+    return out
+
+
+def _check_readout(probe_path: str | os.PathLike, student_readout: str) -> None:
+    for file, doc in _probe_docs(probe_path):
+        if doc.get("format") == "phosphene-probe":
+            readout = str(doc.get("readout", "mean" if int(doc.get("version", 1)) < 2 else "latent"))
+            if readout not in (student_readout, "latent"):
+                raise ValueError(f"{file} reads the teacher's {readout!r} readout but the student "
+                                 f"was distilled on {student_readout!r}: distil with --probe "
+                                 f"{Path(file).parent.parent}")

@@ -40,8 +40,6 @@ __all__ = ["quantize"]
 @click.option("--probe-source", type=click.Choice(["teacher", "refit"]), default="teacher",
               show_default=True, help="teacher: the teacher's probe applied to student latents; "
               "refit: refitted on the int8 student's latents (training split).")
-@click.option("--teacher", "teacher_path", type=click.Path(path_type=Path), default=None,
-              help="Teacher run for its balanced accuracy in the report [the one the student records].")
 @click.option("--runtime", type=click.Choice(["auto", "litert", "tflite-runtime"]), default="auto",
               show_default=True, help="Interpreter for parity and latency.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for window sampling.")
@@ -51,14 +49,15 @@ __all__ = ["quantize"]
 @click.option("--json", "as_json", is_flag=True, help="Print the parity report as JSON.")
 def quantize(dataset, student_path, probe_path, out_dir, calib_windows, parity_windows, min_cosine,
              min_agreement, latency_budget_ms, quantizer, activations, task, probe_source,
-             teacher_path, runtime, seed, overwrite, keep_work, as_json):
+             runtime, seed, overwrite, keep_work, as_json):
     """Export the student to full-int8 TFLite and write a verified bundle.
 
     ONNX (opset 20, static shape) checked against torch; onnx2tf full int8 calibrated on
     real resting windows normalised exactly as at runtime; builtin ops only; parity
-    (latent cosine, max error, probe agreement, balanced accuracy of teacher / float /
-    int8 student) on held-out windows, written into the manifest. Fails when parity is
-    below --min-cosine / --min-agreement. onnx2tf's log goes to OUT.work/onnx2tf.log.
+    (latent cosine, max error, probe agreement) on held-out windows; balanced accuracy
+    with 95% CI of the float and int8 student on the evaluation trials, paired with the
+    teacher's decisions saved in --probe; all written into the manifest. Fails when parity
+    is below --min-cosine / --min-agreement. onnx2tf's log goes to OUT.work/onnx2tf.log.
 
     \b
     Example:
@@ -81,7 +80,7 @@ def quantize(dataset, student_path, probe_path, out_dir, calib_windows, parity_w
     ds = open_dataset(dataset)
     try:
         report = build_bundle(ds, student_path, probe_path, out_dir, config=config,
-                              teacher=teacher_path, overwrite=overwrite,
+                              overwrite=overwrite,
                               progress=lambda msg: click.echo(f"quantize: {msg}", err=True))
     except (ValueError, OSError, ConversionError, ImportError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -96,7 +95,13 @@ def quantize(dataset, student_path, probe_path, out_dir, calib_windows, parity_w
     for t, e in report["tasks"].items():
         cells = [f"{k.removeprefix('ba_')} {100 * v:.1f}%" for k, v in e.items()
                  if k.startswith("ba_") and v is not None]
-        click.echo(f"{t}: balanced accuracy " + ", ".join(cells))
+        click.echo(f"{t} ({e['n_eval']} {e['evaluation']} trials): balanced accuracy "
+                   + ", ".join(cells))
+        if "int8-teacher" in e.get("paired", {}):
+            c = e["paired"]["int8-teacher"]
+            click.echo(f"{t}: int8 - teacher {100 * c['diff']:+.1f} points [{100 * c['ci95'][0]:+.1f}, "
+                       f"{100 * c['ci95'][1]:+.1f}], p {c['p_value']:.3g}; decisions agree "
+                       f"{100 * e['teacher_int8_agreement']:.1f}%")
     click.echo(f"decision latency ({report['latency']['runtime']}, 1 thread): median "
                f"{report['latency']['decision_median_us']:.0f} us, p99 "
                f"{report['latency']['decision_p99_us']:.0f} us")

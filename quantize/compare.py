@@ -136,35 +136,42 @@ def compare_students(ds: Dataset, teacher_path, out_dir: str | os.PathLike, *, c
 
     from phosphene.quantize.build import (
         QuantizeConfig,
-        _task_windows,
-        balanced_accuracy,
+        _task_splits,
         build_bundle,
         fit_probe,
         load_probes,
     )
     from phosphene.train.distill import (
         DistillConfig,
-        _as_teacher,
+        Teacher,
         distill,
         heldout_resting_windows,
         latent_fidelity,
         load_student,
+        load_teacher_for_distill,
         predict,
         teacher_pool,
     )
+    from phosphene.train.probe import blocked_folds
     from phosphene.train.student import ARCHS
+
+    from phosphene.metrics import balanced_accuracy
 
     say = progress or (lambda msg: log.info("%s", msg))
     cfg = config or DistillConfig.preset("small")
     archs = tuple(archs or ARCHS)
     out_dir = Path(out_dir)
-    teacher = _as_teacher(teacher_path)
-    if probe_path is None and teacher.path:
-        guess = Path(teacher.path).parent / "probe"
-        probe_path = guess if guess.is_dir() else None
+    if isinstance(teacher_path, Teacher):
+        teacher = teacher_path
+    else:
+        if probe_path is None:
+            guess = Path(teacher_path) / "probe"
+            probe_path = guess if guess.is_dir() else None
+        teacher = load_teacher_for_distill(teacher_path, probe_dir=probe_path)
     teacher_probes = load_probes(probe_path, teacher.latent_dim) if probe_path else {}
-    trials = _task_windows(ds, teacher.spec, teacher.norm_config)
-    say("teacher latents of the trial windows ...")
+    splits = _task_splits(ds, teacher.spec, teacher.norm_config)
+    trials = {t: sp["eval"] for t, sp in splits.items()}
+    say("teacher features of the evaluation trials ...")
     teacher_z = {t: teacher.encode_numpy(X) for t, (X, _, _) in trials.items()}
     pool: dict | None = None
 
@@ -183,8 +190,8 @@ def compare_students(ds: Dataset, teacher_path, out_dir: str | os.PathLike, *, c
             qcfg = QuantizeConfig(min_cosine=1e-6, min_agreement=1e-6, latency_budget_ms=1e6,
                                   probe_source="teacher" if teacher_probes else "refit",
                                   latency_runs=50, keep_work=True)
-            build_bundle(ds, cand, probe_path, cand / "bundle", config=qcfg, teacher=teacher,
-                         overwrite=True, progress=say)
+            build_bundle(ds, cand, probe_path, cand / "bundle", config=qcfg, overwrite=True,
+                         progress=say)
             work = cand / "bundle.work"
             shutil.copyfile(work / "tflite" / "student_float32.tflite", cand / FLOAT_MODEL)
             shutil.rmtree(work, ignore_errors=True)
@@ -198,19 +205,19 @@ def compare_students(ds: Dataset, teacher_path, out_dir: str | os.PathLike, *, c
             row["trials_fidelity"] = latent_fidelity(
                 np.concatenate(list(trial_float.values())), np.concatenate(list(teacher_z.values())),
                 center)
-        for task, (_, y, tr) in trials.items():
-            train, test = tr.split_80_20()
+        for task, (_, y, _) in trials.items():
+            X_train, y_train, tr = splits[task]["train"]
             e: dict = {}
             if task in teacher_probes:
                 p = teacher_probes[task]
-                e["ba_teacher"] = balanced_accuracy(
-                    (p.p_perceived(teacher_z[task]) >= p.threshold)[test], y[test])
+                e["ba_teacher"] = balanced_accuracy(y, p.p_perceived(teacher_z[task]) >= p.threshold)
                 e["ba_student_teacher_probe"] = balanced_accuracy(
-                    (p.p_perceived(trial_float[task]) >= p.threshold)[test], y[test])
-            if len(np.unique(y[train])) == 2:
-                refit = fit_probe(trial_float[task][train], y[train], task)
+                    y, p.p_perceived(trial_float[task]) >= p.threshold)
+            if len(np.unique(y_train)) == 2:
+                refit = fit_probe(predict(model, X_train), y_train, task,
+                                  folds=blocked_folds(tr.session, tr.onset_sample))
                 e["ba_student_refit"] = balanced_accuracy(
-                    (refit.p_perceived(trial_float[task]) >= 0.5)[test], y[test])
+                    y, refit.p_perceived(trial_float[task]) >= 0.5)
             row["tasks"][task] = e
         manifest = json.loads((cand / "bundle" / "manifest.json").read_text())
         report = manifest["parity"]

@@ -12,15 +12,22 @@ import os
 from pathlib import Path
 
 import torch
+from phosphene.train.config import MAEConfig
+from phosphene.train.mae import MaskedAutoencoder, build_model
 
 from phosphene.dataset import Dataset
 from phosphene.io import atomic_path
 from phosphene.signal import NormaliserConfig, WindowSpec
-from phosphene.train.config import MAEConfig
-from phosphene.train.mae import MaskedAutoencoder, build_model
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "save_checkpoint", "read_checkpoint",
-           "load_teacher", "resolve_checkpoint", "check_dataset_compatible"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "check_dataset_compatible",
+    "load_teacher",
+    "read_checkpoint",
+    "resolve_checkpoint",
+    "save_checkpoint",
+]
 
 CHECKPOINT_FORMAT = "phosphene-mae-teacher"
 CHECKPOINT_VERSION = 1

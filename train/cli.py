@@ -98,24 +98,36 @@ def pretrain(dataset, preset, steps, out_dir, batch_size, lr, lr_min, warmup_ste
               help="Label efficiency: accuracy at 10/25/50/100%% of training trials (+ PNG with --out).")
 @click.option("--plots", is_flag=True, help="Also write t-SNE plots and the electrode-distance "
               "Mantel test to OUT/diagnostics (needs --out).")
+@click.option("--readout", type=click.Choice(["auto", "mean", "electrode_k1", "electrode_k4"]),
+              default="auto", show_default=True,
+              help="Which pooling of the teacher's tokens the saved probes read: auto = chosen "
+                   "by blocked CV on the training trials; mean = the paper's latent.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for CV folds and curve draws.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: all).")
-def probe(dataset, checkpoint, task, as_json, out_dir, curve, plots, seed, threads):
-    """Fit linear probes on frozen latents against the raw-MUA and PCA baselines.
+def probe(dataset, checkpoint, task, as_json, out_dir, curve, plots, readout, seed, threads):
+    """Fit linear probes on the teacher's readouts against the baselines (Table 1).
 
-    Paper split (per session: first 80% of trials train, last 20% test), L2 logistic
-    regression with its strength chosen by cross-validation on the training split,
-    balanced accuracy; the ideal observer when the dataset has one. Prints Table 1.
+    Readouts of the teacher's tokens (the paper's mean, per-electrode readouts fitted on
+    resting data) and baselines (raw MUA, PCA, per-electrode window mean, resting-whitened)
+    are each probed with an L2 logistic regression whose strength is chosen by blocked
+    cross-validation on the training trials (one-SE rule). Accuracy is balanced accuracy
+    with a bootstrap 95% CI on the evaluation set (the dataset's eval/ directory; without
+    one, the last 20% of each session's trials), and methods are compared paired on the
+    same trials. Prints Table 1 and the paired differences.
 
     \b
     Example:
-      phosphene probe data --checkpoint run --task psychometric --out run/probe --curve
+      phosphene probe data --checkpoint run --out run/probe
+      phosphene probe data --checkpoint run --task psychometric --readout mean --curve
     """
     import torch
-
     from phosphene.train.checkpoint import check_dataset_compatible, load_teacher
-    from phosphene.train.probe import (format_table, plot_label_efficiency, probe_task,
-                                       save_probe, teacher_encode_fn)
+    from phosphene.train.probe import (
+        format_paired,
+        format_table,
+        plot_label_efficiency,
+        probe_teacher,
+    )
 
     if plots and out_dir is None:
         raise click.UsageError("--plots writes files: give --out DIR as well")
@@ -132,26 +144,24 @@ def probe(dataset, checkpoint, task, as_json, out_dir, curve, plots, seed, threa
     tasks = [t for t in TASKS if ds.sessions_of(t)] if task == "all" else [task]
     if not tasks:
         raise click.ClickException(f"dataset {ds.path} has no stimulation sessions to probe")
-    encode = teacher_encode_fn(model)
-    results = []
+    extra = {"checkpoint": str(meta["path"]), "checkpoint_step": meta["step"],
+             "window_spec": meta["window_spec"].to_dict(), "normaliser": meta["normaliser"].to_dict()}
     try:
-        for t in tasks:
-            click.echo(f"probe: {t} ...", err=True)
-            r = probe_task(ds, encode, t, spec=meta["window_spec"], norm_config=meta["normaliser"],
-                           curve=curve, seed=seed)
+        run = probe_teacher(ds, model, spec=meta["window_spec"], norm_config=meta["normaliser"],
+                            tasks=tuple(tasks), readout=readout, out_dir=out_dir, curve=curve,
+                            seed=seed, extra=extra,
+                            progress=lambda msg: click.echo(f"probe: {msg}", err=True))
+        results, choice = run["results"], run["choice"]
+        for r in results:
             r["checkpoint"] = str(meta["path"])
-            results.append(r)
-            if out_dir is not None:
-                save_probe(out_dir / t / "probe.json", r, extra={
-                    "checkpoint": str(meta["path"]), "checkpoint_step": meta["step"],
-                    "window_spec": meta["window_spec"].to_dict(),
-                    "normaliser": meta["normaliser"].to_dict()})
-                if curve:
-                    plot_label_efficiency(r, out_dir / t / "label_efficiency.png")
+            if out_dir is not None and curve:
+                plot_label_efficiency(r, out_dir / r["task"] / "label_efficiency.png")
         if plots:
             from phosphene.train.diagnostics import run_diagnostics
+            from phosphene.train.readout import readout_encode_fn
 
             click.echo("probe: diagnostics (t-SNE, Mantel test) ...", err=True)
+            encode = readout_encode_fn(model, run["readouts"], names=(choice["readout"],))
             diag = run_diagnostics(ds, encode, out_dir / "diagnostics", tasks=tuple(tasks),
                                    spec=meta["window_spec"], norm_config=meta["normaliser"],
                                    seed=seed)
@@ -160,16 +170,19 @@ def probe(dataset, checkpoint, task, as_json, out_dir, curve, plots, seed, threa
         if out_dir is not None:
             from phosphene.io import write_json
 
-            write_json(out_dir / "results.json", {"results": _public(results)})
+            write_json(out_dir / "results.json", {"results": _public(results), "readout": choice})
     except _ERRORS as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
-        echo_json({"results": _public(results)})
+        echo_json({"results": _public(results), "readout": choice})
         return
-    click.echo("Table 1: balanced accuracy on the test split "
-               "(per session, last 20% of trials)")
+    click.echo(f"Table 1: balanced accuracy (%) [95% CI] on the {results[0]['evaluation']}; "
+               f"* = the readout the probes carry ({choice['readout']})")
     click.echo(format_table(results, n_channels=ds.n_channels,
-                            window_samples=meta["window_spec"].window_samples))
+                            window_samples=meta["window_spec"].window_samples,
+                            chosen=choice["feature"]))
+    click.echo("\nPaired differences (points) on the same evaluation trials:")
+    click.echo(format_paired(results))
     if curve:
         click.echo("\nLabel efficiency (balanced accuracy, mean over draws):")
         for r in results:
@@ -177,7 +190,7 @@ def probe(dataset, checkpoint, task, as_json, out_dir, curve, plots, seed, threa
                 cells = "  ".join(f"{p['n_train']:>4} trials {100 * p['mean']:5.1f}%"
                                   if p["mean"] is not None else f"{p['n_train']:>4} trials   n/a"
                                   for p in points)
-                click.echo(f"  {r['task']:<13}{name:<7}{cells}")
+                click.echo(f"  {r['task']:<13}{name:<24}{cells}")
     for r in results:
         d = r.get("diagnostics")
         if d and d.get("mantel_latent"):
@@ -189,5 +202,7 @@ def probe(dataset, checkpoint, task, as_json, out_dir, curve, plots, seed, threa
 
 
 def _public(results: list[dict]) -> list[dict]:
-    """Results without the probe weight vectors (those live in probe.json)."""
-    return [{k: v for k, v in r.items() if k != "probe"} for r in results]
+    """Results without the probe weight vectors and per-trial probabilities (those live in
+    probe.json)."""
+    return [{k: v for k, v in r.items() if k not in ("probes", "eval_p", "eval_trials")}
+            for r in results]

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from phosphene.signal import WindowSpec
 
-__all__ = ["MAEConfig", "TrainConfig", "MODEL_PRESETS", "TRAIN_PRESETS", "PRESET_NAMES"]
+__all__ = ["MODEL_PRESETS", "PRESET_NAMES", "TRAIN_PRESETS", "MAEConfig", "TrainConfig"]
 
 
 @dataclass(frozen=True)

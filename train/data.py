@@ -16,7 +16,7 @@ import numpy as np
 from phosphene.dataset import Dataset, Trials
 from phosphene.signal import NormaliserConfig, WindowSpec
 
-__all__ = ["Source", "WindowSampler", "split_sessions", "trial_windows", "check_spec"]
+__all__ = ["Source", "WindowSampler", "check_spec", "split_sessions", "trial_windows"]
 
 log = logging.getLogger(__name__)
 

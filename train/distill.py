@@ -1,19 +1,23 @@
-"""Distil the teacher's latent into a small student encoder, on unlabelled resting windows.
+"""Distil the teacher's readout into a small student encoder, on unlabelled windows.
 
-No labels: the student regresses the frozen teacher's latent z_t = teacher.encode(x) on
-windows of resting activity. The loss is (1 - cosine) of the latents centred by the
-teacher's mean latent (raw cosine of mean-pooled transformer latents is dominated by their
-shared offset and says little) plus their MSE divided by the teacher's latent variance
-(scale-free). Teacher latents are computed once for a fixed pool of windows, since the
-teacher costs far more per window than a student step.
+No labels: the student regresses the frozen teacher's features z_t = readout(teacher(x))
+(the readout the probes chose: train/readout.py) on windows of resting activity plus
+stimulation windows of the training sessions with their labels never read. The loss is
+the squared error in the resting-whitened feature space: every direction counts by how
+much it varies at rest, not by its raw size. A probe that leans on low-variance directions
+(the evoked, per-electrode ones) is then served by the student as well as the teacher;
+plain MSE let the student neglect them (decision agreement with the teacher 0.63). Teacher
+features are computed once for a fixed pool of windows, since the teacher costs far more
+per window than a student step.
 
-Flow: sample_resting_windows -> Teacher.encode (cached pool) -> train_student (plain loop,
+Flow: sample windows -> Teacher.encode_numpy (cached pool) -> train_student (plain loop,
 small helpers) -> save_student (student.pt with config, step, WindowSpec, normaliser,
-latent width, teacher hash).
+readout, latent width, teacher hash).
 
-Windows come from the first `1 - heldout_fraction` of every resting session; the held-out
-tail of each session is never trained on, calibrated on or used by quantize's calibration,
-so fidelity and parity are measured on unseen activity.
+Resting windows come from the first `1 - heldout_fraction` of every resting session; the
+held-out tail of each session is never trained on, calibrated on or used by quantize's
+calibration, so fidelity and parity are measured on unseen activity. The evaluation set
+(Dataset.evaluation) is never read here.
 """
 
 from __future__ import annotations
@@ -36,7 +40,6 @@ from phosphene.train.student import (
     count_parameters,
     student_config,
 )
-from torch.nn import functional as F
 
 from phosphene.dataset import Dataset, DatasetError
 from phosphene.io import atomic_path, sha256_file, write_json
@@ -57,6 +60,7 @@ __all__ = [
     "resting_sources",
     "sample_resting_windows",
     "save_student",
+    "stimulation_windows",
     "train_student",
 ]
 
@@ -80,8 +84,8 @@ class DistillConfig:
     pool_windows: int = 4096  # resting windows with cached teacher latents (training pool)
     val_windows: int = 256  # held-out resting windows for latent fidelity
     heldout_fraction: float = 0.1  # tail of every resting session kept out of training
-    cosine_weight: float = 1.0  # weight of (1 - centred cosine)
-    mse_weight: float = 1.0  # weight of MSE / teacher latent variance
+    stim_jitter: tuple[int, ...] = (0, -8, 8)  # samples: stimulation windows around each
+    # trial's decoded window (labels never read), so the student sees evoked activity
     teacher_batch: int = 64  # windows per teacher forward pass (memory vs. speed)
     student_preset: str = "small"  # size preset of the student (train/student.py PRESETS)
     seed: int = 0
@@ -111,7 +115,7 @@ DISTILL_PRESETS: dict[str, dict] = {
                  student_preset="tiny"),
     # Sized for 2 CPU cores: ~25 ms per teacher window (small teacher) for the pool, then
     # 2000 student steps; held-out R2 ~0.99 on the demo dataset.
-    "small": dict(steps=2000, batch_size=64, pool_windows=4096, val_windows=256),
+    "small": dict(steps=2000, batch_size=64, pool_windows=3072, val_windows=256),
     "paper": dict(steps=20000, batch_size=256, pool_windows=65536, val_windows=2048,
                   student_preset="base"),
 }
@@ -125,7 +129,7 @@ class Teacher:
     """A frozen encoder: encode(x: (N, T, C) float32 tensor) -> (N, D) tensor, plus its data contract."""
 
     encode: Callable[[torch.Tensor], torch.Tensor]
-    latent_dim: int
+    latent_dim: int  # width of the features the student learns (the readout's)
     spec: WindowSpec
     norm_config: NormaliserConfig
     n_channels: int
@@ -133,25 +137,47 @@ class Teacher:
     path: str = ""
     model: torch.nn.Module | None = None  # for benchmarks (torch eager)
     meta: dict = field(default_factory=dict)
+    readout: str = "mean"  # train/readout.py: which pooling of the tokens the student learns
+    readout_fn: Callable[[np.ndarray], np.ndarray] | None = None  # numpy (N,T,C) -> (N, D)
+    readout_params: dict = field(default_factory=dict)
 
     @torch.no_grad()
     def encode_numpy(self, x: np.ndarray, batch: int = 64) -> np.ndarray:
-        """x: (N, T, C) float32 -> (N, D) float32, in batches."""
+        """x: (N, T, C) float32 -> (N, D) float32 readout features, in batches."""
+        if self.readout_fn is not None:
+            return np.asarray(self.readout_fn(x), np.float32).reshape(len(x), -1)
         out = [self.encode(torch.from_numpy(np.ascontiguousarray(x[i:i + batch], dtype=np.float32)))
                .float().numpy() for i in range(0, len(x), batch)]
         return np.concatenate(out) if out else np.zeros((0, self.latent_dim), np.float32)
 
 
-def load_teacher_for_distill(path: str | os.PathLike) -> Teacher:
-    """Open a pretraining run directory (its best.pt) or a teacher checkpoint file."""
+def load_teacher_for_distill(path: str | os.PathLike, *,
+                             probe_dir: str | os.PathLike | None = None) -> Teacher:
+    """Open a pretraining run directory (its best.pt) or a teacher checkpoint file.
+
+    probe_dir: the probes' directory (`phosphene probe --out DIR`); the teacher then serves
+    the readout chosen there (DIR/readout.json, DIR/readouts.npz). Without it, the paper's
+    mean of all encoder outputs.
+    """
     from phosphene.train.checkpoint import load_teacher  # the teacher's own loader
+    from phosphene.train.readout import load_chosen_readout, readout_encode_fn
 
     model, meta = load_teacher(path)
     cfg = meta["config"]
     file = Path(meta["path"])
-    return Teacher(encode=model.encode, latent_dim=int(cfg.embed_dim), spec=meta["window_spec"],
-                   norm_config=meta["normaliser"], n_channels=int(cfg.n_channels),
-                   sha256=sha256_file(file), path=str(file), model=model, meta=meta)
+    teacher = Teacher(encode=model.encode, latent_dim=int(cfg.embed_dim),
+                      spec=meta["window_spec"], norm_config=meta["normaliser"],
+                      n_channels=int(cfg.n_channels), sha256=sha256_file(file), path=str(file),
+                      model=model, meta=meta)
+    if probe_dir is not None:
+        readout = load_chosen_readout(probe_dir)
+        if readout.name == "mean":  # model.encode is that readout already
+            return teacher
+        teacher.readout = readout.name
+        teacher.latent_dim = readout.dim
+        teacher.readout_params = readout.params
+        teacher.readout_fn = readout_encode_fn(model, {readout.name: readout})
+    return teacher
 
 
 # --------------------------------------------------------------------------------------
@@ -207,13 +233,14 @@ def lr_at(step: int, cfg: DistillConfig) -> float:
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def distill_loss(student_z: torch.Tensor, teacher_z: torch.Tensor, center: torch.Tensor,
-                 variance: float, cfg: DistillConfig) -> tuple[torch.Tensor, dict]:
-    """student_z, teacher_z: (N, D); center: (D,) teacher mean latent; variance: scalar."""
-    cos = F.cosine_similarity(student_z - center, teacher_z - center, dim=1).mean()
-    mse = F.mse_loss(student_z, teacher_z) / variance
-    loss = cfg.cosine_weight * (1 - cos) + cfg.mse_weight * mse
-    return loss, {"cosine_centred": float(cos.detach()), "mse_rel": float(mse.detach())}
+def distill_loss(student_z: torch.Tensor, teacher_z: torch.Tensor,
+                 whiten: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Squared error in the resting-whitened space, averaged over windows and features.
+
+    student_z, teacher_z: (N, D); whiten: (D, D) with cov(z_rest @ whiten) = I.
+    """
+    loss = ((student_z - teacher_z) @ whiten).pow(2).mean()
+    return loss, {"whitened_mse": float(loss.detach())}
 
 
 def latent_fidelity(pred: np.ndarray, target: np.ndarray, center: np.ndarray | None = None) -> dict:
@@ -251,10 +278,12 @@ def predict(model: torch.nn.Module, x: np.ndarray, batch: int = 256) -> np.ndarr
 
 def train_student(student_cfg: StudentConfig, x_pool: np.ndarray, z_pool: np.ndarray,
                   x_val: np.ndarray, z_val: np.ndarray, cfg: DistillConfig, *,
+                  z_white: np.ndarray | None = None,
                   progress: Callable[[str], None] | None = None) -> tuple[torch.nn.Module, dict]:
-    """Fit a student to the teacher latents; returns (model in eval mode, metrics).
+    """Fit a student to the teacher features; returns (model in eval mode, metrics).
 
-    x_pool: (N, T, C) windows, z_pool: (N, D) their teacher latents; x_val/z_val held out.
+    x_pool: (N, T, C) windows, z_pool: (N, D) their teacher features; x_val/z_val held out;
+    z_white: the resting features that define the loss's whitening (default: z_pool).
     """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -263,9 +292,11 @@ def train_student(student_cfg: StudentConfig, x_pool: np.ndarray, z_pool: np.nda
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    from phosphene.train.readout import whitening
+
     center_np = z_pool.mean(0)
-    center = torch.from_numpy(center_np.astype(np.float32))
-    variance = float(z_pool.var(0).mean()) or 1.0
+    whiten = torch.from_numpy(whitening(z_white if z_white is not None else z_pool)[1]
+                              .astype(np.float32))
     x_t, z_t = torch.from_numpy(x_pool), torch.from_numpy(z_pool.astype(np.float32))
     n = len(x_pool)
     t0 = time.perf_counter()
@@ -276,17 +307,20 @@ def train_student(student_cfg: StudentConfig, x_pool: np.ndarray, z_pool: np.nda
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         idx = torch.from_numpy(rng.integers(0, n, size=min(cfg.batch_size, n)))
-        loss, last = distill_loss(model(x_t[idx]), z_t[idx], center, variance, cfg)
+        loss, last = distill_loss(model(x_t[idx]), z_t[idx], whiten)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if progress and ((step + 1) % report_every == 0 or step + 1 == cfg.steps):
-            progress(f"{student_cfg.arch} step {step + 1}/{cfg.steps} loss {float(loss.detach()):.4f} "
-                     f"cos {last['cosine_centred']:.3f} ({time.perf_counter() - t0:.0f} s)")
+            progress(f"{student_cfg.arch} step {step + 1}/{cfg.steps} whitened MSE "
+                     f"{last['whitened_mse']:.4f} ({time.perf_counter() - t0:.0f} s)")
     model.eval()
     metrics = {"steps": cfg.steps, "train_seconds": round(time.perf_counter() - t0, 1),
                "final_loss": float(loss.detach()), "parameters": count_parameters(model),
                "val": latent_fidelity(predict(model, x_val), z_val, center_np)}
+    whiten_np = whiten.numpy().astype(np.float64)
+    err = (predict(model, x_val) - z_val) @ whiten_np
+    metrics["val"]["whitened_mse"] = float((err ** 2).mean())
     return model, metrics
 
 
@@ -310,6 +344,7 @@ def save_student(out_dir: str | os.PathLike, model: torch.nn.Module, *, step: in
         "sample_rate_hz": ds.sample_rate_hz, "channel_map": ds.channel_map.to_json(),
         "teacher": {"path": teacher.path, "sha256": teacher.sha256,
                     "latent_dim": teacher.latent_dim},
+        "readout": teacher.readout,
         "dataset": str(ds.path), "distill_config": distill_config.to_dict(),
         "latent_center": [float(v) for v in latent_center], "metrics": metrics,
     }
@@ -346,13 +381,31 @@ def load_student(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
 # --------------------------------------------------------------------------------------
 # The library entry point
 # --------------------------------------------------------------------------------------
-def _as_teacher(teacher: str | os.PathLike | Teacher) -> Teacher:
-    return teacher if isinstance(teacher, Teacher) else load_teacher_for_distill(teacher)
+def stimulation_windows(ds: Dataset, spec: WindowSpec, norm: NormaliserConfig,
+                        jitter: tuple[int, ...]) -> np.ndarray:
+    """(N, T, C) windows of every stimulation trial of the dataset (both tasks), each at its
+    decoded position shifted by every `jitter` (samples). Labels are never read."""
+    out = []
+    for task in ("psychometric", "threshold"):
+        trials = ds.task_trials(task)
+        for sid in np.unique(trials.session):
+            arr = ds.normalised(str(sid), norm)
+            for onset in trials.onset_sample[trials.session == sid]:
+                for shift in jitter:
+                    start, stop = spec.triggered_window(int(onset) + int(shift))
+                    if start >= 0 and stop <= arr.shape[0]:
+                        w = np.asarray(arr[start:stop], np.float32)
+                        if np.isfinite(w).all():
+                            out.append(w)
+    if not out:
+        return np.zeros((0, spec.window_samples, ds.n_channels), np.float32)
+    return np.stack(out)
 
 
 def teacher_pool(ds: Dataset, teacher: Teacher, cfg: DistillConfig, *,
                  progress: Callable[[str], None] | None = None) -> dict:
-    """Sample training and held-out resting windows and their teacher latents (cached once)."""
+    """Training windows (resting + unlabelled stimulation), held-out resting windows, and
+    their teacher features (computed once)."""
     spec, norm = teacher.spec, teacher.norm_config
     if "config" in teacher.meta:  # a real teacher checkpoint: electrodes in the same order
         from phosphene.train.checkpoint import check_dataset_compatible
@@ -361,30 +414,36 @@ def teacher_pool(ds: Dataset, teacher: Teacher, cfg: DistillConfig, *,
         raise ValueError(f"the dataset has {ds.n_channels} channels but the teacher was trained "
                          f"on {teacher.n_channels}")
     t0 = time.perf_counter()
-    x_pool = sample_resting_windows(ds, spec, norm, cfg.pool_windows, seed=cfg.seed,
+    x_rest = sample_resting_windows(ds, spec, norm, cfg.pool_windows, seed=cfg.seed,
                                     heldout_fraction=cfg.heldout_fraction)
+    x_stim = stimulation_windows(ds, spec, norm, cfg.stim_jitter)
     x_val = heldout_resting_windows(ds, spec, norm, cfg.val_windows, seed=cfg.seed + 1,
                                     heldout_fraction=cfg.heldout_fraction)
     if progress:
-        progress(f"teacher latents for {len(x_pool)} + {len(x_val)} resting windows ...")
-    z_pool = teacher.encode_numpy(x_pool, cfg.teacher_batch)
+        progress(f"teacher {teacher.readout} features for {len(x_rest)} resting + {len(x_stim)} "
+                 f"unlabelled stimulation + {len(x_val)} held-out windows ...")
+    z_rest = teacher.encode_numpy(x_rest, cfg.teacher_batch)
+    z_stim = (teacher.encode_numpy(x_stim, cfg.teacher_batch) if len(x_stim)
+              else np.zeros((0, z_rest.shape[1]), np.float32))
     z_val = teacher.encode_numpy(x_val, cfg.teacher_batch)
     if progress:
-        progress(f"teacher latents done ({time.perf_counter() - t0:.0f} s)")
-    if z_pool.shape[1] != teacher.latent_dim:
-        raise ValueError(f"teacher returned {z_pool.shape[1]}-d latents, expected {teacher.latent_dim}")
-    return {"x_pool": x_pool, "z_pool": z_pool, "x_val": x_val, "z_val": z_val}
+        progress(f"teacher features done ({time.perf_counter() - t0:.0f} s)")
+    if z_rest.shape[1] != teacher.latent_dim:
+        raise ValueError(f"teacher returned {z_rest.shape[1]}-d features, expected {teacher.latent_dim}")
+    return {"x_pool": np.concatenate([x_rest, x_stim]), "z_pool": np.concatenate([z_rest, z_stim]),
+            "z_rest": z_rest, "x_val": x_val, "z_val": z_val, "n_stimulation": len(x_stim)}
 
 
 def distill(ds: Dataset, teacher_path: str | os.PathLike | Teacher, out_dir: str | os.PathLike,
             *, arch: str = "mixer", steps: int | None = None, preset: str = "small",
             config: DistillConfig | None = None, student_preset: str | None = None,
-            pool: dict | None = None,
+            pool: dict | None = None, probe_dir: str | os.PathLike | None = None,
             progress: Callable[[str], None] | None = None) -> dict:
     """Train one student and save it to out_dir/student.pt; returns its metrics.
 
     teacher_path: a pretraining run / checkpoint (train.pretrain.load_teacher) or a Teacher.
-    pool: the output of `teacher_pool` to reuse cached teacher latents (used by --compare).
+    probe_dir: the probes' directory; the student then learns the readout chosen there.
+    pool: the output of `teacher_pool` to reuse cached teacher features (used by --compare).
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown student arch {arch!r}; choose one of {', '.join(ARCHS)}")
@@ -393,13 +452,17 @@ def distill(ds: Dataset, teacher_path: str | os.PathLike | Teacher, out_dir: str
         cfg = replace(cfg, steps=int(steps))
     if student_preset is not None:
         cfg = replace(cfg, student_preset=student_preset)
-    teacher = _as_teacher(teacher_path)
+    teacher = (teacher_path if isinstance(teacher_path, Teacher)
+               else load_teacher_for_distill(teacher_path, probe_dir=probe_dir))
     pool = pool or teacher_pool(ds, teacher, cfg, progress=progress)
     scfg = student_config(arch, spec=teacher.spec, n_channels=ds.n_channels,
                           latent_dim=teacher.latent_dim, preset=cfg.student_preset)
     model, metrics = train_student(scfg, pool["x_pool"], pool["z_pool"], pool["x_val"],
-                                   pool["z_val"], cfg, progress=progress)
+                                   pool["z_val"], cfg, z_white=pool.get("z_rest"),
+                                   progress=progress)
+    metrics["pool"] = {"resting": len(pool["x_pool"]) - pool.get("n_stimulation", 0),
+                       "stimulation_unlabelled": pool.get("n_stimulation", 0)}
     file = save_student(out_dir, model, step=cfg.steps, spec=teacher.spec, norm=teacher.norm_config,
                         teacher=teacher, ds=ds, distill_config=cfg, metrics=metrics,
                         latent_center=pool["z_pool"].mean(0))
-    return {"arch": arch, "student": str(file), **metrics}
+    return {"arch": arch, "readout": teacher.readout, "student": str(file), **metrics}

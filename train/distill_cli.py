@@ -18,8 +18,10 @@ __all__ = ["distill"]
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Student directory: student.pt and metrics.json (with --compare also "
                    "candidates/<arch>/ and compare.json).")
-@click.option("--arch", type=click.Choice(["mixer", "transformer"]), default="mixer",
-              show_default=True, help="Student design: attention-free MLP-mixer or small transformer.")
+@click.option("--arch", type=click.Choice(["auto", "mixer", "electrode", "transformer"]),
+              default="auto", show_default=True,
+              help="Student design: MLP-mixer over time patches, MLP-mixer over electrodes, or a "
+                   "small transformer. auto: electrode for a per-electrode readout, else mixer.")
 @click.option("--preset", type=click.Choice(["small", "tiny", "paper"]), default="small",
               show_default=True, help="Distillation schedule and student size (tiny: tests).")
 @click.option("--steps", type=int, default=None, help="Optimizer steps [preset: small 2000].")
@@ -29,7 +31,9 @@ __all__ = ["distill"]
               help="Train every design, measure fidelity, probe accuracy and int8 latency, keep "
                    "the winner as OUT/student.pt and write the table to docs/results.md.")
 @click.option("--probe", "probe_path", type=click.Path(path_type=Path), default=None,
-              help="With --compare: the teacher's probes (`phosphene probe --out DIR`).")
+              help="The teacher's probes (`phosphene probe --out DIR`): the student learns the "
+                   "readout chosen there (default: the paper's mean latent); --compare also "
+                   "scores the candidates with them.")
 @click.option("--results-md", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --compare: the results file to update [docs/results.md of this checkout].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for windows and init.")
@@ -39,21 +43,22 @@ def distill(dataset, teacher_path, out_dir, arch, preset, steps, pool_windows, c
             results_md, seed, threads, as_json):
     """Distil the teacher into a small student encoder for the edge.
 
-    The student regresses the teacher's latent (centred cosine + MSE) on unlabelled
-    resting windows; no labels are used. Writes OUT/student.pt with its config, step,
-    window spec, normaliser, latent width and the teacher's hash.
+    The student regresses the teacher's readout features (the one the probes in --probe
+    chose) with a resting-whitened squared error, on resting windows and stimulation
+    windows whose labels are never read. Writes OUT/student.pt with its config, step,
+    window spec, normaliser, readout, latent width and the teacher's hash.
 
     \b
     Example:
-      phosphene distill data --teacher run --out student
+      phosphene distill data --teacher run --probe run/probe --out student
       phosphene distill data --teacher run --out student --compare --probe run/probe
     """
     import torch
     from phosphene.train.distill import DistillConfig
     from phosphene.train.distill import distill as run_distill
 
-    if (probe_path or results_md) and not compare:
-        raise click.UsageError("--probe and --results-md only apply with --compare")
+    if results_md and not compare:
+        raise click.UsageError("--results-md only applies with --compare")
     for name, value in (("--steps", steps), ("--pool-windows", pool_windows), ("--threads", threads)):
         if value is not None and value < 1:
             raise click.UsageError(f"{name} must be >= 1, got {value}")
@@ -72,7 +77,13 @@ def distill(dataset, teacher_path, out_dir, arch, preset, steps, pool_windows, c
             result = compare_students(ds, teacher_path, out_dir, config=cfg, probe_path=probe_path,
                                       results_md=results_md, progress=say)
         else:
-            result = run_distill(ds, teacher_path, out_dir, arch=arch, config=cfg, progress=say)
+            from phosphene.train.readout import load_chosen_readout
+
+            if arch == "auto":
+                readout = load_chosen_readout(probe_path).name if probe_path else "mean"
+                arch = "electrode" if readout.startswith("electrode") else "mixer"
+            result = run_distill(ds, teacher_path, out_dir, arch=arch, config=cfg,
+                                 probe_dir=probe_path, progress=say)
     except (ValueError, OSError, RuntimeError, ImportError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
@@ -84,5 +95,5 @@ def distill(dataset, teacher_path, out_dir, arch, preset, steps, pool_windows, c
         return
     v = result["val"]
     click.echo(f"student ({arch}, {result['parameters']:,} parameters): {result['student']}")
-    click.echo(f"held-out fidelity: cosine {v['cosine_mean']:.4f} (centred "
-               f"{v['cosine_centred_mean']:.4f}), R2 {v['r2']:.3f}")
+    click.echo(f"readout {result['readout']}; held-out resting fidelity: R2 {v['r2']:.3f}, "
+               f"whitened MSE {v['whitened_mse']:.4f}, cosine {v['cosine_mean']:.4f}")

@@ -18,9 +18,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from phosphene.train.config import MAEConfig
+from torch import nn
 
 __all__ = ["MaskedAutoencoder", "build_model", "count_parameters"]
 

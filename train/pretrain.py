@@ -19,17 +19,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from phosphene.dataset import Dataset
-from phosphene.io import atomic_path, write_json
-from phosphene.signal import NormaliserConfig, WindowSpec
 from phosphene.train.checkpoint import read_checkpoint, save_checkpoint
 from phosphene.train.config import MAEConfig, TrainConfig
 from phosphene.train.data import WindowSampler, split_sessions
 from phosphene.train.mae import MaskedAutoencoder, build_model, count_parameters
 
-__all__ = ["pretrain", "lr_at", "make_optimizer", "evaluate", "resolve_device",
-           "plot_loss_curve"]
+from phosphene.dataset import Dataset
+from phosphene.io import atomic_path, write_json
+from phosphene.signal import NormaliserConfig, WindowSpec
+
+__all__ = [
+    "evaluate",
+    "lr_at",
+    "make_optimizer",
+    "plot_loss_curve",
+    "pretrain",
+    "resolve_device",
+]
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,13 @@ latent width D, so the teacher's linear probe applies to the student unchanged.
   next Linear at export. Everything is FULLY_CONNECTED / ADD / RELU / MEAN in TFLite, which
   XNNPACK runs as one int8 partition (TOOLCHAIN.md: 2-3x faster in int8 than float32).
 - "transformer" (design B): the same patch embedding + a small pre-LayerNorm transformer.
-  LayerNorm and attention are what int8 handles worst on CPU (TOOLCHAIN.md); it is here
-  to be measured against, not assumed worse.
+  LayerNorm and attention are what int8 handles worst on CPU (docs/toolchain.md); it is
+  here to be measured against, not assumed worse.
+- "electrode" (design C): the same MLP-Mixer with electrodes as tokens: each electrode's
+  whole window is embedded by one temporal Linear shared by all electrodes (plus a learned
+  embedding per electrode), token mixing runs across electrodes, and a small per-electrode
+  head feeds one Linear to the latent. It keeps *where* activity is, which the teacher's
+  per-electrode readout needs and a time-patch token (all electrodes mixed) blurs.
 
 The patch embedding is a Conv1d with kernel = stride = patch_samples over time with the
 electrodes as input channels, written as a Linear on flattened patches: the same maths,
@@ -32,6 +37,7 @@ from phosphene.signal import WindowSpec
 __all__ = [
     "ARCHS",
     "PRESETS",
+    "ElectrodeStudent",
     "MixerStudent",
     "StudentConfig",
     "TransformerStudent",
@@ -41,14 +47,14 @@ __all__ = [
     "student_config",
 ]
 
-ARCHS = ("mixer", "transformer")
+ARCHS = ("mixer", "transformer", "electrode")
 
 
 @dataclass(frozen=True)
 class StudentConfig:
     """Shape and size of a student; shapes come from the WindowSpec and the dataset."""
 
-    arch: str = "mixer"  # "mixer" (attention-free, int8-friendly) or "transformer"
+    arch: str = "mixer"  # "mixer" / "electrode" (attention-free, int8-friendly) or "transformer"
     n_channels: int = 96  # electrodes per window (from the dataset / teacher)
     window_samples: int = 128  # samples per window (from the WindowSpec)
     patch_samples: int = 16  # samples per token (from the WindowSpec)
@@ -58,6 +64,7 @@ class StudentConfig:
     token_hidden: int = 64  # mixer: hidden width of the token (time) MLP
     mlp_ratio: float = 2.0  # hidden width of the feature MLP = mlp_ratio * d_model
     n_heads: int = 4  # transformer only
+    electrode_head: int = 8  # electrode only: features per electrode before the last Linear
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -159,15 +166,16 @@ class MixerBlock(nn.Module):
     that XNNPACK fuses.
     """
 
-    def __init__(self, cfg: StudentConfig):
+    def __init__(self, cfg: StudentConfig, n_tokens: int | None = None):
         super().__init__()
-        self.token_fc1 = nn.Linear(cfg.n_patches, cfg.token_hidden)
-        self.token_fc2 = nn.Linear(cfg.token_hidden, cfg.n_patches)
+        n_tokens = cfg.n_patches if n_tokens is None else n_tokens
+        self.token_fc1 = nn.Linear(n_tokens, cfg.token_hidden)
+        self.token_fc2 = nn.Linear(cfg.token_hidden, n_tokens)
         self.channel_fc1: nn.Module = BatchNormLinear(cfg.d_model, cfg.hidden_dim)
         self.channel_fc2 = nn.Linear(cfg.hidden_dim, cfg.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = x.transpose(1, 2)  # (N, d, P): mix along time
+        t = x.transpose(1, 2)  # (N, d, P): mix along the tokens (time patches or electrodes)
         x = x + self.token_fc2(F.relu(self.token_fc1(t))).transpose(1, 2)
         return x + self.channel_fc2(F.relu(self.channel_fc1(x)))
 
@@ -190,6 +198,35 @@ class MixerStudent(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_encoder(x).mean(dim=1))  # mean-pool like the teacher
+
+
+# --------------------------------------------------------------------------------------
+# Design C: MLP-Mixer with one token per electrode
+# --------------------------------------------------------------------------------------
+class ElectrodeStudent(nn.Module):
+    """Design C. x: (N, T, C) normalised window -> z: (N, D) latent; tokens are electrodes."""
+
+    def __init__(self, cfg: StudentConfig):
+        super().__init__()
+        self.cfg = cfg
+        C = cfg.n_channels
+        self.temporal_embed = nn.Linear(cfg.window_samples, cfg.d_model)  # shared by electrodes
+        self.electrode_embed = nn.Parameter(torch.zeros(C, cfg.d_model))
+        nn.init.trunc_normal_(self.electrode_embed, std=0.02)
+        self.blocks = nn.ModuleList(MixerBlock(cfg, n_tokens=C) for _ in range(cfg.depth))
+        self.electrode_head = nn.Linear(cfg.d_model, cfg.electrode_head)
+        self.head = nn.Linear(C * cfg.electrode_head, cfg.latent_dim)
+
+    def forward_encoder(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = F.relu(self.temporal_embed(x.transpose(1, 2)) + self.electrode_embed)  # (N, C, d)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        N = x.shape[0]  # batch
+        per_electrode = F.relu(self.electrode_head(self.forward_encoder(x)))  # (N, C, h)
+        return self.head(per_electrode.reshape(N, -1))
 
 
 # --------------------------------------------------------------------------------------
@@ -254,7 +291,8 @@ class TransformerStudent(nn.Module):
 
 
 def build_student(cfg: StudentConfig) -> nn.Module:
-    return {"mixer": MixerStudent, "transformer": TransformerStudent}[cfg.arch](cfg)
+    return {"mixer": MixerStudent, "transformer": TransformerStudent,
+            "electrode": ElectrodeStudent}[cfg.arch](cfg)
 
 
 def export_ready(model: nn.Module) -> nn.Module:
