@@ -108,9 +108,14 @@ def student_config(arch: str, *, spec: WindowSpec, n_channels: int, latent_dim: 
     """A StudentConfig whose shapes come from the window spec, the dataset and the teacher."""
     if preset not in PRESETS:
         raise ValueError(f"unknown student preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    sizes = {**PRESETS[preset], **overrides}
+    if arch == "electrode" and sizes["d_model"] == int(n_channels) and "d_model" not in overrides:
+        # onnx2tf infers layouts from shapes: a square (electrodes x width) token matrix is
+        # ambiguous, and the float32 TFLite it made computed a different function (measured)
+        sizes["d_model"] = int(n_channels) - 32 if n_channels > 64 else int(n_channels) + 16
     return StudentConfig(arch=arch, n_channels=int(n_channels),
                          window_samples=spec.window_samples, patch_samples=spec.patch_samples,
-                         latent_dim=int(latent_dim), **{**PRESETS[preset], **overrides})
+                         latent_dim=int(latent_dim), **sizes)
 
 
 # --------------------------------------------------------------------------------------
@@ -210,15 +215,20 @@ class ElectrodeStudent(nn.Module):
         super().__init__()
         self.cfg = cfg
         C = cfg.n_channels
-        self.temporal_embed = nn.Linear(cfg.window_samples, cfg.d_model)  # shared by electrodes
-        self.electrode_embed = nn.Parameter(torch.zeros(C, cfg.d_model))
+        # Shared by electrodes: (d, T) @ (N, T, C) -> (N, d, C). Written as a MatMul with a
+        # constant left operand, not as x.transpose(1, 2) -> Linear: onnx2tf mis-converts a
+        # transpose of the (N, T, C) input (float32 TFLite off by 100% of the output range).
+        self.temporal_weight = nn.Parameter(torch.empty(cfg.d_model, cfg.window_samples))
+        nn.init.kaiming_uniform_(self.temporal_weight, a=math.sqrt(5))
+        self.electrode_embed = nn.Parameter(torch.zeros(C, cfg.d_model))  # also the bias
         nn.init.trunc_normal_(self.electrode_embed, std=0.02)
         self.blocks = nn.ModuleList(MixerBlock(cfg, n_tokens=C) for _ in range(cfg.depth))
         self.electrode_head = nn.Linear(cfg.d_model, cfg.electrode_head)
         self.head = nn.Linear(C * cfg.electrode_head, cfg.latent_dim)
 
     def forward_encoder(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = F.relu(self.temporal_embed(x.transpose(1, 2)) + self.electrode_embed)  # (N, C, d)
+        embedded = torch.matmul(self.temporal_weight, x).transpose(1, 2)  # (N, C, d)
+        tokens = F.relu(embedded + self.electrode_embed)
         for block in self.blocks:
             tokens = block(tokens)
         return tokens
