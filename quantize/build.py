@@ -408,6 +408,7 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
             "normaliser": norm.to_dict(),
             "model": {
                 "file": MODEL_FILE, "arch": meta["arch"], "student_config": meta["config"],
+                "readout": meta.get("readout", "mean"),
                 "latent_dim": latent_dim, "input_name": INPUT_NAME,
                 "input": int8.input_quant.to_dict(), "output": int8.output_quant.to_dict(),
                 "operators": operators, "quantizer": config.quantizer, "onnx_opset": OPSET,

@@ -193,8 +193,18 @@ def cross_validate_C(features: np.ndarray, y: np.ndarray, folds: np.ndarray, *,
     return {"Cs": [float(c) for c in Cs], "cv_mean": [float(v) for v in mean],
             "cv_se": [float(v) for v in se], "C_best": float(Cs[best]), "C": float(Cs[chosen]),
             "cv_score": float(mean[chosen]), "cv_score_best": float(mean[best]),
-            "cv_se_best": float(se[best]), "edge": best in (0, len(Cs) - 1),
+            "cv_se_best": float(se[best]), "edge": on_grid_edge(mean),
             "n_folds": len(fold_ids)}
+
+
+def on_grid_edge(cv_mean: np.ndarray) -> bool:
+    """True when the best CV score is reached only at an end of the C grid: the optimum may
+    lie beyond the grid. A plateau that reaches into the interior is resolved."""
+    mean = np.asarray(cv_mean, np.float64)
+    if mean.size < 3:
+        return True
+    top = mean.max()
+    return bool(mean[1:-1].max() < top)
 
 
 def make_probe(C: float, *, n_components: int | None = None, n_features: int | None = None,

@@ -91,3 +91,22 @@ def test_ideal_observer_accuracy():
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown preset"):
         generate_dataset("/nonexistent/x", preset="huge")
+
+
+def test_the_evaluation_set_is_new_sessions_of_the_same_array(tiny_dataset):
+    ev = tiny_dataset.evaluation()
+    assert ev is not None and ev.path == tiny_dataset.path / "eval"
+    assert ev.channel_map.ids == tiny_dataset.channel_map.ids
+    assert not ev.sessions_of("resting")
+    preset = PRESETS["tiny"]
+    for task in ("psychometric", "threshold"):
+        trials = ev.task_trials(task)
+        assert len(trials) == preset.eval_trials
+        train_days = {s.day for s in tiny_dataset.sessions_of(task)}
+        assert {s.day for s in ev.sessions_of(task)} <= train_days
+        assert np.isfinite(trials.p_true).all()
+    # new sessions: no sample array is shared with a training session
+    first_train = tiny_dataset.mua(tiny_dataset.sessions_of("psychometric")[0].session)
+    first_eval = ev.mua(ev.sessions_of("psychometric")[0].session)
+    n = min(len(first_train), len(first_eval))
+    assert not np.allclose(first_train[:n], first_eval[:n])

@@ -17,15 +17,14 @@ def tiny_teacher(tiny_dataset, tmp_path_factory):
     """A real MAE teacher (tiny preset, a few steps) and its probes for both tasks."""
     from phosphene.train.checkpoint import load_teacher
     from phosphene.train.pretrain import pretrain
-    from phosphene.train.probe import probe_task, save_probe, teacher_encode_fn
+    from phosphene.train.probe import probe_teacher
 
     run = tmp_path_factory.mktemp("teacher") / "run"
     pretrain(tiny_dataset, "tiny", out_dir=run, steps=8, val_every=8)
     model, meta = load_teacher(run)
-    for task in ("psychometric", "threshold"):
-        r = probe_task(tiny_dataset, teacher_encode_fn(model), task, spec=meta["window_spec"],
-                       norm_config=meta["normaliser"], feature_sets=("latent",))
-        save_probe(run / "probe" / task / "probe.json", r)
+    probe_teacher(tiny_dataset, model, spec=meta["window_spec"], norm_config=meta["normaliser"],
+                  tasks=("psychometric", "threshold"), readout="mean", out_dir=run / "probe",
+                  resting_windows=64)
     return run
 
 

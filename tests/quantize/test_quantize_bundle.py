@@ -59,11 +59,19 @@ def test_bundle_holds_what_the_design_names(tiny_bundle, tiny_dataset):
     assert p["latent"]["cosine_mean"] >= 0.99 and p["decision_agreement"] >= 0.98
     assert 0 < p["latent"]["cosine_min"] <= p["latent"]["cosine_mean"] <= 1
     assert p["latent"]["max_abs_error"] > 0  # int8 is not bit-identical to float
+    assert m["model"]["readout"] == p["readout"] == "mean"
     for task in ("psychometric", "threshold"):
         e = p["tasks"][task]
-        for key in ("ba_teacher", "ba_float_student", "ba_int8_student",
-                    "ba_refit_float_student", "ba_refit_int8_student", "decision_agreement"):
-            assert 0.0 <= e[key] <= 1.0, (task, key)
+        # accuracy on the evaluation set, with CIs, paired with the teacher's saved decisions
+        assert e["evaluation"] == "evaluation set"
+        assert e["n_eval"] == len(tiny_dataset.evaluation().task_trials(task))
+        for name in ("teacher", "float_student", "int8", "refit_float_student",
+                     "refit_int8_student"):
+            lo, hi = e[f"ci95_{name}"]
+            assert 0.0 <= lo <= e[f"ba_{name}"] <= hi <= 1.0, (task, name)
+        assert 0.0 <= e["decision_agreement"] <= 1.0
+        c = e["paired"]["int8-teacher"]
+        assert c["diff"] == pytest.approx(e["ba_int8"] - e["ba_teacher"]) and c["n"] == e["n_eval"]
 
 
 def test_loaded_bundle_decodes_like_the_parity_run(tiny_bundle, tiny_dataset):

@@ -5,10 +5,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from phosphene.train.diagnostics import mantel_test, run_diagnostics
-from phosphene.train.probe import (fit_probe, fold_probe, format_table, load_probe,
-                                   plot_label_efficiency, probe_task, save_probe)
+from phosphene.train.probe import (
+    blocked_folds,
+    cross_validate_C,
+    fit_probe,
+    fold_probe,
+    format_table,
+    load_probe,
+    on_grid_edge,
+    plot_label_efficiency,
+    probe_task,
+    save_probe,
+)
+
+from phosphene.cortex import ideal_balanced_accuracy
 
 
 def _data(n=80, d=20, seed=0):
@@ -34,11 +45,10 @@ def test_folded_probe_gives_sklearn_probabilities(d, n_components):
 
 
 def test_row_space_projection_is_exact():
+    from phosphene.train.probe import RowSpace
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-
-    from phosphene.train.probe import RowSpace
 
     X, y = _data(n=40, d=500)
     X_new, _ = _data(n=25, d=500, seed=2)
@@ -61,20 +71,32 @@ def _mean_rate_encoder(x):
 
 
 def test_probe_task_table_curve_and_saved_probe(tiny_dataset, tmp_path):
+    ev = tiny_dataset.evaluation()
     r = probe_task(tiny_dataset, _mean_rate_encoder, "psychometric", curve=True,
                    fractions=(0.25, 1.0), repeats=2)
-    assert set(r["features"]) == {"raw", "pca", "latent"}
+    assert set(r["features"]) == {"raw", "pca", "electrode_mean", "electrode_mean_whitened",
+                                  "latent"}
     for m in r["features"].values():
-        assert 0.0 <= m["balanced_accuracy"] <= 1.0 and m["C"] > 0
+        assert 0.0 <= m["ci95"][0] <= m["balanced_accuracy"] <= m["ci95"][1] <= 1.0
+        assert m["C"] > 0 and m["cv"]["n_folds"] >= 2
     assert r["features"]["raw"]["dim"] == 96 * 128
     assert r["features"]["latent"]["dim"] == 96 == r["latent_dim"]
     assert r["features"]["pca"]["dim"] == min(96, r["n_train"] - 1)
-    assert r["n_train"] + r["n_test"] == r["n_trials"] and r["n_test"] > 0
-    assert r["ideal_observer"] == tiny_dataset.ideal_observer["psychometric"]
+    # every labelled trial of the dataset trains; the evaluation set's trials evaluate
+    assert r["evaluation"] == "evaluation set"
+    assert r["n_train"] == len(tiny_dataset.task_trials("psychometric"))
+    assert r["n_eval"] == len(ev.task_trials("psychometric")) == len(r["eval_p"]["latent"])
+    te = ev.task_trials("psychometric")
+    assert r["ideal_observer"] == ideal_balanced_accuracy(te.p_true, te.perceived)
+    # paired comparisons exist for the latent against every baseline, on the same trials
+    assert {f"latent-{b}" for b in ("raw", "pca", "electrode_mean", "electrode_mean_whitened")} \
+        <= set(r["paired"])
+    assert all(c["n"] == r["n_eval"] for c in r["paired"].values())
     assert [p["fraction"] for p in r["curve"]["latent"]] == [0.25, 1.0]
     assert r["curve"]["latent"][-1]["mean"] == r["features"]["latent"]["balanced_accuracy"]
     table = format_table([r], n_channels=96, window_samples=128)
     assert "raw MUA, flattened (96 x 128 = 12288-d)" in table and "ideal observer" in table
+    assert "evaluation trials" in table
     plot_label_efficiency(r, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -82,6 +104,64 @@ def test_probe_task_table_curve_and_saved_probe(tiny_dataset, tmp_path):
     loaded = load_probe(tmp_path / "probe.json")
     assert loaded["threshold"] == 0.5 and loaded["task"] == "psychometric"
     assert loaded["weights"].shape == (96,) and doc["latent_dim"] == 96
+    assert loaded["evaluation"]["p_teacher"] == r["eval_p"]["latent"]
+    assert loaded["metrics"]["ci95"] == r["features"]["latent"]["ci95"]
+
+
+def test_without_an_evaluation_set_the_paper_split_evaluates(tiny_dataset, tmp_path):
+    import shutil
+
+    from phosphene.dataset import Dataset
+
+    copy = tmp_path / "noeval"
+    shutil.copytree(tiny_dataset.path, copy, ignore=shutil.ignore_patterns("eval", "cache"))
+    ds = Dataset.open(copy)
+    assert ds.evaluation() is None
+    r = probe_task(ds, _mean_rate_encoder, "threshold", feature_sets=("electrode_mean", "latent"))
+    n_trials = len(ds.task_trials("threshold"))
+    assert r["evaluation"].startswith("test split") and r["n_train"] + r["n_eval"] == n_trials
+
+
+def test_blocked_folds_are_contiguous_in_time_within_each_session():
+    session = np.array(["b"] * 7 + ["a"] * 10)
+    onset = np.concatenate([np.arange(7)[::-1] * 100, np.arange(10) * 100])
+    folds = blocked_folds(session, onset, k=3)
+    for sid in ("a", "b"):
+        idx = np.flatnonzero(session == sid)
+        by_time = folds[idx[np.argsort(onset[idx])]]
+        assert list(by_time) == sorted(by_time) and set(by_time) == {0, 1, 2}
+
+
+def test_cv_picks_the_simplest_C_within_one_standard_error():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 5))
+    y = (X[:, 0] + 0.5 * rng.standard_normal(200) > 0).astype(int)
+    folds = np.repeat(np.arange(5), 40)
+    cv = cross_validate_C(X, y, folds)
+    i_best, i_chosen = cv["Cs"].index(cv["C_best"]), cv["Cs"].index(cv["C"])
+    assert i_chosen <= i_best
+    assert cv["cv_mean"][i_chosen] >= cv["cv_score_best"] - cv["cv_se_best"]
+    assert all(m < cv["cv_score_best"] - cv["cv_se_best"] for m in cv["cv_mean"][:i_chosen])
+    assert cv["cv_score_best"] > 0.75  # a clean 1-d signal is found
+
+
+def test_a_best_C_only_at_the_grid_edge_is_flagged():
+    assert on_grid_edge([0.5, 0.6, 0.7, 0.8])  # still rising at the weak-penalty end
+    assert on_grid_edge([0.9, 0.6, 0.6, 0.6])  # best only at the strong-penalty end
+    assert not on_grid_edge([0.6, 0.8, 0.7, 0.6])  # an interior optimum
+    assert not on_grid_edge([0.8, 0.8, 0.8, 0.8])  # a plateau: any C decides alike
+
+
+def test_a_resolved_pick_raises_no_edge_warning(caplog):
+    # well separated classes: every C from the middle of the grid up scores the same, so the
+    # best is reached in the interior and nothing is flagged
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(-3, 1, (30, 2)), rng.normal(3, 1, (30, 2))])
+    y = np.repeat([0, 1], 30)
+    folds = np.tile(np.arange(5), 12)
+    with caplog.at_level("WARNING"):
+        pipe = fit_probe(X, y, folds=folds, label="clean")
+    assert not pipe.cv_["edge"] and "edge of the grid" not in caplog.text
 
 
 def test_mantel_test_finds_shared_structure_and_not_noise():
