@@ -163,7 +163,8 @@ def run_demo(settings: DemoSettings) -> dict:
             now = time.monotonic()
             if now - last[0] > 10 or p["step"] == p["steps"]:
                 last[0] = now
-                val = f", val mse {p['val_mse']:.4f}" if p.get("val_mse") is not None else ""
+                val = (f", val mse {p['val_mse']:.4f} (channel-mean baseline "
+                       f"{p['val_mse_channel_mean']:.4f})" if p.get("val_mse") is not None else "")
                 _say(f"step {p['step']}/{p['steps']}  loss {p['loss']:.4f}{val}  "
                      f"{p.get('windows_per_s', 0):.0f} windows/s")
 
@@ -391,6 +392,7 @@ def _report_body(settings, ds, pretrain_summary, diagnostics, distill_summary, p
         "runtime": {"interpreter": bench.get("runtime"), "threads": bench.get("threads"),
                     "rss_mb": bench.get("rss_mb"), "cpu": bench.get("cpu")},
         "pretrain": {k: pretrain_summary.get(k) for k in ("preset", "steps", "best_val_mse",
+                                                          "val_mse_channel_mean_baseline",
                                                           "windows_per_s", "seconds", "parameters")
                      if k in pretrain_summary},
         "distill": {k: v for k, v in distill_summary.items() if isinstance(v, (int, float, str))},

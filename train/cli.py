@@ -25,7 +25,7 @@ def _bar_callback(bar: ProgressLine):
         text = (f"step {info['step']}/{info['steps']} loss {info['loss']:.4f} "
                 f"mse {info['mse']:.4f} {info['windows_per_s']:.0f} win/s")
         if "val_mse" in info:
-            text += f" val {info['val_mse']:.4f}"
+            text += f" val {info['val_mse']:.4f} (channel-mean baseline {info['val_mse_channel_mean']:.4f})"
         bar.update(info["step"] / info["steps"], text)
     return update
 
@@ -78,7 +78,8 @@ def pretrain(dataset, preset, steps, out_dir, batch_size, lr, lr_min, warmup_ste
     except _ERRORS as exc:
         bar.close()
         raise click.ClickException(str(exc)) from None
-    bar.close(f"best validation MSE {summary['best_val_mse']:.4f} at step "
+    bar.close(f"best validation MSE {summary['best_val_mse']:.4f} (predicting each channel's "
+              f"mean: {summary['val_mse_channel_mean_baseline']:.4f}) at step "
               f"{summary['best_step']}, {summary['windows_per_s']:.0f} windows/s, wrote {out_dir}")
     if as_json:
         summary = {k: v for k, v in summary.items() if k != "history"}

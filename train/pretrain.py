@@ -104,7 +104,24 @@ def evaluate(model: MaskedAutoencoder, x: torch.Tensor, session: torch.Tensor,
     return total / max(count, 1)
 
 
-def plot_loss_curve(history: list[dict], path: str | os.PathLike, title: str = "") -> None:
+@torch.no_grad()
+def channel_mean_baseline(model: MaskedAutoencoder, x: torch.Tensor, noise: torch.Tensor,
+                          channel_means: np.ndarray) -> float:
+    """Masked-patch MSE of predicting every masked sample by its electrode's mean over the
+    training windows, on the same windows and masks as `evaluate`. A teacher whose
+    validation MSE is not clearly below this has learnt nothing beyond each channel's level.
+    """
+    N, T, C = x.shape  # windows, samples, electrodes
+    target = model.patchify(x)
+    means = torch.as_tensor(np.asarray(channel_means, np.float32)).expand(N, T, C)
+    pred = model.patchify(means.contiguous())
+    _, mask, _ = model.random_masking(target, model.config.mask_ratio, noise)
+    per_patch = ((pred - target) ** 2).mean(dim=-1)
+    return float((per_patch * mask).sum() / mask.sum().clamp_min(1.0))
+
+
+def plot_loss_curve(history: list[dict], path: str | os.PathLike, title: str = "",
+                    baseline: float | None = None) -> None:
     """Training loss (smoothed) and validation reconstruction loss against step, as PNG."""
     import matplotlib
 
@@ -118,6 +135,9 @@ def plot_loss_curve(history: list[dict], path: str | os.PathLike, title: str = "
         ax.plot(*zip(*train), label="train masked MSE (running mean)", color="tab:blue")
     if val:
         ax.plot(*zip(*val), "o-", label="validation masked MSE (last days)", color="tab:orange")
+    if baseline is not None:
+        ax.axhline(baseline, color="k", ls="--", lw=1,
+                   label=f"predict each channel's mean ({baseline:.3f})")
     ax.set_xlabel("step")
     ax.set_ylabel("MSE (normalised units)")
     ax.set_title(title or "MAE pretraining")
@@ -203,6 +223,9 @@ def pretrain(ds: Dataset, preset: str = "small", *, out_dir: str | os.PathLike,
     gen = torch.Generator().manual_seed(seed + 54321)
     val_x, val_s = torch.from_numpy(xv), torch.from_numpy(sv)
     val_noise = torch.rand(val_x.shape[0], config.n_patches, generator=gen)
+    channel_means = sampler.fixed(min(1024, tcfg.val_windows * 8), seed=seed + 777)[0].mean(axis=(0, 1))
+    baseline_mse = channel_mean_baseline(model, val_x, val_noise, channel_means)
+    log.info("validation baseline (predict each channel's mean): MSE %.4f", baseline_mse)
 
     start_step, best_val, best_step, history = 0, math.inf, -1, []
     if ckpt is not None:
@@ -269,6 +292,7 @@ def pretrain(ds: Dataset, preset: str = "small", *, out_dir: str | os.PathLike,
             val_mse = evaluate(model, val_x, val_s, val_noise, batch_size=tcfg.batch_size,
                                device=dev)
             info["val_mse"] = val_mse
+            info["val_mse_channel_mean"] = baseline_mse
             history.append({"step": step + 1, "train_mse": info["mse"], "val_mse": val_mse,
                             "loss": loss_value, "lr": lr_now,
                             "windows_per_s": info["windows_per_s"]})
@@ -290,6 +314,8 @@ def pretrain(ds: Dataset, preset: str = "small", *, out_dir: str | os.PathLike,
         "windows_per_s": round(windows_done / max(train_time, 1e-9), 2),
         "final_train_mse": history[-1]["train_mse"] if history else None,
         "best_val_mse": best_val, "best_step": best_step,
+        "val_mse_channel_mean_baseline": baseline_mse,
+        "val_mse_vs_baseline": round(best_val / baseline_mse, 4) if baseline_mse > 0 else None,
         "parameters": counts, "device": str(dev), "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "train_sessions": sorted({s.session for s in train_src}),
@@ -301,5 +327,6 @@ def pretrain(ds: Dataset, preset: str = "small", *, out_dir: str | os.PathLike,
     }
     write_json(out_dir / "pretrain.json", summary)
     plot_loss_curve(history, out_dir / "loss_curve.png",
-                    title=f"MAE pretraining ({config.preset_name}, {ds.path.name})")
+                    title=f"MAE pretraining ({config.preset_name}, {ds.path.name})",
+                    baseline=baseline_mse)
     return summary

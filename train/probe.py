@@ -116,7 +116,7 @@ def teacher_encode_fn(model, *, device: str = "cpu", batch_size: int = 64) -> En
     return encode
 
 
-C_GRID = np.logspace(-5, 3, 17)  # inverse L2 strengths, half a decade apart
+C_GRID = np.logspace(-7, 3, 21)  # inverse L2 strengths, half a decade apart
 N_FOLDS = 5
 
 

@@ -35,13 +35,19 @@ def test_pretrain_then_probe_json_and_files(runner, tiny_dataset, tmp_path):
 
     r = runner.invoke(cli, ["probe", str(tiny_dataset.path), "--checkpoint", str(run),
                             "--task", "threshold", "--json", "--out", str(tmp_path / "probe"),
-                            "--plots"])
+                            "--plots", "--readout", "mean"])
     assert r.exit_code == 0, r.output
-    res = json.loads(r.stdout)["results"]
+    out = json.loads(r.stdout)
+    res = out["results"]
     assert [x["task"] for x in res] == ["threshold"]
-    assert set(res[0]["features"]) == {"raw", "pca", "latent"}
+    assert set(res[0]["features"]) == {"raw", "pca", "electrode_mean", "electrode_mean_whitened",
+                                       "latent_mean", "latent_electrode_k1", "latent_electrode_k4"}
+    assert out["readout"]["readout"] == "mean" and res[0]["chosen"] == "latent_mean"
+    assert "eval_p" not in res[0] and "probes" not in res[0]  # those live in probe.json
     probe = json.loads((tmp_path / "probe" / "threshold" / "probe.json").read_text())
     assert len(probe["weights"]) == probe["latent_dim"] == 32 and probe["threshold"] == 0.5
+    assert probe["readout"] == "mean" and len(probe["evaluation"]["p_teacher"]) == res[0]["n_eval"]
+    assert json.loads((tmp_path / "probe" / "readout.json").read_text())["readout"] == "mean"
     assert probe["window_spec"]["offset_ms"] == 170.0
     saved = json.loads((tmp_path / "probe" / "results.json").read_text())["results"]
     assert saved[0]["features"] == res[0]["features"]
@@ -55,12 +61,15 @@ def test_probe_prints_table_1(runner, tiny_dataset, tiny_run):
     run, _ = tiny_run
     r = runner.invoke(cli, ["probe", str(tiny_dataset.path), "--checkpoint", str(run / "best.pt")])
     assert r.exit_code == 0, r.output
-    assert "Table 1" in r.stdout
+    assert "Table 1" in r.stdout and "evaluation set" in r.stdout
     header = next(line for line in r.stdout.splitlines() if line.startswith("features"))
     assert header.split()[1:] == ["psychometric", "threshold"]
-    for label in ("raw MUA, flattened (96 x 128 = 12288-d)", "PCA of raw MUA", "MAE latents (32-d)",
-                  "ideal observer"):
+    for label in ("raw MUA, flattened (96 x 128 = 12288-d)", "PCA of raw MUA",
+                  "per-electrode window mean (96-d)", "per-electrode mean, resting-whitened",
+                  "MAE, mean of all tokens (paper) (32-d)", "ideal observer", "Paired differences"):
         assert label in r.stdout
+    # exactly one row is marked as the readout the probes carry
+    assert sum("-d) *" in line for line in r.stdout.splitlines()) == 1
 
 
 def test_missing_checkpoint_is_one_error_line(runner, tiny_dataset, tmp_path):

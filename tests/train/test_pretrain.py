@@ -139,3 +139,22 @@ def test_pretrain_writes_checkpoints_summary_and_resumes(tiny_run, tiny_dataset)
         pretrain(tiny_dataset, "tiny", out_dir=out, steps=6, resume=True)
     with pytest.raises(ValueError, match="nothing to resume"):
         pretrain(tiny_dataset, "tiny", out_dir=out / "other", steps=2, resume=True)
+
+
+def test_channel_mean_baseline_is_the_masked_mse_of_the_channel_means():
+    import torch
+
+    from phosphene.signal import WindowSpec
+    from phosphene.train.config import MAEConfig
+    from phosphene.train.mae import build_model
+    from phosphene.train.pretrain import channel_mean_baseline
+
+    cfg = MAEConfig.preset("tiny", n_channels=4, spec=WindowSpec(), n_sessions=1)
+    model = build_model(cfg)
+    means = np.array([1.0, -2.0, 0.5, 3.0], np.float32)
+    x = torch.from_numpy(np.broadcast_to(means, (3, 128, 4)).copy())
+    noise = torch.rand(3, cfg.n_patches)
+    assert channel_mean_baseline(model, x, noise, means) == 0.0
+    # unit-variance deviations around the means: the baseline is their mean square
+    dev = torch.from_numpy(np.random.default_rng(0).choice([-1.0, 1.0], (3, 128, 4)).astype(np.float32))
+    assert channel_mean_baseline(model, x + dev, noise, means) == pytest.approx(1.0)
