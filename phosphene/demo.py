@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import numpy as np
 
 from phosphene.io import write_json, write_text
 
@@ -43,6 +44,15 @@ class DemoSettings:
     # perturbation, while the latents themselves agree (cosine ~0.9996). The demo relaxes
     # only this bound, says so, and records both in the report.
     min_agreement: float = 0.85
+    train_draws: int = 0  # > 0: refit every probe that many times (the training split's spread)
+    results_md: Path | None = None  # write Table 1 into this markdown file (make reproduce)
+
+    @classmethod
+    def reproduce(cls, out: Path, seed: int = 0, results_md: Path | None = None) -> DemoSettings:
+        """`make reproduce`: 2 h of resting data, 6,000 evaluation trials per task and a
+        teacher trained 12x longer than the demo's (about 2 hours on 2 CPU cores)."""
+        return cls(out=out, seed=seed, dataset_preset="reproduce", pretrain_steps=6000,
+                   stream_seconds=30.0, train_draws=5, results_md=results_md)
 
     @classmethod
     def quick(cls, out: Path, seed: int = 0) -> DemoSettings:
@@ -183,6 +193,7 @@ def run_demo(settings: DemoSettings) -> dict:
         model, meta = load_teacher(run_dir)
         run = probe_teacher(ds, model, spec=meta["window_spec"], norm_config=meta["normaliser"],
                             tasks=tasks, out_dir=probe_dir, seed=settings.seed, progress=_say,
+                            train_draws=settings.train_draws,
                             extra={"checkpoint": str(meta["path"]), "checkpoint_step": meta["step"]})
         results, choice = run["results"], run["choice"]
         click.echo(f"\nTable 1: balanced accuracy (%) [95% CI] on the {results[0]['evaluation']}"
@@ -236,6 +247,12 @@ def run_demo(settings: DemoSettings) -> dict:
                               stages.timings)
         write_json(out / "report.json", report)
         write_text(out / "report.md", render_markdown(report, plots, out))
+        if settings.results_md is not None:
+            from phosphene.quantize.compare import replace_section
+
+            replace_section(settings.results_md, REPRODUCE_BEGIN, REPRODUCE_END,
+                            render_results_section(report))
+            _say(f"Table 1 written to {settings.results_md}")
         return report
 
     return stages.run("report", do_report)
@@ -338,6 +355,11 @@ def accuracy_table(probe_results: dict, readout_choice: dict, parity: dict) -> d
                 paired[f"teacher_mean-{name}"] = _pair(r["paired"][f"latent_mean-{name}"])
         a["paired"] = paired
         a["agreement_int8_teacher"] = tp.get("teacher_int8_agreement")
+        if r.get("train_draws"):
+            names = {**{k: src for k, src in _BASELINE_KEYS.items()}, "teacher": chosen,
+                     "teacher_mean": "latent_mean"}
+            a["train_draws"] = {k: [round(v, 4) for v in r["train_draws"][src]]
+                                for k, src in names.items() if src in r["train_draws"]}
         accuracy[task] = a
     return accuracy
 
@@ -458,6 +480,64 @@ def render_markdown(report: dict, plots: Path, out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+REPRODUCE_BEGIN = "<!-- reproduce:begin -->"
+REPRODUCE_END = "<!-- reproduce:end -->"
+
+
+def render_results_section(report: dict) -> str:
+    """Table 1 of a reproduction run for docs/results.md: every number with its 95% CI,
+    the training split's spread, and the paired comparisons the claims rest on."""
+    acc = report["accuracy"]
+    first = next(iter(acc.values()))
+    pre, ds = report.get("pretrain", {}), report.get("dataset", {})
+    rest = (ds.get("kinds") or {}).get("resting", {})
+    wall_min = sum(report.get("stage_seconds", {}).values()) / 60
+    n_train = ", ".join(str(a["n_train"]) for a in acc.values())
+    n_eval = ", ".join(str(a["n_eval"]) for a in acc.values())
+    lines = [
+        ("Reproduce with `make reproduce` (writes `reproduce-run/` and this section): "
+         f"{wall_min:.0f} min on {report['runtime'].get('cpu')}, one torch thread."), "",
+        (f"Data: {rest.get('hours', '?')} h of resting activity over {rest.get('days', '?')} "
+         f"days; {n_train} labelled training trials ({', '.join(acc)}); {first['evaluation']} "
+         f"of {n_eval} trials in new sessions of the same array and days, never used for "
+         "fitting or selection."), "",
+        (f"Teacher: `{pre.get('preset')}` preset, {pre.get('steps')} steps, best validation "
+         f"MSE {_num(pre.get('best_val_mse'))} against "
+         f"{_num(pre.get('val_mse_channel_mean_baseline'))} for predicting each channel's mean. "
+         f"Readout carried by the bundle: `{first['readout']}` (chosen by blocked CV on the "
+         "training trials)."), "",
+        "| features | " + " | ".join(acc) + " |", "|---|" + "---|" * len(acc)]
+    for key, label in _COLUMNS:
+        if all(a.get(key) is None for a in acc.values()):
+            continue
+        lines.append(f"| {label} | " + " | ".join(_cell(a, key) for a in acc.values()) + " |")
+    lines += ["", "Balanced accuracy (%) [bootstrap 95% CI over evaluation trials].", ""]
+    if any(a.get("train_draws") for a in acc.values()):
+        lines += [("Spread over training draws (each refit without one of 5 time-contiguous "
+                   "blocks of every training session; mean +- SD, min..max, same evaluation "
+                   "trials):"), "", "| features | " + " | ".join(acc) + " |",
+                  "|---|" + "---|" * len(acc)]
+        for key, label in _COLUMNS:
+            cells = []
+            for a in acc.values():
+                v = np.asarray((a.get("train_draws") or {}).get(key, []), float) * 100
+                cells.append(f"{v.mean():.1f} +- {v.std(ddof=1):.1f} ({v.min():.1f}..{v.max():.1f})"
+                             if v.size > 1 else "n/a")
+            if any(c != "n/a" for c in cells):
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [("Paired differences on the same evaluation trials (points, 95% CI, bootstrap "
+               "p, McNemar p):"), ""]
+    for task, a in acc.items():
+        for key, c in a.get("paired", {}).items():
+            lines.append(f"- {task}, {key}: {_pair_text(c)}")
+    return "\n".join(lines)
+
+
+def _num(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
 def print_summary(report: dict) -> None:
     acc, p, lat, st = report["accuracy"], report["parity"], report["latency_us"], report["stream"]
 
@@ -504,11 +584,17 @@ def _us(v) -> str:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--overwrite", is_flag=True, help="Reuse OUT even if it holds an earlier run.")
 @click.option("--quick", is_flag=True, help="Test-sized run: tiny data, a few steps (about 2 min).")
+@click.option("--reproduce", is_flag=True,
+              help="The long run behind docs/results.md: 2 h of resting data, 6,000 evaluation "
+                   "trials per task, 6,000 pretraining steps, 5 training draws (about 2 h).")
+@click.option("--results-md", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --reproduce: write Table 1 into this markdown file.")
 @click.option("--stream-seconds", type=float, default=None,
               help="How long the simulated array streams to the runtime (default 60 s).")
 @click.option("--pretrain-steps", type=int, default=None, help="Override the teacher's step count.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout at the end.")
-def demo(out, seed, overwrite, quick, stream_seconds, pretrain_steps, as_json):
+def demo(out, seed, overwrite, quick, reproduce, results_md, stream_seconds, pretrain_steps,
+         as_json):
     """Run the whole pipeline on the virtual cortex and write a report.
 
     Generates the demo dataset, pretrains the small MAE teacher, probes both tasks against
@@ -524,7 +610,14 @@ def demo(out, seed, overwrite, quick, stream_seconds, pretrain_steps, as_json):
     """
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise click.ClickException(f"{out} already exists and is not empty (pass --overwrite)")
-    settings = DemoSettings.quick(out, seed) if quick else DemoSettings(out=out, seed=seed)
+    if quick and reproduce:
+        raise click.UsageError("--quick and --reproduce are two different runs: pick one")
+    if results_md is not None and not reproduce:
+        raise click.UsageError("--results-md only applies with --reproduce")
+    if reproduce:
+        settings = DemoSettings.reproduce(out, seed, results_md)
+    else:
+        settings = DemoSettings.quick(out, seed) if quick else DemoSettings(out=out, seed=seed)
     if stream_seconds is not None:
         if stream_seconds <= 0:
             raise click.ClickException("--stream-seconds must be positive")

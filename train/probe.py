@@ -178,6 +178,7 @@ def cross_validate_C(features: np.ndarray, y: np.ndarray, folds: np.ndarray, *,
         raise ValueError("cross-validation needs at least 2 folds whose training part holds "
                          "both classes: record more trials")
     scores = np.full((len(fold_ids), len(Cs)), np.nan)
+    oof = np.full((len(y), len(Cs)), np.nan)  # out-of-fold logits, for calibration
     for j, f in enumerate(fold_ids):
         train, val = folds != f, folds == f
         n_comp = None if n_components is None else int(min(n_components, train.sum() - 1, X.shape[1]))
@@ -185,7 +186,8 @@ def cross_validate_C(features: np.ndarray, y: np.ndarray, folds: np.ndarray, *,
         Z_train, Z_val = pre.fit_transform(X[train]), pre.transform(X[val])
         for i, C in enumerate(Cs):
             clf = _classifier(C).fit(Z_train, y[train])
-            scores[j, i] = balanced_accuracy(y[val], clf.predict(Z_val))
+            oof[val, i] = clf.decision_function(Z_val)
+            scores[j, i] = balanced_accuracy(y[val], oof[val, i] > 0)
     mean = scores.mean(0)
     se = scores.std(0, ddof=1) / np.sqrt(len(fold_ids))
     best = int(np.argmax(mean))
@@ -194,7 +196,26 @@ def cross_validate_C(features: np.ndarray, y: np.ndarray, folds: np.ndarray, *,
             "cv_se": [float(v) for v in se], "C_best": float(Cs[best]), "C": float(Cs[chosen]),
             "cv_score": float(mean[chosen]), "cv_score_best": float(mean[best]),
             "cv_se_best": float(se[best]), "edge": on_grid_edge(mean),
-            "n_folds": len(fold_ids)}
+            "n_folds": len(fold_ids), "oof_logits": oof[:, chosen]}
+
+
+def logit_scale(logits: np.ndarray, y: np.ndarray) -> float:
+    """The factor a > 0 that makes sigmoid(a * logit) calibrated (class-balanced log loss).
+
+    A strongly penalised probe decides well but squeezes P(perceived) towards 0.5 (at
+    C = 1e-5 every P lies within 1e-4 of it); scaling the logit keeps every decision and
+    makes the probability mean what it says. Fitted on out-of-fold logits.
+    """
+    logits = np.asarray(logits, np.float64)
+    ok = np.isfinite(logits)
+    z, t = logits[ok], np.where(np.asarray(y)[ok] == 1, 1.0, -1.0)
+    if z.size == 0 or not np.any(z != 0) or len(np.unique(t)) < 2:
+        return 1.0
+    weight = np.where(t > 0, 0.5 / (t > 0).sum(), 0.5 / (t < 0).sum())
+    spread = np.median(np.abs(z[z != 0]))
+    grid = np.exp(np.linspace(-6, 6, 481)) / spread  # 0.025 steps in log a around 1/spread
+    loss = [(weight * np.logaddexp(0.0, -a * t * z)).sum() for a in grid]
+    return float(grid[int(np.argmin(loss))])
 
 
 def on_grid_edge(cv_mean: np.ndarray) -> bool:
@@ -250,6 +271,11 @@ def fit_probe(features_train: np.ndarray, y_train: np.ndarray, *,
                     "regularisation is not resolved", label, cv["C_best"], C_GRID[0], C_GRID[-1])
     pipe = make_probe(cv["C"], n_components=n_components, n_features=features_train.shape[1],
                       n_train=len(y_train), seed=seed).fit(features_train, y_train)
+    scale = logit_scale(cv.pop("oof_logits"), y_train) if "oof_logits" in cv else 1.0
+    clf = pipe.steps[-1][1]
+    clf.coef_ = clf.coef_ * scale  # a > 0: every decision stays, P(perceived) is calibrated
+    clf.intercept_ = clf.intercept_ * scale
+    cv["logit_scale"] = scale
     pipe.cv_ = cv
     return pipe
 
@@ -316,7 +342,7 @@ def _score(name: str, feats_train, y_train, folds, feats_eval, y_eval, *, latent
         "dim": int(n_components or feats_train.shape[1]),
         "C": float(cv["C"]),
         "cv": {k: cv[k] for k in ("C_best", "cv_score", "cv_score_best", "cv_se_best", "edge",
-                                  "n_folds") if k in cv},
+                                  "n_folds", "logit_scale") if k in cv},
     }, pipe, p_eval
 
 
@@ -371,7 +397,7 @@ def probe_task(ds: Dataset, encode_fn: EncodeFn, task: str, *,
                feature_sets: tuple[str, ...] = FEATURE_SETS, curve: bool = False,
                fractions: tuple[float, ...] = CURVE_FRACTIONS, repeats: int = 3,
                seed: int = 0, latent_label: str = "MAE latents",
-               whiten: tuple | None = None) -> dict:
+               whiten: tuple | None = None, train_draws: int = 0) -> dict:
     """Score probes on one task's trials; returns a JSON-ready dict.
 
     encode_fn: (N, T, C) -> (N, D) latents, or -> {readout: (N, D_r)} for an encoder with
@@ -383,7 +409,10 @@ def probe_task(ds: Dataset, encode_fn: EncodeFn, task: str, *,
     train_balanced_accuracy, dim, C, cv}}, paired {"a-b": paired_comparison}, ideal_observer
     (+ ideal_ci95), probes {latent name: folded weights, bias, threshold}, eval_trials and
     eval_p {name: P(perceived) per evaluation trial}, and with curve=True the label
-    efficiency curve (subsampled training trials, same evaluation trials).
+    efficiency curve (subsampled training trials, same evaluation trials). With
+    train_draws = k > 0, `train_draws` {name: [balanced accuracy]}: the probe refitted k
+    times, each time without one of the k time-contiguous blocks of every training session
+    (the training split's own variance, on the same evaluation trials).
     """
     unknown = set(feature_sets) - set(FEATURE_SETS)
     if unknown:
@@ -418,7 +447,7 @@ def probe_task(ds: Dataset, encode_fn: EncodeFn, task: str, *,
         ideal = (te.p_true > 0.5).astype(np.int64)
         result["ideal_observer"] = balanced_accuracy(ye, ideal)
         result["ideal_ci95"] = list(bootstrap_ci(ye, ideal, seed=seed))
-        result["eval_p"]["ideal"] = [round(float(v), 5) for v in te.p_true]
+        result["eval_p"]["ideal"] = [float(v) for v in te.p_true]
     else:
         result["ideal_observer"] = None
     with sklearn_threads():
@@ -426,7 +455,7 @@ def probe_task(ds: Dataset, encode_fn: EncodeFn, task: str, *,
             metrics, pipe, p_eval = _score(name, F, y, folds, Fe, ye, latent_dim=latent_dim,
                                            seed=seed, label=task)
             result["features"][name] = metrics
-            result["eval_p"][name] = [round(float(v), 5) for v in p_eval]
+            result["eval_p"][name] = [float(v) for v in p_eval]
             log.info("%s %s: balanced accuracy %.3f [%.3f, %.3f] (dim %d, C %.3g)", task, name,
                      metrics["balanced_accuracy"], *metrics["ci95"], metrics["dim"], metrics["C"])
             if name in latent_names:
@@ -436,6 +465,8 @@ def probe_task(ds: Dataset, encode_fn: EncodeFn, task: str, *,
         if curve:
             result["curve"] = _label_efficiency(feats, y, folds, ye, list(feats), fractions,
                                                 repeats, latent_dim, seed)
+        if train_draws:
+            result["train_draws"] = _train_draws(feats, y, trials, ye, train_draws, latent_dim, seed)
     result["paired"] = paired_table(result, ye, latent_names, baselines, seed=seed)
     return result
 
@@ -494,6 +525,24 @@ def choose_readout(results: list[dict]) -> dict:
     return {"readout": chosen, "feature": f"latent_{chosen}", "scores": scores,
             "rule": "highest CV balanced accuracy (blocked folds, training trials, mean over "
                     "tasks); the lowest-dimensional readout within one standard error"}
+
+
+def _train_draws(feats, y, trials, y_eval, k, latent_dim, seed) -> dict:
+    """Refit every feature set k times, each without one contiguous block per session."""
+    blocks = blocked_folds(trials.session, trials.onset_sample, k=k)
+    out: dict[str, list[float]] = {}
+    for name, (F, Fe) in feats.items():
+        scores = []
+        for j in range(k):
+            keep = blocks != j
+            if len(np.unique(y[keep])) < 2:
+                continue
+            sub = blocked_folds(trials.session[keep], trials.onset_sample[keep])
+            metrics, _, _ = _score(name, F[keep], y[keep], sub, Fe, y_eval,
+                                   latent_dim=latent_dim, seed=seed)
+            scores.append(metrics["balanced_accuracy"])
+        out[name] = scores
+    return out
 
 
 def _label_efficiency(feats, y, folds, y_eval, names, fractions, repeats, latent_dim,
@@ -685,7 +734,8 @@ def load_probe(path: str | os.PathLike) -> dict:
 def probe_teacher(ds: Dataset, model, *, spec: WindowSpec, norm_config: NormaliserConfig,
                   tasks: tuple[str, ...], readout: str = "auto", out_dir: str | os.PathLike | None = None,
                   curve: bool = False, seed: int = 0, resting_windows: int = 1024,
-                  extra: dict | None = None, progress: Callable[[str], None] | None = None) -> dict:
+                  extra: dict | None = None, train_draws: int = 0,
+                  progress: Callable[[str], None] | None = None) -> dict:
     """Table 1 for a teacher: fit its readouts on resting windows, probe every readout and
     baseline on each task, choose the readout (training-split CV only), save the probes.
 
@@ -718,7 +768,7 @@ def probe_teacher(ds: Dataset, model, *, spec: WindowSpec, norm_config: Normalis
         say(f"{task}: readouts {', '.join(readouts)} and baselines, blocked CV on training "
             "trials, evaluation ...")
         results.append(probe_task(ds, encode, task, spec=spec, norm_config=norm_config,
-                                  curve=curve, seed=seed, whiten=whiten))
+                                  curve=curve, seed=seed, whiten=whiten, train_draws=train_draws))
     if readout == "auto":
         choice = choose_readout(results)
     else:

@@ -10,6 +10,7 @@ from phosphene.train.probe import (
     blocked_folds,
     cross_validate_C,
     fit_probe,
+    logit_scale,
     fold_probe,
     format_table,
     load_probe,
@@ -186,3 +187,20 @@ def test_diagnostics_write_plots_and_the_spatial_test(tiny_dataset, tmp_path):
     m = report["mantel_latent"]
     assert m["n_items"] == len(m["electrodes"]) >= 3 and 0 < m["p_value"] <= 1
     assert (tmp_path / "diagnostics.json").is_file()
+
+
+def test_a_strongly_penalised_probe_keeps_its_decisions_and_gets_calibrated_probabilities():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 3))
+    p_true = 1 / (1 + np.exp(-2.0 * X[:, 0]))
+    y = (rng.uniform(size=400) < p_true).astype(int)
+    folds = np.repeat(np.arange(5), 80)
+    pipe = fit_probe(X, y, folds=folds)
+    p = pipe.predict_proba(X)[:, 1]
+    # calibrated: predicted P tracks the true P, not squeezed towards 0.5
+    assert np.corrcoef(p, p_true)[0, 1] > 0.95
+    assert p.std() > 0.5 * p_true.std()
+    assert pipe.cv_["logit_scale"] > 0
+    raw = 1 / (1 + np.exp(-(X[:, 0] * 1e-6)))  # a logit squeezed a millionfold ...
+    a = logit_scale(np.log(raw / (1 - raw)), y)
+    assert 1e5 < a < 1e7  # ... is scaled back (true logit 2 x[0])
