@@ -38,12 +38,13 @@ class DemoSettings:
     calib_windows: int = 300
     stream_seconds: float = 60.0
     bench_runs: int = 2000
-    min_cosine: float = 0.99
-    # The quantize default is 0.98. The demo's teacher probe sits near chance (docs/results.md),
-    # so many trials have P(perceived) within a quantisation step of 0.5 and flip on any
-    # perturbation, while the latents themselves agree (cosine ~0.9996). The demo relaxes
-    # only this bound, says so, and records both in the report.
-    min_agreement: float = 0.85
+    # quantize's defaults are 0.99 and 0.98. The demo's readout is whitened per-electrode
+    # features: no shared offset flatters their cosine (the paper's mean latent sat at
+    # 0.9995 for that reason), so int8 rounding shows in full; measured 0.990 cosine and
+    # 0.983 agreement. The demo keeps a margin below those, says so, and records both bounds
+    # in the report; accuracy against the teacher is checked paired on 2,000 trials.
+    min_cosine: float = 0.98
+    min_agreement: float = 0.95
     train_draws: int = 0  # > 0: refit every probe that many times (the training split's spread)
     results_md: Path | None = None  # write Table 1 into this markdown file (make reproduce)
 
@@ -211,8 +212,9 @@ def run_demo(settings: DemoSettings) -> dict:
 
     def do_distill():
         shutil.rmtree(student_dir, ignore_errors=True)
-        arch = "electrode" if readout_choice["readout"].startswith("electrode") else "mixer"
-        return distill(ds, run_dir, student_dir, arch=arch, steps=settings.distill_steps,
+        # the time-patch mixer for every readout: the electrode-token design decoded as well
+        # in float but lost 40% of its output to int8 activations (docs/results.md)
+        return distill(ds, run_dir, student_dir, arch="mixer", steps=settings.distill_steps,
                        preset=settings.distill_preset, probe_dir=probe_dir, progress=_say)
 
     distill_summary = stages.run("distill", do_distill)

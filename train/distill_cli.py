@@ -18,10 +18,10 @@ __all__ = ["distill"]
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Student directory: student.pt and metrics.json (with --compare also "
                    "candidates/<arch>/ and compare.json).")
-@click.option("--arch", type=click.Choice(["auto", "mixer", "electrode", "transformer"]),
-              default="auto", show_default=True,
-              help="Student design: MLP-mixer over time patches, MLP-mixer over electrodes, or a "
-                   "small transformer. auto: electrode for a per-electrode readout, else mixer.")
+@click.option("--arch", type=click.Choice(["mixer", "electrode", "transformer"]),
+              default="mixer", show_default=True,
+              help="Student design: MLP-mixer over time patches (int8-friendly, the default), "
+                   "MLP-mixer over electrodes, or a small transformer.")
 @click.option("--preset", type=click.Choice(["small", "tiny", "paper"]), default="small",
               show_default=True, help="Distillation schedule and student size (tiny: tests).")
 @click.option("--steps", type=int, default=None, help="Optimizer steps [preset: small 2000].")
@@ -77,11 +77,6 @@ def distill(dataset, teacher_path, out_dir, arch, preset, steps, pool_windows, c
             result = compare_students(ds, teacher_path, out_dir, config=cfg, probe_path=probe_path,
                                       results_md=results_md, progress=say)
         else:
-            from phosphene.train.readout import load_chosen_readout
-
-            if arch == "auto":
-                readout = load_chosen_readout(probe_path).name if probe_path else "mean"
-                arch = "electrode" if readout.startswith("electrode") else "mixer"
             result = run_distill(ds, teacher_path, out_dir, arch=arch, config=cfg,
                                  probe_dir=probe_path, progress=say)
     except (ValueError, OSError, RuntimeError, ImportError) as exc:

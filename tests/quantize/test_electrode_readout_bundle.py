@@ -1,5 +1,5 @@
 """The decoder the demo ships: a per-electrode readout of the teacher, distilled into the
-electrode student with the whitened loss, converted to int8 and decided on by the edge."""
+mixer student with the whitened loss, converted to int8 and decided on by the edge."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def test_electrode_readout_travels_from_probe_to_int8_bundle(tiny_dataset, tiny_
     doc = json.loads((probe_dir / "psychometric" / "probe.json").read_text())
     assert doc["readout"] == "electrode_k1" and doc["latent_dim"] == tiny_dataset.n_channels
 
-    metrics = distill(tiny_dataset, tiny_teacher, tmp_path / "student", arch="electrode",
+    metrics = distill(tiny_dataset, tiny_teacher, tmp_path / "student", arch="mixer",
                       preset="tiny", probe_dir=probe_dir)
     assert metrics["readout"] == "electrode_k1"
     assert metrics["pool"]["stimulation_unlabelled"] > 0  # stimulation windows, labels unread
@@ -40,7 +40,7 @@ def test_electrode_readout_travels_from_probe_to_int8_bundle(tiny_dataset, tiny_
                                                 latency_runs=20, min_agreement=0.8))
     bundle = load_bundle(tmp_path / "bundle")
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
-    assert manifest["model"]["readout"] == "electrode_k1" and manifest["model"]["arch"] == "electrode"
+    assert manifest["model"]["readout"] == "electrode_k1" and manifest["model"]["arch"] == "mixer"
     assert report["latent"]["cosine_mean"] >= 0.99  # int8 computes what the float student does
     # the edge decision on evaluation windows is the float student's up to int8 rounding
     sp = task_split(tiny_dataset, "psychometric", bundle.window_spec, bundle.normaliser_config)

@@ -49,7 +49,8 @@ def test_bundle_holds_what_the_design_names(tiny_bundle, tiny_dataset):
         q = m["model"][role]
         assert q["dtype"] == "int8" and q["shape"] == shape and q["scale"] > 0
     assert "Flex" not in " ".join(m["model"]["operators"])
-    assert m["calibration"]["n_windows"] == 96 and len(m["calibration"]["sha256"]) == 64
+    assert m["calibration"]["n_stimulation_windows"] == 48  # half as many as resting, labels unread
+    assert m["calibration"]["n_windows"] == 96 + 48 and len(m["calibration"]["sha256"]) == 64
     assert m["training"]["teacher"]["sha256"] and m["training"]["student_step"] == 40
     assert m["latency_budget_ms"] == 16.0  # one patch period at 1 kHz
     assert {"torch", "onnx", "onnx2tf", "ai-edge-litert", "numpy"} <= set(m["tools"])
