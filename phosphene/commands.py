@@ -89,8 +89,9 @@ def simulate() -> None:
 @simulate.command("dataset")
 @click.argument("out", type=click.Path(path_type=str))
 @click.option("--preset", default="demo", show_default=True,
-              help="Dataset scale: tiny (tests), demo (minutes, fast on 2 cores) or paper "
-                   "(Table 2 of the paper: 14.6 h resting, 1,205 + 1,760 trials).")
+              help="Dataset scale: tiny (tests), demo (minutes, fast on 2 cores), reproduce "
+                   "(2 h resting) or paper (Table 2 of the paper: 14.6 h resting, 1,205 + "
+                   "1,760 trials).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Generator seed: same seed, same bytes.")
 @click.option("--channels", type=int, default=None,
               help="Channel count (default: the 96-channel Utah map); other counts use a grid.")
@@ -98,14 +99,20 @@ def simulate() -> None:
               help="Channel map CSV/JSON/.cmp (id,row,col,x_um,y_um) instead of the Utah default.")
 @click.option("--resting-hours", type=float, default=None,
               help="Override the preset's total resting hours (e.g. 0.5).")
+@click.option("--eval-trials", type=int, default=None,
+              help="Trials per task in the evaluation set OUT/eval [preset: demo 2,000, "
+                   "reproduce and paper 6,000]; 0 writes none.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the new one is complete).")
 @click.option("--json", "as_json", is_flag=True, help="Print the dataset summary as JSON.")
-def simulate_dataset(out, preset, seed, channels, map_file, resting_hours, overwrite, as_json):
+def simulate_dataset(out, preset, seed, channels, map_file, resting_hours, eval_trials, overwrite,
+                     as_json):
     """Generate a virtual-cortex dataset shaped like the paper's three.
 
     Writes resting-state, psychometric (12 electrodes x 6 currents, 1-81 uA) and
     threshold (4 electrodes at their 50% current) sessions, with the ground-truth
-    perception probability of every trial and the ideal observer's accuracy.
+    perception probability of every trial and the ideal observer's accuracy, and an
+    evaluation set (OUT/eval: new sessions of the same array and days) that every stage
+    scores on and nothing is fitted on.
 
     \b
     Example:
@@ -128,6 +135,10 @@ def simulate_dataset(out, preset, seed, channels, map_file, resting_hours, overw
         if not resting_hours > 0:
             raise click.ClickException(f"--resting-hours must be positive, got {resting_hours}")
         spec = replace(spec, resting_session_s=resting_hours * 3600 / spec.resting_sessions)
+    if eval_trials is not None:
+        if eval_trials < 0:
+            raise click.ClickException(f"--eval-trials must be >= 0, got {eval_trials}")
+        spec = replace(spec, eval_trials=eval_trials)
     try:
         channel_map = ChannelMap.load(map_file) if map_file else (
             map_for_channels(channels) if channels else None)
@@ -142,11 +153,18 @@ def simulate_dataset(out, preset, seed, channels, map_file, resting_hours, overw
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"could not write {out}: {exc}") from None
     bar.close(f"wrote {out}")
-    summary = ds.summary()
+    summary = _with_evaluation(ds)
     if as_json:
         echo_json(summary)
     else:
         _print_summary(summary)
+
+
+def _with_evaluation(ds) -> dict:
+    summary = ds.summary()
+    ev = ds.evaluation()
+    summary["evaluation_set"] = None if ev is None else ev.summary()
+    return summary
 
 
 @click.command("info")
@@ -169,7 +187,7 @@ def info(dataset, as_json, check):
                 ds.check_finite(s.session)
         except DatasetError as exc:
             raise click.ClickException(str(exc)) from None
-    summary = ds.summary()
+    summary = _with_evaluation(ds)
     if as_json:
         echo_json(summary)
     else:
@@ -188,3 +206,8 @@ def _print_summary(s: dict) -> None:
     if s.get("ideal_observer"):
         parts = ", ".join(f"{t} {v:.1%}" for t, v in s["ideal_observer"].items())
         click.echo(f"ideal observer (balanced accuracy, test split): {parts}")
+    ev = s.get("evaluation_set")
+    if ev:
+        parts = ", ".join(f"{kind} {k['trials']} trials in {k['sessions']} sessions"
+                          for kind, k in ev["kinds"].items() if "trials" in k)
+        click.echo(f"evaluation set ({ev['path']}): {parts}")

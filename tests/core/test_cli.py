@@ -38,12 +38,16 @@ def test_info_json(runner, tiny_dataset):
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout)
     assert s["n_channels"] == 96 and s["kinds"]["psychometric"]["trials"] == 60
+    assert s["evaluation_set"]["kinds"]["threshold"]["trials"] == 60
+    r = runner.invoke(cli, ["info", str(tiny_dataset.path)])
+    assert "evaluation set" in r.stdout and "psychometric 60 trials" in r.stdout
 
 
 @pytest.mark.parametrize("args, error", [
     (["info", "/nonexistent/data"], "Error: dataset not found: /nonexistent/data"),
     (["simulate", "dataset", "OUT", "--preset", "huge"],
-     "Error: unknown preset 'huge'; choose one of: tiny, demo, paper"),
+     "Error: unknown preset 'huge'; choose one of: tiny, demo, paper, reproduce"),
+    (["simulate", "dataset", "OUT", "--eval-trials", "-1"], "Error: --eval-trials must be >= 0, got -1"),
     (["simulate", "dataset", "OUT", "--channels", "0"], "Error: --channels must be a positive count, got 0"),
     (["simulate", "dataset", "OUT", "--resting-hours", "-2"],
      "Error: --resting-hours must be positive, got -2.0"),
@@ -77,6 +81,10 @@ def test_simulate_dataset_with_custom_channels(runner, tmp_path):
                             "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["n_channels"] == 12
+    assert json.loads(r.stdout)["evaluation_set"]["n_channels"] == 12
+    r = runner.invoke(cli, ["simulate", "dataset", str(tmp_path / "noeval"), "--preset", "tiny",
+                            "--eval-trials", "0"])
+    assert r.exit_code == 0 and not (tmp_path / "noeval" / "eval").exists()
     r = runner.invoke(cli, ["simulate", "dataset", str(out), "--preset", "tiny"])
     assert r.exit_code == 1 and "already exists" in r.output
 
