@@ -20,6 +20,7 @@ import click
 import numpy as np
 
 from phosphene.io import write_json, write_text
+from phosphene.metrics import p_text
 
 __all__ = ["DemoSettings", "demo", "run_demo"]
 
@@ -371,8 +372,9 @@ def _ci(ci) -> list[float] | None:
 
 
 def _pair(c: dict) -> dict:
-    return {"diff": round(c["diff"], 4), "ci95": _ci(c["ci95"]), "p_value": round(c["p_value"], 4),
-            "mcnemar_p": round(c["mcnemar_p"], 4), "n": c["n"]}
+    return {"diff": round(c["diff"], 4), "ci95": _ci(c["ci95"]),
+            "p_value": float(f"{c['p_value']:.3g}"), "mcnemar_p": float(f"{c['mcnemar_p']:.3g}"),
+            "n": c["n"]}
 
 
 def _report_body(settings, ds, pretrain_summary, diagnostics, distill_summary, parity, verify,
@@ -419,7 +421,9 @@ def _report_body(settings, ds, pretrain_summary, diagnostics, distill_summary, p
                                                           "val_mse_channel_mean_baseline",
                                                           "windows_per_s", "seconds", "parameters")
                      if k in pretrain_summary},
-        "distill": {k: v for k, v in distill_summary.items() if isinstance(v, (int, float, str))},
+        "distill": {**{k: v for k, v in distill_summary.items() if isinstance(v, (int, float, str))},
+                    "heldout_resting": {k: distill_summary.get("val", {}).get(k)
+                                        for k in ("r2", "whitened_mse", "cosine_mean")}},
         "diagnostics": diagnostics,
         "bundle": {"path": str(settings.out / "bundle"), "verified": bool(verify)},
         "stage_seconds": timings,
@@ -442,7 +446,7 @@ def _cell(a: dict, key: str) -> str:
 
 def _pair_text(c: dict) -> str:
     return (f"{100 * c['diff']:+.1f} [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}], "
-            f"p {c['p_value']:.3g} (McNemar {c['mcnemar_p']:.3g})")
+            f"{p_text(c['p_value'])} (McNemar {p_text(c['mcnemar_p'])})")
 
 
 def render_markdown(report: dict, plots: Path, out: Path) -> str:

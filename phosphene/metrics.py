@@ -115,3 +115,8 @@ def paired_comparison(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray
         p = float(min(1.0, max(p, 1.0 / n_boot)))
     return {"diff": float(diff), "ci95": [float(lo), float(hi)], "p_value": p,
             "mcnemar_p": mcnemar_p(y, a, b), "n": int(y.size)}
+
+
+def p_text(p: float) -> str:
+    """'p 0.036', or 'p < 0.001' below what 2,000 bootstrap resamples can resolve."""
+    return "p < 0.001" if p < 0.001 else f"p {p:.2g}" if p < 0.01 else f"p {p:.3g}"

@@ -63,6 +63,7 @@ def quantize(dataset, student_path, probe_path, out_dir, calib_windows, parity_w
     Example:
       phosphene quantize data --student student --probe run/probe --out bundle
     """
+    from phosphene.metrics import p_text
     from phosphene.quantize.build import QuantizeConfig, build_bundle
     from phosphene.quantize.convert import ConversionError
 
@@ -100,7 +101,7 @@ def quantize(dataset, student_path, probe_path, out_dir, calib_windows, parity_w
         if "int8-teacher" in e.get("paired", {}):
             c = e["paired"]["int8-teacher"]
             click.echo(f"{t}: int8 - teacher {100 * c['diff']:+.1f} points [{100 * c['ci95'][0]:+.1f}, "
-                       f"{100 * c['ci95'][1]:+.1f}], p {c['p_value']:.3g}; decisions agree "
+                       f"{100 * c['ci95'][1]:+.1f}], {p_text(c['p_value'])}; decisions agree "
                        f"{100 * e['teacher_int8_agreement']:.1f}%")
     click.echo(f"decision latency ({report['latency']['runtime']}, 1 thread): median "
                f"{report['latency']['decision_median_us']:.0f} us, p99 "

@@ -26,7 +26,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from phosphene.dataset import Dataset
 from phosphene.io import atomic_path, write_json
-from phosphene.metrics import balanced_accuracy, bootstrap_ci, paired_comparison
+from phosphene.metrics import balanced_accuracy, bootstrap_ci, p_text, paired_comparison
 from phosphene.signal import NormaliserConfig, WindowSpec
 
 __all__ = [
@@ -675,7 +675,7 @@ def format_paired(results: list[dict], keys: list[str] | None = None) -> str:
                 continue
             lines.append(f"{r['task']:<13} {key:<48} {100 * c['diff']:+5.1f} "
                          f"[{100 * c['ci95'][0]:+5.1f}, {100 * c['ci95'][1]:+5.1f}]  "
-                         f"p {c['p_value']:.3g} (McNemar {c['mcnemar_p']:.3g}), n {c['n']}")
+                         f"{p_text(c['p_value'])} (McNemar {p_text(c['mcnemar_p'])}), n {c['n']}")
     return "\n".join(lines)
 
 
