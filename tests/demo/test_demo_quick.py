@@ -27,8 +27,18 @@ def test_quick_demo_writes_a_complete_report(tmp_path):
     report = json.loads((out / "report.json").read_text())
     for task in ("psychometric", "threshold"):
         acc = report["accuracy"][task]
-        for key in ("raw", "pca", "teacher", "student", "int8", "ideal"):
-            assert 0.0 <= acc[key] <= 1.0, (task, key, acc[key])
+        # the report.json contract: every accuracy with its 95% CI on the evaluation set
+        for key in ("raw", "pca", "electrode_mean", "electrode_mean_whitened", "teacher",
+                    "student", "int8", "ideal"):
+            lo, hi = acc["ci95"][key]
+            assert 0.0 <= lo <= acc[key] <= hi <= 1.0, (task, key, acc[key], lo, hi)
+        assert acc["n_eval"] == 60 and acc["evaluation"] == "evaluation set"
+        assert acc["readout"] == report["readout"]["readout"]
+        for pair in ("int8-teacher", "teacher-pca"):
+            c = acc["paired"][pair]
+            assert c["ci95"][0] <= c["diff"] <= c["ci95"][1] and 0 <= c["p_value"] <= 1
+        assert acc["paired"]["int8-teacher"]["diff"] == pytest.approx(acc["int8"] - acc["teacher"],
+                                                                     abs=1e-3)
     for section, keys in REQUIRED.items():
         for key in keys or ():
             assert report[section][key] is not None, (section, key)
@@ -40,6 +50,7 @@ def test_quick_demo_writes_a_complete_report(tmp_path):
     assert report["latency_us"]["decision_p50"] > 0
     md = (out / "report.md").read_text()
     assert "![" in md and (out / "plots" / "virtual-cortex.png").is_file()
+    assert "Paired differences" in md and "95% CI" in md
     assert (out / "bundle" / "manifest.json").is_file()
 
 
