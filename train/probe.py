@@ -746,6 +746,7 @@ def probe_teacher(ds: Dataset, model, *, spec: WindowSpec, norm_config: Normalis
     from phosphene.train.distill import sample_resting_windows
     from phosphene.train.readout import (
         READOUTS,
+        Readout,
         fit_teacher_readouts,
         readout_encode_fn,
         save_chosen_readout,
@@ -755,13 +756,19 @@ def probe_teacher(ds: Dataset, model, *, spec: WindowSpec, norm_config: Normalis
     say = progress or (lambda msg: log.info("%s", msg))
     if readout != "auto" and readout not in READOUTS:
         raise ValueError(f"unknown readout {readout!r}; choose auto or one of {', '.join(READOUTS)}")
-    if not ds.sessions_of("resting"):
-        raise ValueError(f"dataset {ds.path} has no resting sessions: the readouts and the "
-                         "whitened baseline are fitted on resting activity")
-    say(f"readouts: fitting on {resting_windows} resting windows (no labels) ...")
-    rest = sample_resting_windows(ds, spec, norm_config, resting_windows, seed=seed + 7)
-    readouts = fit_teacher_readouts(model, rest)
-    whiten = whitening(rest.mean(axis=1))
+    if ds.sessions_of("resting"):
+        say(f"readouts: fitting on {resting_windows} resting windows (no labels) ...")
+        rest = sample_resting_windows(ds, spec, norm_config, resting_windows, seed=seed + 7)
+        readouts = fit_teacher_readouts(model, rest)
+        whiten = whitening(rest.mean(axis=1))
+    else:  # the per-electrode readouts and the whitened baseline are fitted on resting data
+        log.warning("dataset %s has no resting sessions: only the paper's mean readout and the "
+                    "unwhitened baselines are probed", ds.path)
+        readouts = {"mean": Readout("mean", int(model.config.embed_dim))}
+        whiten = None
+        if readout not in ("auto", "mean"):
+            raise ValueError(f"the {readout} readout is fitted on resting sessions, and dataset "
+                             f"{ds.path} has none: use --readout mean")
     encode = readout_encode_fn(model, readouts)
     results = []
     for task in tasks:

@@ -185,8 +185,9 @@ def readout_encode_fn(model, readouts: dict[str, Readout], *, names: tuple[str, 
                       batch_size: int = 64):
     """An encode_fn for train.probe: x (N, T, C) -> {readout: (N, dim)}, one encoder pass.
 
-    With a single name, returns the bare (N, dim) array (for the student and diagnostics).
+    With a single name asked for, returns the bare (N, dim) array (for diagnostics).
     """
+    bare = names is not None and len(names) == 1
     names = tuple(names or readouts)
     geometry = _geometry(model)
 
@@ -198,7 +199,7 @@ def readout_encode_fn(model, readouts: dict[str, Readout], *, names: tuple[str, 
             for n in names:
                 out.setdefault(n, []).append(readouts[n].apply(pooled))
         joined = {n: np.concatenate(v) for n, v in out.items()}
-        return joined[names[0]] if len(names) == 1 else joined
+        return joined[names[0]] if bare else joined
 
     return encode
 

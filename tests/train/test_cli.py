@@ -114,3 +114,28 @@ def test_not_a_checkpoint_is_one_error_line(runner, tiny_dataset, tmp_path):
     r = runner.invoke(cli, ["probe", str(tiny_dataset.path), "--checkpoint", str(junk)])
     assert r.exit_code == 1
     assert _error_line(r).startswith(f"Error: {junk} is not a phosphene teacher checkpoint")
+
+
+def test_probe_without_resting_sessions_keeps_the_papers_readout(runner, tiny_dataset, tiny_run,
+                                                                 tmp_path):
+    import csv
+    import shutil
+
+    run, _ = tiny_run
+    data = tmp_path / "stim-only"
+    shutil.copytree(tiny_dataset.path, data, ignore=shutil.ignore_patterns("cache"))
+    rows = list(csv.DictReader((data / "sessions.csv").open()))
+    with (data / "sessions.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(r for r in rows if r["kind"] != "resting")
+    r = runner.invoke(cli, ["probe", str(data), "--checkpoint", str(run), "--task", "threshold",
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert set(res["results"][0]["features"]) == {"raw", "pca", "electrode_mean", "latent_mean"}
+    assert res["readout"]["readout"] == "mean"
+    r = runner.invoke(cli, ["probe", str(data), "--checkpoint", str(run), "--readout",
+                            "electrode_k1"])
+    assert r.exit_code == 1 and _error_line(r).startswith("Error: the electrode_k1 readout is "
+                                                          "fitted on resting sessions")
