@@ -22,8 +22,8 @@ def test_distill_and_quantize_help_have_examples(runner):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["distill", "DATA", "--teacher", "T", "--out", "S", "--probe", "P"],
-     "--probe and --results-md only apply with --compare"),
+    (["distill", "DATA", "--teacher", "T", "--out", "S", "--results-md", "R.md"],
+     "--results-md only applies with --compare"),
     (["distill", "DATA", "--teacher", "T", "--out", "S", "--steps", "0"], "--steps must be >= 1"),
     (["quantize", "DATA", "--student", "S", "--out", "B"], "--probe is required unless"),
     (["quantize", "DATA", "--student", "S", "--probe", "P", "--out", "B", "--min-cosine", "1.5"],
@@ -52,10 +52,12 @@ def test_distill_cli_writes_a_student(runner, tiny_dataset, tiny_teacher, tmp_pa
     out = tmp_path / "student"
     r = runner.invoke(cli, ["distill", str(tiny_dataset.path), "--teacher", str(tiny_teacher),
                             "--out", str(out), "--preset", "tiny", "--steps", "5",
-                            "--arch", "transformer", "--json"])
+                            "--arch", "transformer", "--probe", str(tiny_teacher / "probe"),
+                            "--json"])
     assert r.exit_code == 0, r.output
     result = json.loads(r.stdout)
     assert result["arch"] == "transformer" and result["steps"] == 5
+    assert result["readout"] == "mean"  # the readout the probes in --probe chose
     assert (out / "student.pt").is_file()
 
 
