@@ -302,6 +302,12 @@ def train_student(student_cfg: StudentConfig, x_pool: np.ndarray, z_pool: np.nda
     t0 = time.perf_counter()
     last: dict = {}
     report_every = max(1, cfg.steps // 10)
+    whiten_np = whiten.numpy().astype(np.float64)
+
+    def whitened_mse(x: np.ndarray, z: np.ndarray) -> float:
+        return float((((predict(model, x) - z) @ whiten_np) ** 2).mean())
+
+    pool_mse_start = whitened_mse(x_pool, z_pool)
     model.train()
     for step in range(cfg.steps):
         for g in opt.param_groups:
@@ -317,10 +323,10 @@ def train_student(student_cfg: StudentConfig, x_pool: np.ndarray, z_pool: np.nda
     model.eval()
     metrics = {"steps": cfg.steps, "train_seconds": round(time.perf_counter() - t0, 1),
                "final_loss": float(loss.detach()), "parameters": count_parameters(model),
+               # the whole training pool, in eval mode: before the first step and after the last
+               "pool_whitened_mse": {"start": pool_mse_start, "end": whitened_mse(x_pool, z_pool)},
                "val": latent_fidelity(predict(model, x_val), z_val, center_np)}
-    whiten_np = whiten.numpy().astype(np.float64)
-    err = (predict(model, x_val) - z_val) @ whiten_np
-    metrics["val"]["whitened_mse"] = float((err ** 2).mean())
+    metrics["val"]["whitened_mse"] = whitened_mse(x_val, z_val)
     return model, metrics
 
 
