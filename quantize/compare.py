@@ -226,7 +226,7 @@ def compare_students(ds: Dataset, teacher_path, out_dir: str | os.PathLike, *, c
                        "decision_agreement": report["decision_agreement"],
                        "operators": manifest["model"]["operators"]}
         for task, e in report["tasks"].items():
-            row["tasks"].setdefault(task, {})["ba_int8"] = e.get("ba_int8_student")
+            row["tasks"].setdefault(task, {})["ba_int8"] = e.get("ba_int8")
         designs.append(row)
 
     say(f"timing every design round-robin ({latency_runs} decisions each, 1 thread) ...")
@@ -289,10 +289,11 @@ def format_comparison(designs: list[dict], winner: str, *, cfg, ds: Dataset) -> 
     lines = [
         "## Student designs",
         "",
-        f"Distilled on {cfg.pool_windows} unlabelled resting windows of `{ds.path.name}` "
-        f"({cfg.steps} steps, student preset `{cfg.student_preset}`); fidelity on held-out "
-        "resting windows (tail of every session) and on the stimulation-trial windows; "
-        "balanced accuracy (BA, %) on the test split (last 20% of trials per session). "
+        (f"Distilled on {cfg.pool_windows} resting windows and the unlabelled stimulation "
+         f"windows of `{ds.path.name}` ({cfg.steps} steps, student preset "
+         f"`{cfg.student_preset}`); fidelity on held-out resting windows (tail of every "
+         "session) and on the evaluation-trial windows; balanced accuracy (BA, %) on the "
+         "evaluation set (the paper's test split for a dataset without one). "
         "Latency: one thread, LiteRT, median per decision (quantise + invoke + probe) for int8, "
         "per invoke for float32. Reproduce: `phosphene distill DATA --teacher RUN --out "
         "STUDENT --compare --probe RUN/probe`.",
