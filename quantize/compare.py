@@ -294,9 +294,9 @@ def format_comparison(designs: list[dict], winner: str, *, cfg, ds: Dataset) -> 
          f"`{cfg.student_preset}`); fidelity on held-out resting windows (tail of every "
          "session) and on the evaluation-trial windows; balanced accuracy (BA, %) on the "
          "evaluation set (the paper's test split for a dataset without one). "
-        "Latency: one thread, LiteRT, median per decision (quantise + invoke + probe) for int8, "
-        "per invoke for float32. Reproduce: `phosphene distill DATA --teacher RUN --out "
-        "STUDENT --compare --probe RUN/probe`.",
+         "Latency: one thread, LiteRT, median per decision (quantise + invoke + probe) for int8, "
+         "per invoke for float32. Reproduce: `phosphene distill DATA --teacher RUN --out "
+         "STUDENT --compare --probe RUN/probe`."),
         "",
         "| design | params | cos held-out (centred) | R2 | cos trials (centred) | "
         + " | ".join(f"BA {t}: teacher / student (teacher probe) / refit / int8" for t in tasks)
