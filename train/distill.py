@@ -176,7 +176,8 @@ def load_teacher_for_distill(path: str | os.PathLike, *,
         teacher.readout = readout.name
         teacher.latent_dim = readout.dim
         teacher.readout_params = readout.params
-        teacher.readout_fn = readout_encode_fn(model, {readout.name: readout}, names=(readout.name,))
+        teacher.readout_fn = readout_encode_fn(model, {readout.name: readout},
+                                               names=(readout.name,))
     return teacher
 
 
