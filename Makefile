@@ -12,7 +12,7 @@ OUT    ?= demo-run
 
 help:
 	@echo "make demo         full pipeline on the virtual cortex -> $(OUT)/report.json"
-	@echo "make reproduce    the long run behind docs/results.md (about 2 h on 2 cores)"
+	@echo "make reproduce    the long run behind docs/results.md (about 50 min on 2 cores)"
 	@echo "make test         install (if needed) and run the test suite"
 	@echo "make bench        benchmarks under bench/ (tables + JSON in bench/results/)"
 	@echo "make soak         1-hour fault-injection soak of the edge runtime"

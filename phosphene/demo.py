@@ -52,7 +52,7 @@ class DemoSettings:
     @classmethod
     def reproduce(cls, out: Path, seed: int = 0, results_md: Path | None = None) -> DemoSettings:
         """`make reproduce`: 2 h of resting data, 6,000 evaluation trials per task and a
-        teacher trained 12x longer than the demo's (about 2 hours on 2 CPU cores)."""
+        teacher trained 12x longer than the demo's (about 50 min on 2 CPU cores)."""
         return cls(out=out, seed=seed, dataset_preset="reproduce", pretrain_steps=6000,
                    stream_seconds=30.0, train_draws=5, results_md=results_md)
 
@@ -592,7 +592,7 @@ def _us(v) -> str:
 @click.option("--quick", is_flag=True, help="Test-sized run: tiny data, a few steps (about 2 min).")
 @click.option("--reproduce", is_flag=True,
               help="The long run behind docs/results.md: 2 h of resting data, 6,000 evaluation "
-                   "trials per task, 6,000 pretraining steps, 5 training draws (about 2 h).")
+                   "trials per task, 6,000 pretraining steps, 5 training draws (about 50 min).")
 @click.option("--results-md", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --reproduce: write Table 1 into this markdown file.")
 @click.option("--stream-seconds", type=float, default=None,
