@@ -9,7 +9,7 @@ latent width D, so the teacher's linear probe applies to the student unchanged.
   next Linear at export. Everything is FULLY_CONNECTED / ADD / RELU / MEAN in TFLite, which
   XNNPACK runs as one int8 partition (TOOLCHAIN.md: 2-3x faster in int8 than float32).
 - "transformer" (design B): the same patch embedding + a small pre-LayerNorm transformer.
-  LayerNorm and attention are what int8 handles worst on CPU (docs/toolchain.md); it is
+  LayerNorm and attention are what int8 handles worst on CPU (docs/results.md); it is
   here to be measured against, not assumed worse.
 - "electrode" (design C): the same MLP-Mixer with electrodes as tokens: each electrode's
   whole window is embedded by one temporal Linear shared by all electrodes (plus a learned
