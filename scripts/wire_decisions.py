@@ -18,11 +18,11 @@ import argparse
 import json
 
 import numpy as np
-
-from phosphene.dataset import Dataset
 from phosphene.edge.bundle import load_bundle
 from phosphene.edge.interpreter import Encoder
 from phosphene.firmware_bridge.protocol import quantize_uv, samples_to_uv
+
+from phosphene.dataset import Dataset
 from phosphene.metrics import balanced_accuracy
 from phosphene.signal import Normaliser
 
@@ -58,7 +58,7 @@ def main() -> None:
                 labels.append(int(trials.perceived[i]))
         offline, wire, labels = map(np.asarray, (offline, wire, labels))
         report["tasks"][task] = {
-            "n": int(len(labels)), "agreement": float((offline == wire).mean()),
+            "n": len(labels), "agreement": float((offline == wire).mean()),
             "ba_offline": balanced_accuracy(labels, offline),
             "ba_wire": balanced_accuracy(labels, wire)}
     print(json.dumps(report, indent=2))
