@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[edge,train,quantize,io,dev]'
 	# onnx2tf 1.29.24 (newest for Python 3.11) hard-pins old tensorflow/numpy/onnx, and
-	# tf-keras's deps pull the full tensorflow wheel: both go in without deps (TOOLCHAIN.md).
+	# tf-keras's deps pull the full tensorflow wheel: both go in without deps (docs/toolchain.md).
 	$(BIN)/python -m pip install -q --no-deps onnx2tf==1.29.24 tf-keras==2.21.0
 	rm -f $(VENV)/.installed-*
 	touch $@

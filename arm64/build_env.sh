@@ -29,7 +29,7 @@ DEBS=(python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libc6 zlib1g
       libstdc++6 libgcc-s1 libffi8 libssl3 libbz2-1.0 liblzma5 libsqlite3-0 libuuid1
       libncursesw6 libtinfo6 libreadline8 libdb5.3 libcrypt1 media-types)
 # Pinned so x86 and arm64 run the same versions; LiteRT works with numpy 1.26 and 2.x,
-# tflite-runtime 2.14 needs numpy < 2 (TOOLCHAIN.md).
+# tflite-runtime 2.14 needs numpy < 2 (docs/toolchain.md).
 LITERT_WHEELS=(numpy==2.4.6 click==8.5.1 pyserial==3.5 ai-edge-litert==2.3.0)
 TFLITE_WHEELS=(numpy==1.26.4 click==8.5.1 pyserial==3.5 tflite-runtime==2.14.0)
 PLATFORMS=(manylinux_2_27_aarch64 manylinux_2_34_aarch64 manylinux2014_aarch64

@@ -70,7 +70,7 @@ class BundleError(ValueError):
 class QuantParams:
     """Affine quantisation of a tensor: real = (q - zero_point) * scale (per-tensor).
 
-    `quantize` is clip(round(x / scale + zero_point), qmin, qmax) (STYLE.md rule 14); the
+    `quantize` is clip(round(x / scale + zero_point), qmin, qmax); the
     round trip dequantize(quantize(x)) is within scale / 2 of x inside the representable
     range.
     """

@@ -6,7 +6,7 @@ works with numpy 2 and has the fast int8 path on x86 and arm64) and tflite-runti
 to tflite-runtime.
 
 Per decision the encoder does only quantise -> set_tensor -> invoke -> get_tensor ->
-dequantise -> probe (STYLE.md 13-14): tensors are allocated once, quantisation uses the
+dequantise -> probe: tensors are allocated once, quantisation uses the
 model's own tensor parameters, and no `tensor()` view is held across `invoke()`
 (`get_tensor` returns a copy).
 """

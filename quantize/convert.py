@@ -1,4 +1,4 @@
-"""torch -> ONNX -> onnx2tf -> full-int8 TFLite, with the checks TOOLCHAIN.md calls for.
+"""torch -> ONNX -> onnx2tf -> full-int8 TFLite, with the checks docs/toolchain.md explains.
 
 - ONNX export with a static input shape (1, T, C) at opset 20 (at 17/18 GELU becomes Erf,
   which onnx2tf turns into the non-builtin FlexErf), checked against torch with
@@ -63,7 +63,7 @@ def export_onnx(model, shape: tuple[int, int, int], path: str | os.PathLike) -> 
     model.eval()
     with torch.no_grad(), warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of dynamo, which needs onnxscript
-        # (not installed); the legacy path is what TOOLCHAIN.md measured.
+        # (not installed); the legacy path is the one docs/toolchain.md measured.
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(model, (x,), str(path), input_names=[INPUT_NAME],
                           output_names=[OUTPUT_NAME], opset_version=OPSET, dynamo=False,

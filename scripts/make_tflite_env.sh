@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A second virtual environment with tflite-runtime 2.14, the design card's interpreter.
 #
-# tflite-runtime 2.14 (its last release) needs numpy < 2 (TOOLCHAIN.md: under numpy 2 its
+# tflite-runtime 2.14 (its last release) needs numpy < 2 (docs/toolchain.md: under numpy 2 its
 # Interpreter() fails with "_ARRAY_API not found"), so it cannot share the workstation's
 # .venv. This env holds only what the edge path needs: numpy<2, tflite-runtime, pyserial,
 # click and phosphene itself (editable, --no-deps: no torch/tensorflow).

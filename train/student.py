@@ -7,7 +7,7 @@ latent width D, so the teacher's linear probe applies to the student unchanged.
 - "mixer" (design A): patch embedding + attention-free MLP-Mixer (token mixing over time
   patches, channel mixing over features), ReLU, no LayerNorm, BatchNorm folded into the
   next Linear at export. Everything is FULLY_CONNECTED / ADD / RELU / MEAN in TFLite, which
-  XNNPACK runs as one int8 partition (TOOLCHAIN.md: 2-3x faster in int8 than float32).
+  XNNPACK runs as one int8 partition (docs/toolchain.md: 2-3x faster in int8 than float32).
 - "transformer" (design B): the same patch embedding + a small pre-LayerNorm transformer.
   LayerNorm and attention are what int8 handles worst on CPU (docs/results.md); it is
   here to be measured against, not assumed worse.
