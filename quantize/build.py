@@ -75,7 +75,7 @@ class ParityError(ValueError):
 class QuantizeConfig:
     """Options of `phosphene quantize` (defaults are the issue's thresholds)."""
 
-    calib_windows: int = 300  # resting windows for int8 calibration (docs/toolchain.md: a few hundred)
+    calib_windows: int = 300  # resting windows to calibrate int8 (a few hundred: docs/toolchain.md)
     parity_windows: int = 500  # held-out resting windows for the parity report
     min_cosine: float = 0.99  # fail below this mean cosine, int8 vs torch float student
     min_agreement: float = 0.98  # fail below this probe decision agreement, int8 vs float

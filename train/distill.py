@@ -139,7 +139,6 @@ class Teacher:
     meta: dict = field(default_factory=dict)
     readout: str = "mean"  # train/readout.py: which pooling of the tokens the student learns
     readout_fn: Callable[[np.ndarray], np.ndarray] | None = None  # numpy (N,T,C) -> (N, D)
-    readout_params: dict = field(default_factory=dict)
 
     @torch.no_grad()
     def encode_numpy(self, x: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -175,7 +174,6 @@ def load_teacher_for_distill(path: str | os.PathLike, *,
             return teacher
         teacher.readout = readout.name
         teacher.latent_dim = readout.dim
-        teacher.readout_params = readout.params
         teacher.readout_fn = readout_encode_fn(model, {readout.name: readout},
                                                names=(readout.name,))
     return teacher

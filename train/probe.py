@@ -436,7 +436,7 @@ def probe_task(ds: Dataset, encode_fn: EncodeFn, task: str, *,
     trials, te = split["trials"], split["trials_eval"]
     folds = blocked_folds(trials.session, trials.onset_sample)
     result: dict = {"task": task, "evaluation": split["evaluation"], "n_train": len(y),
-                    "n_eval": len(ye), "n_test": len(ye),
+                    "n_eval": len(ye),
                     "n_sessions": len(np.unique(trials.session)),
                     "perceived_fraction": round(float(y.mean()), 4), "latent_dim": int(latent_dim),
                     "latent_label": latent_label, "features": {}, "probes": {}, "eval_p": {},

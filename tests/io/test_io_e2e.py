@@ -108,7 +108,7 @@ def test_blackrock_and_nwb_import_then_pretrain_and_probe(tmp_path):
     assert meta["config"].n_channels == 24
     result = probe_task(ds, teacher_encode_fn(model), "psychometric", spec=meta["window_spec"],
                         norm_config=meta["normaliser"], feature_sets=("raw", "latent"))
-    assert result["n_train"] > 0 and result["n_test"] > 0
+    assert result["n_train"] > 0 and result["n_eval"] > 0
     assert set(result["features"]) == {"raw", "latent"}
     for name, scores in result["features"].items():
         assert 0.0 <= scores["balanced_accuracy"] <= 1.0, (name, scores)
