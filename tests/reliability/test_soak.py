@@ -61,16 +61,11 @@ def soak(bundle: Path, wall_s: float, *, sample_every_s: float = 5.0) -> dict:
             if rec["type"] == "summary":
                 last.append(rec)
 
-    # stderr is drained while the runtime runs: a full pipe (status and stall lines under a
-    # loaded machine) would block the runtime's writes and it could never exit on SIGTERM
-    err_lines: list[str] = []
     reader = threading.Thread(target=read_stdout, daemon=True)
-    err_reader = threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True)
     reader.start()
-    err_reader.start()
     deadline = time.monotonic() + 60
     while _opened(pty.device_path, proc.pid) == 0 and time.monotonic() < deadline:
-        assert proc.poll() is None, "".join(err_lines)
+        assert proc.poll() is None, proc.stderr.read()
         stop.wait(0.05)
     sim = Simulator(CortexSource("psychometric", seed=7, channel_map=b.channel_map),
                     SimulatorConfig(speed=SPEED, seed=7, faults=FAULTS))
@@ -83,8 +78,7 @@ def soak(bundle: Path, wall_s: float, *, sample_every_s: float = 5.0) -> dict:
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
     reader.join(timeout=60)
-    err_reader.join(timeout=60)
-    stderr = "".join(err_lines)
+    stderr = proc.stderr.read()
     pty.close()
     assert proc.returncode == 0, stderr[-2000:]
     assert last, "no summary line"
