@@ -65,7 +65,11 @@ class _Signals:
 
     def _handle(self, signum, frame) -> None:
         self.received = signal.Signals(signum).name
-        self.stop.set()
+        # Not self.stop.set() here: the handler runs on the main thread, which may be inside
+        # stop.wait() holding the Event's lock; set() would wait for that lock forever (a
+        # SIGTERM deadlock seen once in CI, stack taken with py-spy). A helper thread takes
+        # the lock once the main thread's wait releases it.
+        threading.Thread(target=self.stop.set, name="stop-signal", daemon=True).start()
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._old.items():

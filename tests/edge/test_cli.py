@@ -155,3 +155,19 @@ def test_edge_never_imports_the_workstation_stack(edge_bundle_path, tmp_path):
     assert bench.returncode == 0, bench.stderr
     assert json.loads(bench.stdout)["decision_us"]["p50"] > 0
     assert not attempts.exists(), f"imports attempted: {attempts.read_text()}"
+
+
+@pytest.mark.timeout(30)
+def test_the_signal_handler_never_waits_for_the_stop_events_lock():
+    """SIGTERM arrives while the main thread sits in stop.wait(), holding the Event's lock;
+    the handler must return at once (setting the event there deadlocked `run` once in CI)."""
+    import signal
+    import threading
+
+    from phosphene.edge.cli import _Signals
+
+    stop = threading.Event()
+    handler = _Signals(stop)
+    with stop._cond:  # what Event.wait() holds while the handler runs on the same thread
+        handler._handle(signal.SIGTERM, None)
+    assert stop.wait(5.0) and handler.received == "SIGTERM"
