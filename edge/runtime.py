@@ -5,7 +5,9 @@ Normaliser) <- Runtime.process_batch (one read's frames) -> decide / no-decision
 
 Latency of a decision runs from the moment the read that delivered the last byte the window
 needs returned (`t_read_ns` of that batch) to the moment its line has been written, split
-into read_parse, normalise, invoke, probe and write. Imports: numpy, the core and edge only
+into read_parse, normalise, invoke, probe and write. Its age is another matter: StreamClock
+maps the device's sample counter onto the local clock, and a window whose last sample was
+due longer than `stale_ms` ago is not decided, however quickly it could be. Imports: numpy, the core and edge only
 (never torch, tensorflow, onnx, scikit-learn or scipy).
 """
 
@@ -37,6 +39,7 @@ __all__ = [
     "SampleBlock",
     "SampleRing",
     "StimOnset",
+    "StreamClock",
     "StreamIngest",
     "StreamRestart",
     "WindowDecoder",
@@ -50,11 +53,12 @@ NO_DECISION_REASONS = (
     "warming_up",  # the normaliser has not seen `warmup_samples` yet (after start or a reset)
     "lost_samples",  # the window holds more lost samples (frame loss, CRC failure) than allowed
     "stall",  # no samples for longer than stall_ms: pending trials are dropped, not decided late
-    "stale",  # newer samples than the window's last one had already been read (we fell behind)
+    "stale",  # the window's last sample was due longer than stale_ms ago (a backlog, a pause)
     "stream_mismatch",  # channel count or sample rate of the stream differs from the bundle
     "window_expired",  # the trial's window is no longer (or never was) in the ring buffer
 )
 STAGES = ("read_parse", "normalise", "invoke", "probe", "write")
+STALL_LINE_MAX_NS = 60_000_000_000  # while the input stays silent, at least one stall line a minute
 
 
 # --------------------------------------------------------------------------------------
@@ -110,7 +114,8 @@ class RuntimeConfig:
 
     mode: str = "triggered"  # "triggered": one decision per stimulation; "continuous": one per patch
     latency_budget_ms: float = 5.0  # per-decision budget (read -> written); misses are counted
-    stall_ms: float = 100.0  # no samples for this long -> "stall"; also the staleness bound
+    stall_ms: float = 100.0  # no samples for this long -> "stall"
+    stale_ms: float = 100.0  # a window whose last sample was due longer ago -> "stale", not decided
     max_lost_samples: int = 0  # lost samples a window may hold and still be decided
     status_interval_s: float = 10.0  # periodic one-line status on stderr (0: never)
     ring_extra_s: float = 1.0  # ring holds offset + window + this much, for late events
@@ -123,6 +128,8 @@ class RuntimeConfig:
             raise ValueError(f"latency budget must be > 0 ms, got {self.latency_budget_ms}")
         if not self.stall_ms > 0:
             raise ValueError(f"stall time must be > 0 ms, got {self.stall_ms}")
+        if not self.stale_ms > 0:
+            raise ValueError(f"staleness bound must be > 0 ms, got {self.stale_ms}")
         if self.max_lost_samples < 0:
             raise ValueError(f"max lost samples must be >= 0, got {self.max_lost_samples}")
 
@@ -194,6 +201,77 @@ class SampleRing:
             out[first:n] = self.values[: n - first]
             invalid += (n - first) - int(np.count_nonzero(self.valid[: n - first]))
         return invalid
+
+
+# --------------------------------------------------------------------------------------
+# When was a sample due? The device's sample counter mapped onto the local clock
+# --------------------------------------------------------------------------------------
+class StreamClock:
+    """Maps the device's sample counter onto this machine's clock, to age windows by it.
+
+    A sample's end is due at `offset + sample / rate`. Each block that arrives gives one
+    observation, its read time minus its end's counter time: transport delay plus the
+    offset between the two clocks. The offset is the lower envelope of the observations:
+    it falls at once to any earlier observation and rises by at most `drift_ppm` of the
+    elapsed time, so a device whose crystal runs slow is followed while a backlog (a
+    device or a reader that paused, then delivered seconds of old samples in a burst) is
+    seen as old, whatever the size of the reads that deliver it.
+
+    If the observations stay later than the offset by more than `stale_ns` for
+    `reanchor_s` of wall time, the device's timing itself has jumped (its counter paused
+    while the clock ran on): the offset is moved to the earliest of those observations
+    and `reanchors` counts it, so a device that lost time does not silence the decoder
+    forever. A restart of the device's counter starts a new mapping (`reset`).
+    """
+
+    def __init__(self, sample_rate_hz: float, *, stale_ns: int, drift_ppm: float = 1000.0,
+                 reanchor_s: float = 1.0):
+        self.ns_per_sample = 1e9 / float(sample_rate_hz)
+        self.stale_ns = int(stale_ns)
+        self.drift = float(drift_ppm) * 1e-6
+        self.reanchor_ns = int(reanchor_s * 1e9)
+        self.reanchors = 0
+        self.last_jump_ns = 0  # how far the last re-anchor moved the offset
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the mapping (the device's counter restarted)."""
+        self.origin: int | None = None  # a sample counter near the stream's start
+        self.offset_ns = 0  # local time at which sample `origin` was due
+        self._t_last = 0
+        self._late_since: int | None = None
+        self._late_min = 0
+
+    def observe(self, t_read_ns: int, sample_end: int) -> None:
+        """A block whose samples end (exclusive) at `sample_end` was read at t_read_ns."""
+        if self.origin is None:
+            self.origin, self.offset_ns, self._t_last = sample_end, t_read_ns, t_read_ns
+            return
+        obs = t_read_ns - round((sample_end - self.origin) * self.ns_per_sample)
+        allowed = self.offset_ns + int(self.drift * max(t_read_ns - self._t_last, 0))
+        self._t_last = t_read_ns
+        self.offset_ns = min(allowed, obs)
+        if obs - self.offset_ns <= self.stale_ns:
+            self._late_since = None
+            return
+        if self._late_since is None:
+            self._late_since, self._late_min = t_read_ns, obs
+        else:
+            self._late_min = min(self._late_min, obs)
+            if t_read_ns - self._late_since >= self.reanchor_ns:
+                self.last_jump_ns = self._late_min - self.offset_ns
+                self.offset_ns, self._late_since = self._late_min, None
+                self.reanchors += 1
+
+    def due_ns(self, sample_end: int) -> int:
+        """Local time by which the samples before `sample_end` were due."""
+        if self.origin is None:
+            return 0
+        return self.offset_ns + round((sample_end - self.origin) * self.ns_per_sample)
+
+    def age_ns(self, sample_end: int, now_ns: int) -> int:
+        """How long ago the samples before `sample_end` were due (0 before any block)."""
+        return now_ns - self.due_ns(sample_end) if self.origin is not None else 0
 
 
 # --------------------------------------------------------------------------------------
@@ -384,6 +462,7 @@ class RuntimeCounters:
     budget_misses: int = 0
     mismatched_blocks: int = 0
     events: int = 0
+    stale_windows: int = 0  # windows not decided because they were stale (one line may cover many)
 
 
 class Runtime:
@@ -408,7 +487,8 @@ class Runtime:
         self.ingest = StreamIngest(self.n_channels, normaliser_config, capacity)
         self._window = np.zeros((spec.window_samples, self.n_channels), dtype=np.float32)
         self._pending: deque[_Pending] = deque()
-        self._stale_samples = int(math.ceil(config.stall_ms * spec.sample_rate_hz / 1000.0))
+        self._stale_ns = int(config.stale_ms * 1e6)
+        self.stream_clock = StreamClock(spec.sample_rate_hz, stale_ns=self._stale_ns)
         self._budget_ns = int(config.latency_budget_ms * 1e6)
         self.counters = RuntimeCounters()
         self.latency = LatencyHistogram()
@@ -419,6 +499,8 @@ class Runtime:
         self._last_input_ns = now  # the start counts as input, so "no data at all" is a stall too
         self._stalled = False
         self._last_stall_line_ns = 0
+        self._stall_lines = 0  # lines in the current stall: their spacing doubles up to a minute
+        self._stale_run: tuple | None = None  # skipped stale windows not yet written: start, stop, age, n, t0
         self._mismatch_ns = 0  # last time a mismatched block arrived
         self._last_mismatch_line_ns = 0
         self._mismatch_detail = ""
@@ -440,6 +522,7 @@ class Runtime:
                 self._on_onset(item, t_read_ns)
                 continue
             if isinstance(item, StreamRestart):
+                self.stream_clock.reset()
                 if self.ingest.restart():
                     self._expire_all("window_expired", t_read_ns)
                     self._log_status(f"device restarted (seq {item.seq}, sample {item.sample}): "
@@ -455,9 +538,16 @@ class Runtime:
             if status == "late":
                 continue
             got_samples = True
+            n = item.data.shape[0]
             if status == "reset":
                 self._expire_pending(before=item.sample)
-            n = item.data.shape[0]
+                self.stream_clock.reset()
+            reanchors = self.stream_clock.reanchors
+            self.stream_clock.observe(t_read_ns, item.sample + n)
+            if self.stream_clock.reanchors != reanchors:
+                self._log_status(f"the device's timing jumped by {self.stream_clock.last_jump_ns / 1e6:.0f} ms "
+                                 f"(its samples stayed late for {self.stream_clock.reanchor_ns / 1e9:g} s): "
+                                 "windows are aged from the new timing")
             self._status_samples += n
             if self.config.mode == "continuous":
                 # every patch boundary gets a line, those inside a filled gap included
@@ -469,12 +559,11 @@ class Runtime:
             self._last_input_ns = t_parsed_ns
             if self._stalled:
                 self._stalled = False
+                self._stall_lines = 0
                 self._log_status(f"input resumed after {(t_parsed_ns - self._stall_began_ns) / 1e6:.0f} ms")
         head = self.ingest.ring.head
         if self.config.mode == "continuous":
-            for stop in boundaries:
-                self._decide(stop - self.spec.window_samples, stop, head, t_read_ns,
-                             read_parse_ns, normalise_ns, onset=None)
+            self._decide_boundaries(boundaries, head, t_read_ns, read_parse_ns, normalise_ns)
         else:
             self._decide_ready_triggers(head, t_read_ns, read_parse_ns, normalise_ns)
         if got_samples:
@@ -492,9 +581,14 @@ class Runtime:
                 while self._pending:
                     p = self._pending.popleft()
                     self._no_decision("stall", now, onset=p.onset, window=(p.start, p.stop))
-            if now - self._last_stall_line_ns >= stall_ns:
+            # the first line at once, then at doubling intervals up to one a minute
+            spacing = min(stall_ns << min(max(self._stall_lines - 1, 0), 30), STALL_LINE_MAX_NS)
+            if self._stall_lines == 0 or now - self._last_stall_line_ns >= spacing:
                 self._last_stall_line_ns = now
+                self._stall_lines += 1
                 self._no_decision("stall", now, stalled_ms=round((now - self._last_input_ns) / 1e6, 1))
+        if self._stale_run is not None and now - self._stale_run[4] > 1e9:
+            self._flush_stale_run()  # a backlog that lasts: say so at least once a second
         interval = self.config.status_interval_s
         if interval > 0 and now - self._last_status_ns >= interval * 1e9:
             self._log_status(self.status_line(now))
@@ -546,27 +640,69 @@ class Runtime:
                 still.append(p)
         self._pending = still
 
+    # ---- continuous mode ---------------------------------------------------------------
+    def _decide_boundaries(self, stops: list[int], head: int, t_read_ns: int, read_parse_ns: int,
+                           normalise_ns: int) -> None:
+        """One decision per patch boundary; a run of stale windows gets one line, not one each.
+
+        After a backlog the windows are aged oldest first: the stale ones are skipped and
+        counted into one `stale` line (`skipped` windows, the newest one's window and age),
+        written before the next line of any other kind, so the decoder goes straight to
+        the newest data and the log says once what it skipped.
+        """
+        W = self.spec.window_samples
+        for stop in stops:
+            age = self._decide(stop - W, stop, head, t_read_ns, read_parse_ns, normalise_ns,
+                               onset=None, report_stale=False)
+            if age is not None:
+                n = self._stale_run[3] + 1 if self._stale_run else 1
+                self._stale_run = (stop - W, stop, age, n, self._stale_run[4] if self._stale_run else self.clock_ns())
+
+    def _flush_stale_run(self) -> None:
+        if self._stale_run is not None:
+            start, stop, age, n, _ = self._stale_run
+            self._stale_run = None
+            self._stale_line(None, (start, stop, age), n)
+
+    def _stale_line(self, onset: StimOnset | None, stale: tuple[int, int, int], skipped: int = 1) -> None:
+        start, stop, age_ns = stale
+        detail = {"age_ms": round(age_ns / 1e6, 1), "bound_ms": self.config.stale_ms}
+        if skipped > 1:
+            detail["skipped"] = skipped
+        self.counters.stale_windows += skipped
+        self._no_decision("stale", self.clock_ns(), onset=onset, window=(start, stop), **detail)
+
     # ---- one decision ------------------------------------------------------------------
     def _decide(self, start: int, stop: int, head: int, t_read_ns: int, read_parse_ns: int,
-                normalise_ns: int, *, onset: StimOnset | None) -> None:
+                normalise_ns: int, *, onset: StimOnset | None, report_stale: bool = True) -> int | None:
+        """Decide on [start, stop), or write why not. A stale window returns its age (ns)
+        instead of a line when report_stale is False (the caller coalesces them)."""
         ring, ingest = self.ingest.ring, self.ingest
         window = (start, stop)
         t0 = self.clock_ns()
         if start < ingest.warm_from:  # also a window reaching back before the stream (re)started
             self._no_decision("warming_up", t0, onset=onset, window=window)
-            return
+            return None
         if not ring.holds(start, stop):
             self._no_decision("window_expired", t0, onset=onset, window=window)
-            return
-        if head - stop >= self._stale_samples:
-            self._no_decision("stale", t0, onset=onset, window=window, behind_samples=head - stop)
-            return
+            return None
+        age = self.stream_clock.age_ns(stop, t0)
+        if age > self._stale_ns:
+            if not report_stale:
+                return age
+            self._stale_line(onset, (start, stop, age))
+            return None
         invalid = ring.window(start, stop, self._window)
         if invalid > self.config.max_lost_samples:
             self._no_decision("lost_samples", t0, onset=onset, window=window, lost=invalid)
-            return
+            return None
+        self._flush_stale_run()
         gather_ns = self.clock_ns() - t0
         p, invoke_ns, probe_ns = self.decoder.decode(self._window)
+        age = self.stream_clock.age_ns(stop, self.clock_ns())
+        if age > self._stale_ns:  # the decoder itself was held up (a pause, a busy CPU)
+            self._stale_line(onset, (start, stop, age))
+            return None
         self._decision_index += 1
         self.counters.decisions += 1
         record = {"type": "decision", "index": self._decision_index, "mode": self.config.mode,
@@ -597,9 +733,12 @@ class Runtime:
             self.stage_latency[k].add(max(v, 1) / 1e3)
         if total_ns > self._budget_ns:
             self.counters.budget_misses += 1
+        return None
 
     def _no_decision(self, reason: str, now_ns: int, *, onset: StimOnset | None = None,
                      window: tuple[int, int] | None = None, **detail) -> None:
+        if reason != "stale":
+            self._flush_stale_run()
         self.counters.no_decisions[reason] += 1
         record = {"type": "no_decision", "mode": self.config.mode, "reason": reason}
         if window is not None:
@@ -656,6 +795,7 @@ class Runtime:
                 f"input {self._status_samples / elapsed:.0f} Hz | RSS {rss_mb():.0f} MB")
 
     def summary(self) -> dict:
+        self._flush_stale_run()
         now = self.clock_ns()
         duration_s = (now - self.t_start_ns) / 1e9
         lat = self.latency.summary()
@@ -677,6 +817,8 @@ class Runtime:
             "samples_lost": self.ingest.samples_lost,
             "late_blocks": self.ingest.late_blocks,
             "mismatched_blocks": self.counters.mismatched_blocks,
+            "stale_windows": self.counters.stale_windows,
+            "clock_reanchors": self.stream_clock.reanchors,
             "resets": self.ingest.resets,
             "normaliser_refreshes": {"prepared": self.ingest.normaliser.fast_refreshes,
                                      "inline": self.ingest.normaliser.slow_refreshes,

@@ -281,16 +281,57 @@ def test_backlog_is_stale_not_decided(edge_bundle, edge_decoder, psychometric_by
 
 def test_late_event_decided_from_the_ring_within_the_staleness_bound(edge_bundle, edge_decoder):
     C = edge_bundle.n_channels
-    runtime, _, out = make_runtime(edge_bundle, edge_decoder, mode="triggered", stall_ms=100)
+    clock = Clock()
+    runtime, _, out = make_runtime(edge_bundle, edge_decoder, clock=clock, mode="triggered", stale_ms=100)
     rng = np.random.default_rng(0)
-    for k in range(60):  # 960 samples
-        runtime.process_batch(0, [SampleBlock(k, 16 * k, rng.lognormal(1, 0.3, (16, C)).astype(np.float32))])
+    for k in range(60):  # 960 samples, each 16-sample block read when its last sample is due
+        clock.advance_ms(16)
+        runtime.process_batch(clock(), [SampleBlock(k, 16 * k, rng.lognormal(1, 0.3, (16, C)).astype(np.float32))])
     recent = 960 - 50 - 298  # window [782, 910): complete 50 ms before its event arrives
     old = 960 - 150 - 298  # window complete 150 ms before: deciding now would be deciding late
-    runtime.process_batch(0, [StimOnset(99, recent, 25, 40.0), StimOnset(100, old, 25, 40.0)])
+    runtime.process_batch(clock(), [StimOnset(99, recent, 25, 40.0), StimOnset(100, old, 25, 40.0)])
     d, stale = records(out)
     assert d["type"] == "decision" and d["window"] == [recent + 170, recent + 298]
-    assert stale["reason"] == "stale" and stale["onset_sample"] == old and stale["behind_samples"] == 150
+    assert stale["reason"] == "stale" and stale["onset_sample"] == old and stale["age_ms"] == 150.0
+
+
+def test_backlog_after_a_pause_is_stale_by_the_clock_in_both_modes(edge_bundle, edge_decoder,
+                                                                   psychometric_bytes):
+    """Reads of one frame each, as a pty delivers them: the device (or this reader) paused
+    1.5 s and the backlog then arrives in a burst. Every window whose last sample was due
+    more than the bound ago is skipped; the newest data are decided again at once."""
+    ends = _frame_ends(psychometric_bytes)
+    pause_at = len(ends) // 3
+    for mode in ("continuous", "triggered"):
+        clock = Clock()  # a sample frame is read when its last sample is due: t = 1 s + sample ms
+        runtime, adapter, out = make_runtime(edge_bundle, edge_decoder, clock=clock, mode=mode, stale_ms=100)
+        decoder, pos, written_at, pause_sample = StreamDecoder(), 0, [], None
+        for k, end in enumerate(ends):
+            chunk, pos = psychometric_bytes[pos:end], end
+            for f in decoder.feed(chunk):
+                if isinstance(f, SampleFrame):
+                    due = 1_000_000_000 + (f.sample_counter + f.n_samples) * 1_000_000
+                    if k >= pause_at and pause_sample is None:
+                        pause_sample = f.sample_counter  # silent from here for 1.5 s ...
+                    if pause_sample is not None and f.sample_counter < pause_sample + 1500:
+                        due = 1_000_000_000 + (pause_sample + 1500) * 1_000_000  # ... then a burst
+                    clock.ns = max(clock.ns, due)
+            n_before = len(out.getvalue())
+            adapter.on_data(chunk)
+            written_at += [(json.loads(x), clock()) for x in out.getvalue()[n_before:].splitlines()]
+        recs = [r for r, _ in written_at]
+        decided = [(r, t) for r, t in written_at if r["type"] == "decision"]
+        stale = [r for r in recs if r.get("reason") == "stale"]
+        assert decided and stale, mode
+        for r, t in decided:  # nothing is decided later than the bound after its last sample was due
+            assert t - (1_000_000_000 + r["window"][1] * 1_000_000) <= 100_000_000, (mode, r["window"])
+        after = [r for r, _ in decided if r["window"][0] > pause_sample + 1500]
+        assert after, f"{mode}: decisions resume after the backlog"
+        assert all(r["window"][1] <= pause_sample + 1500 - 100 for r in stale), mode
+        if mode == "continuous":
+            # one line for the skipped run, not one per 16 ms window
+            assert len(stale) == 1 and stale[0]["skipped"] >= 80
+        assert runtime.summary()["stale_windows"] >= len(stale)
 
 
 def test_ring_buffer_wraps_and_counts_invalid():
