@@ -153,6 +153,9 @@ def bundle_from_int8(int8_path: Path, spec, n_channels: int, latent_dim: int, ou
                 "sample_rate_hz": spec.sample_rate_hz, "window": spec.to_dict(),
                 "normaliser": NormaliserConfig().to_dict(), "latency_budget_ms": 16.0}
     (out / MANIFEST_FILE).write_text(json.dumps(manifest))
+    from phosphene.edge.signing import seal_bundle
+
+    seal_bundle(out)
     return out
 
 

@@ -25,6 +25,7 @@ from phosphene.firmware_bridge.protocol import (
     StatusState,
     StreamDecoder,
     encode_samples,
+    quantize_uv,
 )
 
 from phosphene.io import write_json
@@ -39,11 +40,15 @@ def cpu_model() -> str:
     return cpu_name()
 
 
-def make_frames(n_frames: int, n_channels: int = 96, n_samples: int = 16, seed: int = 0) -> list[bytes]:
+def make_frames(n_frames: int, n_channels: int = 96, n_samples: int = 16, seed: int = 0,
+                sample_format: str = "int16") -> list[bytes]:
     rng = np.random.default_rng(seed)
-    # MUA-like values at 0.02 uV/LSB (0..~100 uV); content does not change decoder speed
-    block = rng.integers(0, 5000, (64, n_samples, n_channels)).astype(np.int16)
-    return [encode_samples(i, i * n_samples, block[i % 64], scale_uv=0.02, sample_rate_hz=1000)
+    # MUA-like values (0..~100 uV): int16 at 0.02 uV/LSB, or float16 microvolts (whose
+    # decoder also checks every sample is finite)
+    uv = rng.uniform(0, 100, (64, n_samples, n_channels))
+    scale = 0.02 if sample_format == "int16" else 1.0
+    block = quantize_uv(uv, scale, sample_format=sample_format)[0]
+    return [encode_samples(i, i * n_samples, block[i % 64], scale_uv=scale, sample_rate_hz=1000)
             for i in range(n_frames)]
 
 
@@ -88,6 +93,11 @@ def throughput(quick: bool) -> dict:
         assert d.stats.frames_ok == n_frames and d.stats.seq_gaps == 0
         rows.append({"case": "valid", "chunk_bytes": chunk, "mb_per_s": mb_s,
                      "frames_per_s": mb_s * 1e6 / len(frames[0])})
+    f16 = b"".join(make_frames(n_frames, sample_format="float16"))
+    mb_s, d = time_decode(f16, 1 << 16, repeats)
+    assert d.stats.frames_ok == n_frames and d.stats.payload_errors == 0
+    rows.append({"case": "valid float16", "chunk_bytes": 1 << 16, "mb_per_s": mb_s,
+                 "frames_per_s": mb_s * 1e6 / len(frames[0])})
     bad, n_bad = corrupt(frames, 0.01)
     bad_stream = b"".join(bad)
     mb_s, d = time_decode(bad_stream, 1 << 16, repeats)

@@ -38,8 +38,11 @@ class BenchConfig:
             raise ValueError("threads and runs must be >= 1 and warmup >= 0")
 
 
-def bench_bundle(bundle_path, config: BenchConfig = BenchConfig(), *, progress=None) -> dict:
-    """Measure a bundle on this machine; returns the JSON-ready result (stable keys)."""
+def bench_bundle(bundle_path, config: BenchConfig = BenchConfig(), *, progress=None,
+                 key=None, pin=None) -> dict:
+    """Measure a bundle on this machine; returns the JSON-ready result (stable keys).
+
+    key / pin: as for load_bundle (the signature or digest the site requires)."""
     from phosphene.edge.bundle import load_bundle
     from phosphene.edge.runtime import BundleDecoder, SampleBlock, StreamIngest
 
@@ -47,7 +50,7 @@ def bench_bundle(bundle_path, config: BenchConfig = BenchConfig(), *, progress=N
 
     rss_start = rss_mb()
     t0 = time.perf_counter()
-    bundle = load_bundle(bundle_path)
+    bundle = load_bundle(bundle_path, key=key, pin=pin)
     load_ms = (time.perf_counter() - t0) * 1e3
     t0 = time.perf_counter()
     decoder = BundleDecoder(bundle, threads=config.threads, runtime=config.runtime)

@@ -3,16 +3,20 @@
 A bundle is a directory written by `phosphene quantize` (docs/bundle.md is the written
 specification):
 
-    manifest.json   format + version, SHA-256 of every other file, channel count and map,
+    manifest.json   format + version, SHA-256 of model and probe, channel count and map,
                     sample rate, window spec, normaliser config, input/output quantisation,
                     parity report, calibration set, training metrics, latency budget, tools
     model.tflite    the full-int8 student encoder: int8 window (1, T, C) -> int8 latent (1, D)
     probe.json      linear probe(s) on the dequantised latent: P(perceived) = sigmoid(w.z + b)
+    bundle.sig      the detached digest: SHA-256 of every other file (manifest included), the
+                    digest over them, an optional HMAC or Ed25519 signature (edge/signing.py)
 
-`load_bundle(path)` refuses a bundle whose format version is newer than this code, whose
-files are missing or differ from their recorded hash, or whose channel count disagrees
-with its own channel map; the message names the file. `check_stream` refuses a stream
-whose channel count or sample rate differs from the bundle's.
+`load_bundle(path, key=None, pin=None)` refuses a bundle without bundle.sig, with a file
+missing, added or differing from its recorded hash, whose digest is not the pinned one or
+whose signature does not verify with the required key, whose format version is newer than
+this code, or whose channel count disagrees with its own channel map; the message names
+the file. `check_stream` refuses a stream whose channel count or sample rate differs from
+the bundle's.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,9 +34,13 @@ from phosphene.geometry import ChannelMap
 from phosphene.io import sha256_file as file_sha256  # re-exported: the one file hash
 from phosphene.signal import NormaliserConfig, WindowSpec
 
+if TYPE_CHECKING:
+    from phosphene.edge.signing import BundleKey, Seal
+
 __all__ = [
     "BUNDLE_FORMAT",
     "BUNDLE_VERSION",
+    "DIGEST_FILE",
     "MANIFEST_FILE",
     "MODEL_FILE",
     "PROBE_FILE",
@@ -49,12 +58,13 @@ __all__ = [
 ]
 
 BUNDLE_FORMAT = "phosphene-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2  # 2: bundle.sig, the digest of every file including the manifest
 PROBE_FORMAT = "phosphene-bundle-probe"  # not train/probe.py's single-task "phosphene-probe"
 PROBE_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.tflite"
 PROBE_FILE = "probe.json"
+DIGEST_FILE = "bundle.sig"
 
 _INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
 
@@ -228,6 +238,7 @@ class Bundle:
     output_quant: QuantParams  # the model's int8 latent (1, D)
     probes: dict[str, Probe] = field(default_factory=dict)
     task: str = ""  # the default probe's task
+    seal: Seal | None = None  # bundle.sig as verified: digest, signature, the key that verified it
 
     @property
     def probe(self) -> Probe:
@@ -258,6 +269,11 @@ class Bundle:
     def version(self) -> int:
         return int(self.manifest["version"])
 
+    @property
+    def digest(self) -> str:
+        """The bundle digest over every file (what `--pin` compares and a signature signs)."""
+        return self.seal.digest if self.seal is not None else ""
+
     def summary(self) -> dict:
         """What `phosphene verify` prints: JSON-ready, without the long arrays."""
         m = self.manifest
@@ -266,6 +282,7 @@ class Bundle:
             "format": m["format"], "version": m["version"],
             "created_utc": m.get("created_utc"),
             "files": {name: meta["sha256"] for name, meta in m["files"].items()},
+            "seal": self.seal.summary() if self.seal is not None else None,
             "n_channels": self.n_channels,
             "channel_map": self.channel_map.name,
             "sample_rate_hz": self.sample_rate_hz,
@@ -282,11 +299,11 @@ class Bundle:
         }
 
 
-def _read_json(file: Path) -> dict:
+def _parse_json(data: bytes, where: str):
     try:
-        return json.loads(file.read_text(encoding="utf-8"))
+        return json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{file} is not valid JSON: {exc}") from None
+        raise BundleError(f"{where} is not valid JSON: {exc}") from None
 
 
 def _require(m: dict, key: str, kind: type | tuple, where: str):
@@ -296,24 +313,7 @@ def _require(m: dict, key: str, kind: type | tuple, where: str):
     return m[key]
 
 
-def load_bundle(path: str | os.PathLike, *, verify_hashes: bool = True) -> Bundle:
-    """Open and verify a bundle directory; raise BundleError naming what is wrong.
-
-    Checks, in order: the manifest exists and parses; its format is ours and its version is
-    not newer than this code; every file it lists exists and has the recorded SHA-256 (and
-    the model and probe are among them); the channel count agrees with the channel map; the
-    window, normaliser and quantisation fields parse; the probe's width matches the latent.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise BundleError(f"bundle not found: {path}")
-    if not path.is_dir():
-        raise BundleError(f"{path} is not a bundle directory (expected {MANIFEST_FILE} inside)")
-    manifest_file = path / MANIFEST_FILE
-    if not manifest_file.is_file():
-        raise BundleError(f"{path} has no {MANIFEST_FILE}: not a phosphene bundle")
-    m = _read_json(manifest_file)
-    where = str(manifest_file)
+def _check_version(m, where: str) -> None:
     if not isinstance(m, dict) or m.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{where} is not a {BUNDLE_FORMAT} manifest")
     version = m.get("version")
@@ -322,6 +322,62 @@ def load_bundle(path: str | os.PathLike, *, verify_hashes: bool = True) -> Bundl
     if version > BUNDLE_VERSION:
         raise BundleError(f"{where} has bundle format version {version}, newer than this "
                           f"phosphene reads ({BUNDLE_VERSION}): upgrade phosphene on this device")
+    if version < BUNDLE_VERSION:
+        raise BundleError(f"{where} has bundle format version {version}, which has no "
+                          f"{DIGEST_FILE} protecting the manifest: rebuild the bundle with "
+                          "`phosphene quantize`")
+
+
+def _refuse_unsealed(path: Path) -> None:
+    """No bundle.sig: say whether to upgrade, rebuild (an old bundle) or copy again."""
+    where = str(path / MANIFEST_FILE)
+    try:
+        m = json.loads((path / MANIFEST_FILE).read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        m = None
+    if isinstance(m, dict) and isinstance(m.get("version"), int):
+        _check_version(m, where)  # newer: upgrade; older: rebuild
+    raise BundleError(f"bundle file {DIGEST_FILE} is missing from {path}: copy the whole bundle "
+                      "again, or rebuild it with `phosphene quantize`")
+
+
+def load_bundle(path: str | os.PathLike, *, key: str | os.PathLike | BundleKey | None = None,
+                pin: str | None = None) -> Bundle:
+    """Open and verify a bundle directory; raise BundleError naming what is wrong.
+
+    Checks, in order: bundle.sig exists, parses and is consistent with itself; its digest
+    equals `pin` (a hex digest), if given; its signature verifies with `key` (a key file
+    path or a signing.BundleKey), if given; the directory holds exactly the files it lists,
+    each with its recorded SHA-256 (manifest.json included; each file hashed once, the
+    JSON files parsed from the very bytes hashed); the manifest's format and version; the
+    manifest's own hashes agree with bundle.sig; the channel count agrees with the channel
+    map; the window, normaliser and quantisation fields parse; the probe's width matches
+    the latent.
+    """
+    from phosphene.edge.signing import check_seal
+
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"bundle not found: {path}")
+    if not path.is_dir():
+        raise BundleError(f"{path} is not a bundle directory (expected {MANIFEST_FILE} inside)")
+    manifest_file = path / MANIFEST_FILE
+    if not (path / DIGEST_FILE).is_file():
+        if not manifest_file.is_file():
+            raise BundleError(f"{path} has no {MANIFEST_FILE}: not a phosphene bundle")
+        _refuse_unsealed(path)
+    contents: dict[str, bytes] = {}
+    try:
+        seal = check_seal(path, key=key, pin=pin, contents=contents)
+    except OSError as exc:
+        raise BundleError(f"cannot read the bundle {path}: {exc.strerror or exc}"
+                          + (f" ({exc.filename})" if exc.filename else "")) from None
+    if MANIFEST_FILE not in contents:
+        raise BundleError(f"{path}: {DIGEST_FILE} does not cover {MANIFEST_FILE}: not a "
+                          "phosphene bundle")
+    where = str(manifest_file)
+    m = _parse_json(contents[MANIFEST_FILE], where)
+    _check_version(m, where)
 
     files = _require(m, "files", dict, where)
     model_meta = _require(m, "model", dict, where)
@@ -331,17 +387,14 @@ def load_bundle(path: str | os.PathLike, *, verify_hashes: bool = True) -> Bundl
         if not isinstance(name, str) or name not in files:
             raise BundleError(f"{where}: the {role} file is not listed under 'files' with a hash")
     for name, meta in files.items():
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise BundleError(f"{where}: file name {name!r} must be relative to the bundle")
-        file = path / name
-        if not file.is_file():
-            raise BundleError(f"bundle file {name} is missing from {path}")
         expected = meta.get("sha256") if isinstance(meta, dict) else None
         if not isinstance(expected, str):
             raise BundleError(f"{where}: no sha256 recorded for {name}")
-        if verify_hashes and file_sha256(file) != expected:
-            raise BundleError(f"bundle file {name} does not match its SHA-256 in {MANIFEST_FILE} "
-                              "(corrupted or modified): copy the bundle again")
+        if name not in seal.files:  # the directory holds exactly the files bundle.sig lists
+            raise BundleError(f"bundle file {name} is missing from {path}")
+        if seal.files[name] != expected:  # bundle.sig verified the file: compare, do not rehash
+            raise BundleError(f"{where}: the SHA-256 it records for {name} disagrees with "
+                              f"{DIGEST_FILE}: rebuild the bundle with `phosphene quantize`")
 
     n_channels = _require(m, "n_channels", int, where)
     try:
@@ -370,11 +423,15 @@ def load_bundle(path: str | os.PathLike, *, verify_hashes: bool = True) -> Bundl
     _require(m, "latency_budget_ms", (int, float), where)
 
     latent_dim = int(out_q.shape[-1])
-    task, probes = probe_from_json(_read_json(path / probe_meta["file"]), latent_dim=latent_dim,
-                                   where=f"bundle file {probe_meta['file']}")
+    probe_where = f"bundle file {probe_meta['file']}"
+    probe_bytes = contents.get(probe_meta["file"])
+    if probe_bytes is None:  # a probe file not named *.json: read it (bundle.sig checked it)
+        probe_bytes = (path / probe_meta["file"]).read_bytes()
+    task, probes = probe_from_json(_parse_json(probe_bytes, probe_where), latent_dim=latent_dim,
+                                   where=probe_where)
     return Bundle(path=path, manifest=m, window_spec=spec, normaliser_config=norm,
                   channel_map=channel_map, input_quant=in_q, output_quant=out_q,
-                  probes=probes, task=task)
+                  probes=probes, task=task, seal=seal)
 
 
 def check_stream(bundle: Bundle, n_channels: int, sample_rate_hz: float) -> None:
@@ -390,8 +447,9 @@ def check_stream(bundle: Bundle, n_channels: int, sample_rate_hz: float) -> None
 # --------------------------------------------------------------------------------------
 # What `phosphene verify` does (kept here so the CLI stays a thin wrapper)
 # --------------------------------------------------------------------------------------
-def verify_bundle(path: str | os.PathLike, *, runtime: str = "auto") -> dict:
-    """Load and verify a bundle, then load its model and run one window.
+def verify_bundle(path: str | os.PathLike, *, runtime: str = "auto",
+                  key: str | os.PathLike | BundleKey | None = None, pin: str | None = None) -> dict:
+    """Load and verify a bundle (with `key` / `pin` as load_bundle), then run one window.
 
     Returns {"ok": True, "bundle": Bundle.summary(), "interpreter": {...}}; raises
     BundleError (or RuntimeUnavailable, an ImportError) naming what failed.
@@ -400,7 +458,7 @@ def verify_bundle(path: str | os.PathLike, *, runtime: str = "auto") -> dict:
 
     from phosphene.edge.interpreter import Encoder
 
-    bundle = load_bundle(path)
+    bundle = load_bundle(path, key=key, pin=pin)
     t0 = time.perf_counter()
     encoder = Encoder(bundle, threads=1, runtime=runtime)  # checks tensors against the manifest
     t1 = time.perf_counter()
@@ -420,6 +478,20 @@ def verify_bundle(path: str | os.PathLike, *, runtime: str = "auto") -> dict:
     }
 
 
+def _format_seal(seal: dict | None) -> list[str]:
+    if not seal:
+        return []
+    sig = seal.get("signature")
+    if sig is None:
+        signed = "none (unsigned; `phosphene sign` adds one)"
+    elif sig["verified"]:
+        signed = f"{sig['algorithm']} by key {sig['key_id']}: verified"
+    else:
+        signed = f"{sig['algorithm']} by key {sig['key_id']}: not checked (pass --key to require it)"
+    return [f"digest      {seal['algorithm']}:{seal['digest']}  (every file; pin it with --pin)",
+            f"signature   {signed}"]
+
+
 def format_verify(report: dict) -> str:
     """The human-readable `phosphene verify` output."""
     b, it = report["bundle"], report["interpreter"]
@@ -429,6 +501,7 @@ def format_verify(report: dict) -> str:
     lines = [
         f"bundle      {b['path']}  ({b['format']} v{b['version']}, created {b.get('created_utc')})",
         "files       " + ", ".join(f"{name} sha256 {h[:12]}... ok" for name, h in b["files"].items()),
+        *_format_seal(b.get("seal")),
         f"array       {b['n_channels']} channels ({b['channel_map']}), {b['sample_rate_hz']:g} Hz",
         f"window      {w['window_samples']} samples, patch {w['patch_samples']}, "
         f"offset {w['offset_ms']:g} ms after onset",

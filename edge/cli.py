@@ -20,13 +20,23 @@ __all__ = ["bench", "run"]
 _SIM_KINDS = ("resting", "psychometric", "threshold")
 
 
-def _load_bundle(path: str):
+def _load_bundle(path: str, key: str | None = None, pin: str | None = None):
     from phosphene.edge.bundle import BundleError, load_bundle
 
     try:
-        return load_bundle(path)
+        return load_bundle(path, key=key, pin=pin)
     except (BundleError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+# --key / --pin on run, bench and verify; the environment variables let a systemd unit
+# require a signature or a digest without changing the command line
+_key_option = click.option(
+    "--key", "key_file", metavar="KEYFILE", envvar="PHOSPHENE_BUNDLE_KEY", show_envvar=True,
+    help="Require a valid signature by this key (HMAC site key or Ed25519 public key).")
+_pin_option = click.option(
+    "--pin", metavar="DIGEST", envvar="PHOSPHENE_BUNDLE_PIN", show_envvar=True,
+    help="Require the bundle's digest (as `phosphene verify` prints it) to be this one.")
 
 
 def _make_decoder(bundle, *, threads: int, runtime: str, task: str | None = None):
@@ -91,6 +101,9 @@ class _Signals:
 @click.option("--json", "as_json", is_flag=True, help="Decisions as JSON lines on stdout, then a summary line.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=str),
               help="Decision log (JSON lines); appears complete when the run ends.")
+@click.option("--capture", type=click.Path(dir_okay=False, path_type=str), metavar="FILE",
+              help="Also write every byte read to FILE (complete when the run ends), to replay "
+                   "the session later with `phosphene simulate stream --replay FILE`.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="S",
               help="Stop after S seconds (default: run until SIGINT/SIGTERM).")
 @click.option("--budget-ms", type=click.FloatRange(min=0, min_open=True),
@@ -100,9 +113,18 @@ class _Signals:
 @click.option("--runtime", "runtime_name", type=click.Choice(["auto", "litert", "tflite-runtime"]),
               default="auto", show_default=True, help="TFLite interpreter package.")
 @click.option("--stall-ms", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True,
-              help="No samples for this long -> 'stall' no-decision; also the staleness bound.")
+              help="No samples for this long -> 'stall' no-decision.")
+@click.option("--stale-ms", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True,
+              help="A window whose last sample was due (by the device's sample counter) longer "
+                   "ago than this -> 'stale' no-decision: after a backlog or a pause the "
+                   "runtime skips to the newest data instead of deciding on the past.")
 @click.option("--max-lost-samples", type=click.IntRange(min=0), default=0, show_default=True,
               help="Lost samples a window may contain and still be decided.")
+@click.option("--refuse-unhealthy", is_flag=True,
+              help="No decisions ('unhealthy_input') while input health reports a dead, flat or "
+                   "saturated channel that was alive at calibration, or input statistics far from "
+                   "the bundle's calibration. Without it, health is reported (status line, "
+                   "'health' log lines, summary) but decisions go on.")
 @click.option("--status-s", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Seconds between status lines on stderr (0: none).")
 @click.option("--task", help="Which of the bundle's probes to apply (default: the bundle's).")
@@ -122,9 +144,11 @@ class _Signals:
               help="With --pty-from-simulator: the link goes silent this long (see --sim-stall-every-s).")
 @click.option("--sim-stall-every-s", type=click.FloatRange(min=0), default=0.0,
               help="With --pty-from-simulator: period of the stalls (0: one stall, at 1 s).")
-def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, duration, budget_ms, threads,
-        runtime_name, stall_ms, max_lost_samples, status_s, task, realtime, sim_kind, sim_speed, sim_seed,
-        sim_channels, sim_drop_frames, sim_stall_ms, sim_stall_every_s):
+@_key_option
+@_pin_option
+def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, capture, duration, budget_ms, threads,
+        runtime_name, stall_ms, stale_ms, max_lost_samples, refuse_unhealthy, status_s, task, realtime, sim_kind, sim_speed, sim_seed,
+        sim_channels, sim_drop_frames, sim_stall_ms, sim_stall_every_s, key_file, pin):
     """Decode a live serial stream on the bedside device.
 
     Reads the array's frames, normalises them with the bundle's normaliser, runs the
@@ -144,11 +168,12 @@ def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, duration, bu
     if bool(port) == bool(pty_from_simulator):
         raise click.UsageError("give exactly one input: --port DEV or --pty-from-simulator")
     _stderr_logging()
-    b = _load_bundle(bundle)
+    b = _load_bundle(bundle, key_file, pin)
     decoder = _make_decoder(b, threads=threads, runtime=runtime_name, task=task)
     try:
         config = RuntimeConfig(mode=mode, latency_budget_ms=budget_ms or b.latency_budget_ms,
-                               stall_ms=stall_ms, max_lost_samples=max_lost_samples,
+                               stall_ms=stall_ms, stale_ms=stale_ms, max_lost_samples=max_lost_samples,
+                               refuse_unhealthy=refuse_unhealthy,
                                status_interval_s=status_s)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
@@ -161,6 +186,7 @@ def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, duration, bu
     from phosphene.firmware_bridge.transport import DEFAULT_BAUD, PortError, open_port
 
     baudrate = baud or DEFAULT_BAUD
+    _warn_if_baud_too_low(baud, b)
     try:
         # fail now, with one clear line, if it cannot open
         first_port = open_port(port, baudrate=baudrate, timeout_s=0.1)
@@ -187,7 +213,20 @@ def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, duration, bu
             array.close()
         raise click.ClickException(f"cannot write the decision log {out}: {exc.strerror or exc}") from None
     runtime = Runtime(decoder, spec=b.window_spec, normaliser_config=b.normaliser_config,
-                      n_channels=b.n_channels, config=config, sinks=sinks, status_stream=sys.stderr)
+                      n_channels=b.n_channels, config=config, sinks=sinks, status_stream=sys.stderr,
+                      health_reference=b.manifest.get("input_health"), wire_rails_uv=_wire_rails(b))
+    recording = None
+    if capture:
+        from phosphene.firmware_bridge.capture import CaptureWriter
+
+        try:
+            recording = CaptureWriter(capture)
+        except OSError as exc:
+            first_port.close()
+            if array is not None:
+                array.close()
+            raise click.ClickException(f"cannot write the capture {capture}: "
+                                       f"{exc.strerror or exc}") from None
     stop = threading.Event()
     try:
         with _Signals(stop) as signals:
@@ -206,14 +245,18 @@ def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, duration, bu
             result = run_live(runtime, port_factory, stop=stop, duration_s=run_s, watchdog=Watchdog(),
                               stop_reason=lambda: signals.received or (
                                   "duration" if simulator_done.is_set() else "stop"),
-                              realtime_priority=realtime)
+                              realtime_priority=realtime, port_name=port, capture=recording)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         runtime.close()
         if array is not None:
             array.close()
+        if recording is not None:
+            recording.close()
     summary = result.summary
+    if recording is not None:
+        summary["capture"] = {"path": str(recording.path), "bytes": recording.bytes_written}
     summary["stopped_by"] = result.stopped_by
     if array is not None:  # what the simulated array sent, to compare with what arrived
         from dataclasses import asdict
@@ -225,6 +268,30 @@ def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, duration, bu
     click.echo(format_summary(summary), err=True)
     if log_path is not None:
         click.echo(f"[phosphene run] decision log: {log_path}", err=True)
+
+
+def _wire_rails(bundle) -> tuple[float, float] | None:
+    """The values a saturated sample of the bundle's wire format decodes to (None: unknown)."""
+    from phosphene.edge.health import wire_rails_uv
+
+    wire = bundle.manifest.get("wire")
+    if not isinstance(wire, dict):
+        return None
+    return wire_rails_uv(float(wire.get("scale_uv", 1.0)), wire.get("sample_format", "float16"))
+
+
+def _warn_if_baud_too_low(baud: int | None, bundle) -> None:
+    """A UART slower than the stream needs loses frames from the start: say so at once."""
+    from phosphene.firmware_bridge.protocol import required_baud
+
+    if baud is None:
+        return
+    need = required_baud(bundle.n_channels, bundle.sample_rate_hz, bundle.window_spec.patch_samples)
+    if baud < need:
+        click.echo(f"[phosphene run] warning: --baud {baud} is below the {need:,} baud that "
+                   f"{bundle.n_channels} channels at {bundle.sample_rate_hz:g} Hz need in "
+                   f"{bundle.window_spec.patch_samples}-sample frames: a UART bridge will lose "
+                   "frames (USB CDC devices ignore the baud rate)", err=True)
 
 
 # after the simulated array's last frame, before the runtime stops (under the stall bound,
@@ -277,7 +344,10 @@ def _simulated_array(b, kind, speed, seed, channels, drop_frames, stall_ms, stal
               help="Measure at SCHED_FIFO priority PRIO, as a dedicated board would run (root or "
                    "CAP_SYS_NICE).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (stable keys).")
-def bench(bundle, threads, runs, warmup, runtime_name, budget_ms, stream, duration, realtime, as_json):
+@_key_option
+@_pin_option
+def bench(bundle, threads, runs, warmup, runtime_name, budget_ms, stream, duration, realtime, as_json,
+          key_file, pin):
     """Benchmark a bundle's decision latency on this device.
 
     Like TFLite's benchmark_model: interpreter and version, init time, first inference,
@@ -295,12 +365,12 @@ def bench(bundle, threads, runs, warmup, runtime_name, budget_ms, stream, durati
     from phosphene.edge.benchmark import BenchConfig, bench_bundle, format_bench
 
     _stderr_logging()
-    b = _load_bundle(bundle)
+    b = _load_bundle(bundle, key_file, pin)
     _make_decoder(b, threads=threads, runtime=runtime_name)  # clear errors before measuring
     config = BenchConfig(threads=threads, runs=runs, warmup=warmup, runtime=runtime_name,
                          latency_budget_ms=budget_ms, realtime_priority=realtime)
     try:
-        result = bench_bundle(bundle, config)
+        result = bench_bundle(bundle, config, key=key_file, pin=pin)
         if stream:
             from phosphene.edge.benchmark import bench_stream
 
@@ -324,22 +394,27 @@ def bench(bundle, threads, runs, warmup, runtime_name, budget_ms, stream, durati
 @click.option("--runtime", "runtime_name", type=click.Choice(["auto", "litert", "tflite-runtime"]),
               default="auto", show_default=True, help="Interpreter used to load and run the model once.")
 @click.option("--json", "as_json", is_flag=True, help="Print what the bundle holds as JSON.")
-def verify(bundle, runtime_name, as_json):
+@_key_option
+@_pin_option
+def verify(bundle, runtime_name, as_json, key_file, pin):
     """Check a bundle's hashes and print what it holds.
 
-    Checks the format version, the SHA-256 of every file, the channel count against the
-    channel map, then loads the int8 model in the interpreter, checks its input/output
-    tensors against the manifest and runs one window. Exit 1 with the reason otherwise.
+    Checks the SHA-256 of every file against bundle.sig (the manifest included), the
+    signature with --key and the digest with --pin, the format version, the channel count
+    against the channel map, then loads the int8 model in the interpreter, checks its
+    input/output tensors against the manifest and runs one window. Prints the digest (to
+    pin) and who signed it. Exit 1 with the reason otherwise.
 
     \b
     Example:
       phosphene verify bundle
       phosphene verify bundle --runtime tflite-runtime --json
+      phosphene verify bundle --key bundle-ed25519.pub --pin 3f1a...
     """
     from phosphene.edge.bundle import verify_bundle
 
     try:
-        report = verify_bundle(bundle, runtime=runtime_name)
+        report = verify_bundle(bundle, runtime=runtime_name, key=key_file, pin=pin)
     except (ValueError, OSError, ImportError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:

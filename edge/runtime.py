@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 import numpy as np
+from phosphene.edge.health import HealthReport, InputHealth
 from phosphene.edge.normaliser import EdgeNormaliser
 from phosphene.edge.stats import LatencyHistogram, peak_rss_mb, rss_mb
 
@@ -56,6 +57,7 @@ NO_DECISION_REASONS = (
     "stale",  # the window's last sample was due longer than stale_ms ago (a backlog, a pause)
     "stream_mismatch",  # channel count or sample rate of the stream differs from the bundle
     "window_expired",  # the trial's window is no longer (or never was) in the ring buffer
+    "unhealthy_input",  # --refuse-unhealthy: dead/flat/saturated channels or input unlike calibration
 )
 STAGES = ("read_parse", "normalise", "invoke", "probe", "write")
 STALL_LINE_MAX_NS = 60_000_000_000  # while the input stays silent, at least one stall line a minute
@@ -120,6 +122,8 @@ class RuntimeConfig:
     status_interval_s: float = 10.0  # periodic one-line status on stderr (0: never)
     ring_extra_s: float = 1.0  # ring holds offset + window + this much, for late events
     max_pending: int = 64  # triggered windows awaiting data; more -> oldest dropped as expired
+    refuse_unhealthy: bool = False  # no decisions while input health reports a fault or a shift
+    health_interval_s: float = 0.25  # how often input health is assessed (in poll, idle time)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -475,7 +479,8 @@ class Runtime:
 
     def __init__(self, decoder: WindowDecoder, *, spec: WindowSpec, normaliser_config: NormaliserConfig,
                  n_channels: int, config: RuntimeConfig, sinks: DecisionSinks,
-                 status_stream: IO[str] | None = None, clock_ns=time.perf_counter_ns):
+                 status_stream: IO[str] | None = None, clock_ns=time.perf_counter_ns,
+                 health_reference: dict | None = None, wire_rails_uv: tuple[float, float] | None = None):
         if abs(normaliser_config.sample_rate_hz - spec.sample_rate_hz) > 1e-6:
             raise ValueError(f"bundle is inconsistent: normaliser at {normaliser_config.sample_rate_hz} Hz "
                              f"but windows at {spec.sample_rate_hz} Hz")
@@ -508,6 +513,14 @@ class Runtime:
         self._last_status_ns = now
         self._status_samples = 0
         self.rss_start_mb = rss_mb()
+        # input health: raw uV against the bundle's calibration statistics (edge/health.py)
+        self.health = InputHealth(self.n_channels, health_reference, spec.sample_rate_hz,
+                                  rails_uv=wire_rails_uv)
+        self.health_report: HealthReport | None = None
+        self._health_state: tuple | None = None
+        self._last_health_ns = now
+        self._health_blocks: list[np.ndarray] = []
+        self.health_changes = 0
 
     # ---- public loop API ---------------------------------------------------------------
     def process_batch(self, t_read_ns: int, items: list, t_parsed_ns: int | None = None) -> None:
@@ -523,6 +536,7 @@ class Runtime:
                 continue
             if isinstance(item, StreamRestart):
                 self.stream_clock.reset()
+                self.health.reset()
                 if self.ingest.restart():
                     self._expire_all("window_expired", t_read_ns)
                     self._log_status(f"device restarted (seq {item.seq}, sample {item.sample}): "
@@ -542,6 +556,8 @@ class Runtime:
             if status == "reset":
                 self._expire_pending(before=item.sample)
                 self.stream_clock.reset()
+                self.health.reset()
+            self._health_blocks.append(item.data)
             reanchors = self.stream_clock.reanchors
             self.stream_clock.observe(t_read_ns, item.sample + n)
             if self.stream_clock.reanchors != reanchors:
@@ -568,6 +584,9 @@ class Runtime:
             self._decide_ready_triggers(head, t_read_ns, read_parse_ns, normalise_ns)
         if got_samples:
             self.ingest.prepare()  # after the decisions: idle time until the next frame
+        for block in self._health_blocks:
+            self.health.update(block)
+        self._health_blocks.clear()
 
     def poll(self, now_ns: int | None = None) -> None:
         """Stall detection, mismatch reminders and the periodic status line."""
@@ -587,6 +606,9 @@ class Runtime:
                 self._last_stall_line_ns = now
                 self._stall_lines += 1
                 self._no_decision("stall", now, stalled_ms=round((now - self._last_input_ns) / 1e6, 1))
+        if now - self._last_health_ns >= self.config.health_interval_s * 1e9:
+            self._last_health_ns = now
+            self._assess_health(now)
         if self._stale_run is not None and now - self._stale_run[4] > 1e9:
             self._flush_stale_run()  # a backlog that lasts: say so at least once a second
         interval = self.config.status_interval_s
@@ -602,6 +624,23 @@ class Runtime:
     def set_external_counters(self, counters: dict[str, int]) -> None:
         """Counters the wire decoder keeps (frames_lost, crc_errors, ...), shown in status/summary."""
         self.external = dict(counters)
+
+    def _assess_health(self, now: int) -> None:
+        """Classify the channels; a change of the fault set or of the shift flag is written
+        as a `health` line (and to stderr), so the log says when the input went wrong."""
+        r = self.health_report = self.health.assess((now - self.t_start_ns) / 1e9)
+        state = (r.warming_up, tuple(r.dead), tuple(r.flat), tuple(r.saturated), bool(r.ood))
+        if state == self._health_state or r.warming_up:
+            return
+        first = self._health_state is None
+        self._health_state = state
+        if first and r.ok:
+            return  # healthy from the start: nothing to say
+        self.health_changes += 1
+        self._flush_stale_run()
+        self.sinks.write({"type": "health", "mode": self.config.mode, **r.to_json(),
+                          "time_unix": round(time.time(), 6)}, f"input {r.status_text()}")
+        self._log_status(f"input {r.status_text()}")
 
     # ---- triggered mode ----------------------------------------------------------------
     def _on_onset(self, onset: StimOnset, t_read_ns: int) -> None:
@@ -686,6 +725,11 @@ class Runtime:
         if not ring.holds(start, stop):
             self._no_decision("window_expired", t0, onset=onset, window=window)
             return None
+        if self.config.refuse_unhealthy and self.health_report is not None:
+            reason = self.health_report.refuse_reason()
+            if reason:
+                self._no_decision("unhealthy_input", t0, onset=onset, window=window, detail=reason)
+                return None
         age = self.stream_clock.age_ns(stop, t0)
         if age > self._stale_ns:
             if not report_stale:
@@ -792,7 +836,8 @@ class Runtime:
                 f"(no-decision {nd}) | p50 {s['p50'] / 1e3:.2f} ms p99 {s['p99'] / 1e3:.2f} ms | "
                 f"misses {self.counters.budget_misses} | frames lost {self.external.get('frames_lost', 0)} "
                 f"| CRC errors {self.external.get('crc_errors', 0)} | "
-                f"input {self._status_samples / elapsed:.0f} Hz | RSS {rss_mb():.0f} MB")
+                f"input {self._status_samples / elapsed:.0f} Hz | RSS {rss_mb():.0f} MB"
+                + (f" | {self.health_report.status_text()}" if self.health_report else ""))
 
     def summary(self) -> dict:
         self._flush_stale_run()
@@ -818,6 +863,8 @@ class Runtime:
             "late_blocks": self.ingest.late_blocks,
             "mismatched_blocks": self.counters.mismatched_blocks,
             "stale_windows": self.counters.stale_windows,
+            "input_health": self.health_report.to_json() if self.health_report else None,
+            "input_health_changes": self.health_changes,
             "clock_reanchors": self.stream_clock.reanchors,
             "resets": self.ingest.resets,
             "normaliser_refreshes": {"prepared": self.ingest.normaliser.fast_refreshes,

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from phosphene.edge.runtime import Runtime, SampleBlock, StimOnset, StreamRestart
+from phosphene.firmware_bridge.capture import CaptureWriter
 from phosphene.firmware_bridge.protocol import EventFrame, SampleFrame, StatusFrame, StreamDecoder
 from phosphene.firmware_bridge.transport import DEFAULT_BAUD, SerialReader, open_port
 
@@ -38,8 +39,10 @@ class FrameAdapter:
     """
 
     def __init__(self, runtime: Runtime, *, decoder: StreamDecoder | None = None,
-                 clock_ns: Callable[[], int] = time.perf_counter_ns, realtime_priority: int | None = None):
+                 clock_ns: Callable[[], int] = time.perf_counter_ns, realtime_priority: int | None = None,
+                 capture: CaptureWriter | None = None):
         self.runtime = runtime
+        self.capture = capture
         self.realtime_priority = realtime_priority
         self.realtime_error: str | None = None
         self.decoder = decoder or StreamDecoder()
@@ -72,6 +75,8 @@ class FrameAdapter:
             self.batches += 1
             if items:
                 self.runtime.process_batch(t_read_ns, items, t_parsed_ns)
+            if self.capture is not None:
+                self.capture.write(data)  # after the decisions: never on their path
 
     def _convert(self, frames: list) -> list:
         restarts = self.decoder.sequence.restarts
@@ -156,22 +161,27 @@ def run_live(runtime: Runtime, port: str | Callable, *, stop: threading.Event,
              duration_s: float | None = None, baudrate: int = DEFAULT_BAUD,
              poll_s: float = 0.01, watchdog=None, on_tick: Callable[[], None] | None = None,
              stop_reason: Callable[[], str] | None = None,
-             realtime_priority: int | None = None) -> LiveResult:
+             realtime_priority: int | None = None, port_name: str | None = None,
+             capture: CaptureWriter | None = None) -> LiveResult:
     """Read `port` until `stop` is set or `duration_s` passes; return the runtime's summary.
 
     port: a device path, a pyserial URL, or a callable returning an open pyserial port
     (SerialReader reopens it with backoff if it disappears). watchdog: an object with
     ready(), ping() and stopping() (phosphene.edge.deploy.watchdog.Watchdog), optional.
     realtime_priority: SCHED_FIFO priority for the reading/deciding thread (None: normal).
+    port_name: how log lines name the device (default: the path, when `port` is one).
+    capture: every byte read is appended to it, after the decisions it fed: the raw wire
+    bytes `phosphene simulate stream --replay` re-sends.
     """
     import gc
 
-    adapter = FrameAdapter(runtime, realtime_priority=realtime_priority)
+    adapter = FrameAdapter(runtime, realtime_priority=realtime_priority, capture=capture)
     # everything loaded so far (interpreter, numpy, bundle) lives for the whole run: keep it
     # out of the cyclic collector, so a full collection never pauses a decision for long
     gc.collect()
     gc.freeze()
-    reader = SerialReader(port, adapter.on_data, baudrate=baudrate, on_connect=adapter.on_connect)
+    reader = SerialReader(port, adapter.on_data, baudrate=baudrate, on_connect=adapter.on_connect,
+                          name=port_name)
     t_start = time.monotonic()
     stopped_by = "stop"
     restore_main = None

@@ -1,6 +1,7 @@
 """phosphene.firmware_bridge: the serial link from the acquisition firmware to the edge.
 
 protocol   frame encoder and streaming decoder (docs/protocol.md is the specification)
+capture    raw wire captures (atomic) and their replay at the recorded pace
 handler    decoded frames -> contiguous microvolt blocks, sample gaps, events, restarts
 transport  pyserial ports, pseudo-terminal pairs, a reconnecting reader
 simulator  the array simulator: virtual-cortex frames at real-time pace, counted faults
@@ -9,6 +10,13 @@ c/         the C99 reference encoder for firmware (phosphene_wire.h / .c)
 
 from importlib.metadata import PackageNotFoundError, version
 
+from phosphene.firmware_bridge.capture import (
+    CaptureWriter,
+    ReplayCounts,
+    Replayer,
+    describe_capture,
+    replay_frames,
+)
 from phosphene.firmware_bridge.handler import (
     HandlerOutput,
     HandlerStats,
@@ -18,8 +26,10 @@ from phosphene.firmware_bridge.handler import (
 )
 from phosphene.firmware_bridge.protocol import (
     CRC_BYTES,
+    DEFAULT_SAMPLE_FORMAT,
     HEADER_BYTES,
     MAX_PAYLOAD_BYTES,
+    SAMPLE_FORMATS,
     SYNC,
     VERSION,
     DecoderStats,
@@ -39,7 +49,9 @@ from phosphene.firmware_bridge.protocol import (
     encode_samples,
     encode_status,
     quantize_uv,
+    required_baud,
     samples_to_uv,
+    wire_roundtrip_uv,
 )
 from phosphene.firmware_bridge.simulator import (
     CortexSource,
@@ -67,10 +79,13 @@ except PackageNotFoundError:  # a source tree that was never installed
 __all__ = [
     "CRC_BYTES",
     "DEFAULT_BAUD",
+    "DEFAULT_SAMPLE_FORMAT",
     "HEADER_BYTES",
     "MAX_PAYLOAD_BYTES",
+    "SAMPLE_FORMATS",
     "SYNC",
     "VERSION",
+    "CaptureWriter",
     "CortexSource",
     "DatasetSource",
     "DecoderStats",
@@ -86,6 +101,8 @@ __all__ = [
     "PtyPair",
     "RawFrame",
     "ReaderStats",
+    "ReplayCounts",
+    "Replayer",
     "SampleAssembler",
     "SampleBlock",
     "SampleFrame",
@@ -100,11 +117,15 @@ __all__ = [
     "StreamDecoder",
     "StreamFormat",
     "__version__",
+    "describe_capture",
     "encode_event_stim",
     "encode_frame",
     "encode_samples",
     "encode_status",
     "open_port",
     "quantize_uv",
+    "replay_frames",
+    "required_baud",
     "samples_to_uv",
+    "wire_roundtrip_uv",
 ]

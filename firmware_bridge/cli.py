@@ -59,26 +59,42 @@ def _fault_options(func):
               help="Pace: 1 = real time, 10 = ten times faster, 0 = as fast as the port takes it.")
 @click.option("--frame-samples", type=click.IntRange(1, 65535), default=16, show_default=True,
               help="Samples per SAMPLES frame.")
+@click.option("--wire-format", type=click.Choice(["float16", "int16"]), default="float16",
+              show_default=True,
+              help="Sample encoding: float16 (SAMPLES_F16 frames, 11 significant bits at every "
+                   "amplitude) or int16 (SAMPLES frames, a fixed step of --scale-uv).")
 @click.option("--scale-uv", type=click.FloatRange(min=0.0, min_open=True), default=None,
-              help="Microvolts per LSB on the wire (default 0.02).")
+              help="Microvolts per unit on the wire (default 0.02 for int16, 1.0 for float16). "
+                   "With float16 it only moves the range (+-65504 x scale) and keeps the "
+                   "relative precision; 1.0 suits MUA.")
 @click.option("--status-every", type=_NONNEG, default=1.0, show_default=True,
               help="Seconds between STATUS frames (0: only at start and end).")
 @click.option("--baud", type=click.IntRange(min=1), default=None,
-              help="Baud rate for a real serial port (default 3000000; ignored by ptys and URLs).")
+              help="Baud rate for a real serial port (default 3000000; ignored by ptys and URLs). "
+                   "A rate below what the stream needs is warned about.")
+@click.option("--capture", type=click.Path(dir_okay=False, path_type=str), default=None,
+              metavar="FILE",
+              help="Also write the exact bytes sent to FILE (raw wire bytes). FILE appears "
+                   "complete when the stream ends (Ctrl-C or a lost port included).")
+@click.option("--replay", type=click.Path(exists=True, dir_okay=False, path_type=str),
+              default=None, metavar="FILE",
+              help="Re-send a capture (--capture, or `phosphene run --capture`) bit for bit, "
+                   "paced by its frames' sample counters and rate (--speed scales the pace).")
 @_fault_options
 @click.option("--quiet", is_flag=True, help="No live summary on stderr.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the final counts as one JSON object on stdout.")
 def simulate_stream(port, use_pty, kind, dataset_path, session, seed, duration, speed, frame_samples,
-                    scale_uv, status_every, baud, drop_bytes, flip_bits, drop_frames, duplicate_frames,
-                    reorder_frames, stall_ms, stall_every, garbage_burst, garbage_every,
-                    restart_seq_at, quiet, as_json):
+                    wire_format, scale_uv, status_every, baud, capture, replay, drop_bytes, flip_bits,
+                    drop_frames, duplicate_frames, reorder_frames, stall_ms, stall_every,
+                    garbage_burst, garbage_every, restart_seq_at, quiet, as_json):
     """Stream virtual-cortex MUA as wire frames over serial, at real-time pace.
 
-    Each 16-sample block becomes a SAMPLES frame; each stimulation onset an EVENT_STIM
-    frame sent just before the frame holding its onset sample. Faults are injected with
-    exact counts, so a receiver's loss counters can be checked against them (the JSON's
-    expected_* fields are what a correct decoder reports).
+    Each 16-sample block becomes a SAMPLES_F16 frame (SAMPLES with --wire-format int16);
+    each stimulation onset an EVENT_STIM frame sent just before the frame holding its
+    onset sample. Faults are injected with exact counts, so a receiver's loss counters can
+    be checked against them (the JSON's expected_* fields are what a correct decoder
+    reports). On a lost port it prints the counts so far, then one error line, and exits 1.
 
     \b
     Examples:
@@ -86,38 +102,126 @@ def simulate_stream(port, use_pty, kind, dataset_path, session, seed, duration, 
       phosphene simulate stream --port /dev/ttyUSB0 --baud 3000000
       phosphene simulate stream --pty --speed 10 --drop-frames 0.01 --flip-bits 1e-6 --json
       phosphene simulate stream --port socket://localhost:7777 --dataset data --session rest-0
+      phosphene simulate stream --pty --duration 60 --capture session.wire
+      phosphene simulate stream --pty --replay session.wire --speed 2
     """
-    from phosphene.firmware_bridge.simulator import (
-        DEFAULT_SCALE_UV,
-        FaultConfig,
-        Simulator,
-        SimulatorConfig,
-    )
-    from phosphene.firmware_bridge.transport import DEFAULT_BAUD, PortError, PtyPair, open_port
+    from phosphene.firmware_bridge.simulator import FaultConfig, Simulator, SimulatorConfig
 
     if (port is None) == (not use_pty):
         raise click.UsageError("give exactly one of --port DEV or --pty")
+    if replay is not None:
+        _check_replay_options(click.get_current_context())
     if dataset_path is not None and kind is not None:
         raise click.UsageError("--kind selects a virtual-cortex session; it cannot be used with --dataset")
     if session is not None and dataset_path is None:
         raise click.UsageError("--session needs --dataset")
+
+    writer = source = None
+    if replay is not None:
+        runner, fmt = _open_replay(replay, speed)
+    else:
+        try:
+            faults = FaultConfig(drop_bytes_p=drop_bytes, flip_bits_p=flip_bits,
+                                 drop_frames_p=drop_frames, duplicate_frames_p=duplicate_frames,
+                                 reorder_frames_p=reorder_frames, stall_ms=stall_ms,
+                                 stall_every_s=stall_every, garbage_burst_bytes=garbage_burst,
+                                 garbage_every_s=garbage_every, restart_seq_at_s=restart_seq_at)
+            config = SimulatorConfig(frame_samples=frame_samples, sample_format=wire_format,
+                                     scale_uv=scale_uv, speed=speed, status_every_s=status_every,
+                                     seed=seed, faults=faults)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        source = _open_source(dataset_path, session, kind, seed)
+        fmt = (int(source.n_channels), round(source.sample_rate_hz), frame_samples)
+
+        def progress(counts) -> None:
+            if not quiet and not counts.done:
+                click.echo(counts.summary_line(), err=True)
+
+        writer = _open_capture(capture)
+        runner = Simulator(source, config, on_progress=progress,
+                           on_wire=writer.write if writer is not None else None)
+    if baud is not None and fmt is not None:
+        _warn_slow_baud(baud, *fmt, pty=use_pty)
     try:
-        faults = FaultConfig(drop_bytes_p=drop_bytes, flip_bits_p=flip_bits, drop_frames_p=drop_frames,
-                             duplicate_frames_p=duplicate_frames, reorder_frames_p=reorder_frames,
-                             stall_ms=stall_ms, stall_every_s=stall_every,
-                             garbage_burst_bytes=garbage_burst, garbage_every_s=garbage_every,
-                             restart_seq_at_s=restart_seq_at)
-        config = SimulatorConfig(frame_samples=frame_samples, scale_uv=scale_uv or DEFAULT_SCALE_UV,
-                                 speed=speed, status_every_s=status_every, seed=seed, faults=faults)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    source = _open_source(dataset_path, session, kind, seed)
+        target, where = _open_target(port, use_pty, baud, as_json)
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
+    try:
+        _run(runner, target, None if replay is not None else duration,
+             None if quiet or replay is None else runner)
+        if use_pty and not target.drain(timeout_s=2.0):
+            click.echo("warning: the reader did not take the last bytes before the pty closed",
+                       err=True)
+    finally:
+        _close_quietly(target)
+        if writer is not None:
+            writer.close()
+    _report(runner, where, replay, source, as_json)
 
-    def progress(counts) -> None:
-        if not quiet and not counts.done:
-            click.echo(counts.summary_line(), err=True)
 
-    sim = Simulator(source, config, on_progress=progress)
+_NOT_WITH_REPLAY = ("kind", "dataset_path", "session", "seed", "duration", "frame_samples",
+                    "wire_format", "scale_uv", "status_every", "capture", "drop_bytes",
+                    "flip_bits", "drop_frames", "duplicate_frames", "reorder_frames", "stall_ms",
+                    "stall_every", "garbage_burst", "garbage_every", "restart_seq_at")
+
+
+def _check_replay_options(ctx: click.Context) -> None:
+    from click.core import ParameterSource
+
+    given = [p.opts[0] for p in ctx.command.params if p.name in _NOT_WITH_REPLAY
+             and ctx.get_parameter_source(p.name) in (ParameterSource.COMMANDLINE,
+                                                      ParameterSource.ENVIRONMENT)]
+    if given:
+        raise click.UsageError(f"--replay re-sends a capture as it was recorded; it cannot be "
+                               f"used with {', '.join(given)}")
+
+
+def _open_replay(path: str, speed: float):
+    """(Replayer, (n_channels, rate, frame_samples) or None) for a capture file."""
+    from phosphene.firmware_bridge.capture import Replayer, describe_capture
+
+    try:
+        info = describe_capture(path)
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None
+    if info["frames"] == 0:
+        raise click.ClickException(f"{path} holds no phosphene frames (is it a wire capture?)")
+    fmt = None
+    if info["sample_frames"]:
+        fmt = (info["n_channels"], info["sample_rate_hz"], info["frame_samples"])
+    return Replayer(path, speed=speed), fmt
+
+
+def _open_capture(path: str | None):
+    from phosphene.firmware_bridge.capture import CaptureWriter
+
+    if path is None:
+        return None
+    try:
+        return CaptureWriter(path)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write capture {path}: {exc.strerror or exc}") from None
+
+
+def _warn_slow_baud(baud: int, n_channels: int, rate_hz: int, frame_samples: int, *,
+                    pty: bool) -> None:
+    from phosphene.firmware_bridge.protocol import required_baud
+
+    need = required_baud(n_channels, rate_hz, frame_samples)
+    if baud < need:
+        note = "; a pty ignores the rate, a real UART would fall behind" if pty else (
+            "; the link will fall behind and the device will drop frames")
+        click.echo(f"warning: --baud {baud} is below the {need} baud (8N1) that {n_channels} "
+                   f"channels at {rate_hz} Hz in {frame_samples}-sample frames need{note}",
+                   err=True)
+
+
+def _open_target(port, use_pty: bool, baud, as_json: bool):
+    from phosphene.firmware_bridge.transport import DEFAULT_BAUD, PortError, PtyPair, open_port
+
     if use_pty:
         target = PtyPair()
         where = target.device_path
@@ -125,31 +229,47 @@ def simulate_stream(port, use_pty, kind, dataset_path, session, seed, duration, 
             click.echo(json.dumps({"pty": where}), err=True)
         else:
             click.echo(f"pty: open {where} from the runtime", err=True)
-    else:
-        try:
-            target = open_port(port, baudrate=baud or DEFAULT_BAUD, timeout_s=0.1)
-        except PortError as exc:
-            raise click.ClickException(str(exc)) from None
-        where = port
+        return target, where
     try:
-        _run(sim, target, duration)
-        if use_pty and not target.drain(timeout_s=2.0):
-            click.echo("warning: the reader did not take the last bytes before the pty closed",
-                       err=True)
-    finally:
+        return open_port(port, baudrate=baud or DEFAULT_BAUD, timeout_s=0.1), port
+    except PortError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _close_quietly(target) -> None:
+    """Close the port; one that vanished may fail to close, and is gone either way."""
+    try:
         target.close()
-    if sim.error is not None:
-        raise click.ClickException(f"stream to {where} failed: {sim.error}")
-    counts = sim.counts
-    result = {"port": where, **source.describe(), **counts.to_dict()}
+    except OSError:
+        pass
+
+
+def _report(runner, where: str, replay: str | None, source, as_json: bool) -> None:
+    """Print the final counts (JSON on stdout, or lines on stderr); then fail on a lost port."""
+    counts = runner.counts
+    error = None
+    if runner.error is not None:
+        exc = runner.error
+        error = (f"port {where} failed mid-stream: {exc} (device unplugged or closed?)"
+                 if isinstance(exc, OSError) else f"stream to {where} failed: {exc!r}")
+    described = {"source": "replay", "path": replay} if replay is not None else source.describe()
+    result = {"port": where, **described, **counts.to_dict()}
     result.pop("done", None)
+    if error is not None:
+        result["error"] = error
     if as_json:
         click.echo(json.dumps(result, indent=2))
+    elif replay is not None:
+        click.echo(f"done: {counts.summary_line()}, {counts.pieces_sent} writes in "
+                   f"{counts.elapsed_s:.1f} s", err=True)
     else:
         click.echo(f"done: {counts.summary_line()}", err=True)
+    if not as_json and replay is None and error is None:  # a cut run has no closing balance
         click.echo(f"expected at the receiver: frames lost {counts.expected_frames_lost}, "
                    f"duplicates {counts.expected_duplicates}, reordered {counts.expected_reordered}, "
                    f"bytes discarded {counts.expected_bytes_discarded}", err=True)
+    if error is not None:
+        raise click.ClickException(error)
 
 
 def _open_source(dataset_path, session, kind, seed):
@@ -166,18 +286,23 @@ def _open_source(dataset_path, session, kind, seed):
         raise click.ClickException(str(msg)) from None
 
 
-def _run(sim, target, duration) -> None:
-    """Run the simulator in a thread so Ctrl-C or SIGTERM (systemd, a test harness) stop it
-    cleanly, closing frame included."""
+def _run(sim, target, duration, progress=None) -> None:
+    """Run the simulator (or replayer) in a thread so Ctrl-C or SIGTERM (systemd, a test
+    harness) stop it cleanly, closing frame included. progress: print its counts' summary
+    line every second."""
     import signal
     import threading
+    import time
 
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, lambda *_: sim.stop()) if in_main else None
     sim.start(target, duration)
+    last = time.monotonic()
     try:
         while not sim.wait(0.2):
-            pass
+            if progress is not None and time.monotonic() - last >= 1.0:
+                last = time.monotonic()
+                click.echo(progress.counts.summary_line(), err=True)
     except KeyboardInterrupt:
         click.echo("stopping (Ctrl-C)", err=True)
         sim.stop()

@@ -22,6 +22,7 @@ class StreamFormat:
     n_channels: int
     sample_rate_hz: int
     scale_uv: float
+    sample_format: str = "int16"  # "int16" (SAMPLES) or "float16" (SAMPLES_F16)
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,7 +91,8 @@ class SampleAssembler:
         return out
 
     def _samples(self, frame: SampleFrame, out: HandlerOutput) -> None:
-        fmt = StreamFormat(frame.n_channels, frame.sample_rate_hz, frame.scale_uv)
+        fmt = StreamFormat(frame.n_channels, frame.sample_rate_hz, frame.scale_uv,
+                           frame.sample_format)
         if ((self.expect_channels is not None and fmt.n_channels != self.expect_channels)
                 or (self.expect_rate_hz is not None and fmt.sample_rate_hz != self.expect_rate_hz)):
             self.stats.format_rejected += 1

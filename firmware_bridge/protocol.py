@@ -8,7 +8,7 @@ Every frame (little-endian):
 
     0  sync         4 bytes  A5 C3 9E D1
     4  version      u8       1
-    5  type         u8       1 SAMPLES, 2 EVENT_STIM, 3 STATUS
+    5  type         u8       1 SAMPLES (int16), 2 EVENT_STIM, 3 STATUS, 4 SAMPLES_F16 (binary16)
     6  payload_len  u16      bytes of payload
     8  seq          u32      one counter over all frame types; wraps; 0 after (re)boot
     12 sample_ctr   u64      device sample counter (SAMPLES: first sample; EVENT: onset)
@@ -19,6 +19,7 @@ Every frame (little-endian):
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from collections import OrderedDict
@@ -29,8 +30,11 @@ import numpy as np
 
 __all__ = [
     "CRC_BYTES",
+    "DEFAULT_SAMPLE_FORMAT",
     "HEADER_BYTES",
+    "MAX_FLOAT16",
     "MAX_PAYLOAD_BYTES",
+    "SAMPLE_FORMATS",
     "SYNC",
     "VERSION",
     "DecoderStats",
@@ -53,8 +57,10 @@ __all__ = [
     "frame_size",
     "parse_payload",
     "quantize_uv",
+    "required_baud",
     "samples_frame_bytes",
     "samples_to_uv",
+    "wire_roundtrip_uv",
 ]
 
 SYNC = bytes((0xA5, 0xC3, 0x9E, 0xD1))  # 4 distinct non-ASCII bytes: no self-overlap, not text
@@ -80,9 +86,21 @@ assert _HEAD.size + 4 == HEADER_BYTES
 class FrameType:
     """Values of the header's type byte."""
 
-    SAMPLES = 1
+    SAMPLES = 1  # int16 samples
     EVENT_STIM = 2
     STATUS = 3
+    SAMPLES_F16 = 4  # IEEE-754 binary16 samples, same payload layout as SAMPLES
+
+
+# Sample encodings on the wire. int16: a fixed LSB (scale_uv uV); the right choice for a
+# device whose ADC has one. float16: 11 significant bits at every amplitude (a relative
+# step of 2^-11), so quiet channels keep their precision; same 2 bytes per sample.
+SAMPLE_FORMATS = ("int16", "float16")
+DEFAULT_SAMPLE_FORMAT = "float16"
+MAX_FLOAT16 = 65504.0  # the largest finite binary16
+_SAMPLE_DTYPES = {"int16": np.dtype(np.int16), "float16": np.dtype(np.float16)}
+_FORMAT_OF_TYPE = {1: "int16", 4: "float16"}
+_TYPE_OF_FORMAT = {"int16": 1, "float16": 4}
 
 
 class StatusState:
@@ -106,13 +124,22 @@ class StatusFlag:
 # --- frames (what the handler side sees) ---------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class SampleFrame:
-    """A block of samples. data: (n_samples, C) int16, value_uv = data * scale_uv."""
+    """A block of samples. data: (n_samples, C) int16 (SAMPLES) or float16 (SAMPLES_F16);
+    value_uv = data * scale_uv. `sample_format` follows from data's dtype."""
 
     seq: int
     sample_counter: int  # device counter of data[0]
     data: np.ndarray
     scale_uv: float
     sample_rate_hz: int
+
+    def __post_init__(self) -> None:
+        _sample_format(self.data)  # int16 or float16, nothing else
+
+    @property
+    def sample_format(self) -> str:
+        """'int16' or 'float16': the encoding this frame has (or gets) on the wire."""
+        return _sample_format(self.data)
 
     @property
     def n_samples(self) -> int:
@@ -131,7 +158,9 @@ class SampleFrame:
             return NotImplemented
         return (self.seq == other.seq and self.sample_counter == other.sample_counter
                 and self.scale_uv == other.scale_uv and self.sample_rate_hz == other.sample_rate_hz
-                and self.data.shape == other.data.shape and bool(np.array_equal(self.data, other.data)))
+                and self.sample_format == other.sample_format
+                and self.data.shape == other.data.shape
+                and bool(np.array_equal(_sample_bits(self.data), _sample_bits(other.data))))
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -168,6 +197,22 @@ class StatusFrame:
 Frame = SampleFrame | EventFrame | StatusFrame
 
 
+def _sample_format(data: np.ndarray) -> str:
+    dtype = np.asarray(data).dtype  # either byte order
+    if dtype.kind == "i" and dtype.itemsize == 2:
+        return "int16"
+    if dtype.kind == "f" and dtype.itemsize == 2:
+        return "float16"
+    raise ValueError(f"samples must be int16 or float16, got {dtype}; convert microvolts with "
+                     "quantize_uv(x_uv, scale_uv, sample_format=...)")
+
+
+def _sample_bits(data: np.ndarray) -> np.ndarray:
+    """The samples as their 16-bit patterns (so -0.0 and 0.0 differ, as on the wire)."""
+    data = np.asarray(data)
+    return data.astype(data.dtype.newbyteorder("="), copy=False).view(np.uint16)
+
+
 # --- encoding ------------------------------------------------------------------------------
 def _frame(frame_type: int, seq: int, sample_counter: int, payload: bytes) -> bytes:
     if len(payload) > MAX_PAYLOAD_BYTES:
@@ -181,8 +226,22 @@ def _frame(frame_type: int, seq: int, sample_counter: int, payload: bytes) -> by
 
 
 def samples_frame_bytes(n_channels: int, n_samples: int) -> int:
-    """Size on the wire of one SAMPLES frame."""
+    """Size on the wire of one SAMPLES (or SAMPLES_F16) frame."""
     return FRAME_OVERHEAD_BYTES + _SAMPLES_HEAD.size + 2 * n_channels * n_samples
+
+
+def required_baud(n_channels: int, sample_rate_hz: float, frame_samples: int, *,
+                  bits_per_byte: int = 10) -> int:
+    """Line rate (baud) that the SAMPLES frames of a stream need, overhead included.
+
+    Bytes per second of frames times bits_per_byte (10 for an 8N1 UART), rounded up;
+    STATUS and EVENT_STIM frames (tens of bytes a second) are not included.
+    96 channels at 1000 Hz in 16-sample frames: 1,945,000.
+    """
+    if n_channels < 1 or frame_samples < 1 or not sample_rate_hz > 0 or bits_per_byte < 1:
+        raise ValueError("n_channels, sample_rate_hz, frame_samples and bits_per_byte must be > 0")
+    frame_bits = samples_frame_bytes(n_channels, frame_samples) * bits_per_byte
+    return int(-(-(frame_bits * sample_rate_hz) // frame_samples))  # ceil, exact for ints
 
 
 def frame_size(payload_len: int) -> int:
@@ -191,19 +250,26 @@ def frame_size(payload_len: int) -> int:
 
 def encode_samples(seq: int, sample_counter: int, data: np.ndarray, *, scale_uv: float,
                    sample_rate_hz: int) -> bytes:
-    """A SAMPLES frame. data: (n_samples, C) int16 (quantize_uv makes it from microvolts)."""
+    """A SAMPLES frame from (n_samples, C) int16 data, or a SAMPLES_F16 frame from float16
+    data (quantize_uv makes either from microvolts). float16 data must be finite."""
     data = np.asarray(data)
-    if data.ndim != 2 or data.dtype != np.int16:
-        raise ValueError(f"data must be (n_samples, C) int16, got {data.dtype} {data.shape}; "
-                         "convert microvolts with quantize_uv(x_uv, scale_uv)")
+    if data.ndim != 2 or data.dtype.itemsize != 2 or data.dtype.kind not in "if":
+        raise ValueError(f"data must be (n_samples, C) int16 or float16, got {data.dtype} "
+                         f"{data.shape}; convert microvolts with quantize_uv(x_uv, scale_uv, "
+                         "sample_format=...)")
+    fmt = _sample_format(data)
+    if fmt == "float16" and not np.isfinite(data).all():
+        raise ValueError("float16 samples must be finite (NaN/Inf frames are rejected by the "
+                         "decoder); quantize_uv saturates them")
     n_samples, n_channels = data.shape
     if not (0 < n_channels <= 0xFFFF and 0 < n_samples <= 0xFFFF):
         raise ValueError(f"n_samples and n_channels must be 1..65535, got {data.shape}")
     if not (scale_uv > 0 and np.isfinite(scale_uv)):
         raise ValueError(f"scale_uv must be a positive finite uV per LSB, got {scale_uv}")
+    wire_dtype = "<i2" if fmt == "int16" else "<f2"
     payload = (_SAMPLES_HEAD.pack(n_channels, n_samples, int(sample_rate_hz), scale_uv)
-               + data.astype("<i2", copy=False).tobytes())
-    return _frame(FrameType.SAMPLES, seq, sample_counter, payload)
+               + data.astype(wire_dtype, copy=False).tobytes())
+    return _frame(_TYPE_OF_FORMAT[fmt], seq, sample_counter, payload)
 
 
 def encode_event_stim(seq: int, sample_counter: int, electrode: int, current_ua: float) -> bytes:
@@ -239,23 +305,75 @@ def encode_frame(frame: Frame) -> bytes:
     raise TypeError(f"not a frame: {type(frame).__name__}")
 
 
-def quantize_uv(x_uv: np.ndarray, scale_uv: float) -> tuple[np.ndarray, int]:
-    """(n, C) microvolts -> ((n, C) int16, number of samples clipped to the int16 range).
+_CHUNK = 1 << 20  # elements converted at once: bounds the float64 temporaries
 
-    Rounds to nearest; NaN becomes 0 (and is counted as clipped).
+
+def quantize_uv(x_uv: np.ndarray, scale_uv: float, *,
+                sample_format: str = "int16") -> tuple[np.ndarray, int]:
+    """Microvolts -> (samples as sent, number of samples clipped); any shape.
+
+    int16 (the default here, for compatibility): round(x / scale_uv) to nearest, saturated
+    to -32768..32767. float16: x / scale_uv rounded to nearest binary16 (ties to even),
+    values beyond +-65504 saturated to +-65504. Either way NaN becomes 0, and NaN, +-Inf
+    and every saturated value count as clipped.
     """
-    q = np.rint(np.asarray(x_uv, dtype=np.float64) / scale_uv)
+    if sample_format not in _SAMPLE_DTYPES:
+        raise ValueError(f"sample_format must be one of {SAMPLE_FORMATS}, got {sample_format!r}")
+    if not (scale_uv > 0 and math.isfinite(scale_uv)):
+        raise ValueError(f"scale_uv must be a positive finite uV per LSB, got {scale_uv}")
+    x = np.asarray(x_uv)
+    out = np.empty(x.shape, _SAMPLE_DTYPES[sample_format])
+    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
+    convert = _to_int16 if sample_format == "int16" else _to_float16
+    n_clipped = 0
+    for i in range(0, flat_in.size, _CHUNK):
+        n_clipped += convert(flat_in[i:i + _CHUNK], float(scale_uv), flat_out[i:i + _CHUNK])
+    return out, n_clipped
+
+
+def _to_int16(x: np.ndarray, scale_uv: float, out: np.ndarray) -> int:
+    q = np.rint(x.astype(np.float64) / scale_uv)
     bad = ~np.isfinite(q)
     over = (q > 32767) | (q < -32768) | bad
     n_clipped = int(np.count_nonzero(over))
     if n_clipped:
         q = np.where(bad, 0.0, np.clip(q, -32768, 32767))
-    return q.astype(np.int16), n_clipped
+    out[:] = q
+    return n_clipped
+
+
+def _to_float16(x: np.ndarray, scale_uv: float, out: np.ndarray) -> int:
+    # float32 / float64 to binary16 is one correctly rounded (ties-to-even) cast in numpy;
+    # float32 input at scale 1 is cast directly (the same result as through float64).
+    if scale_uv == 1.0 and x.dtype in (np.float32, np.float64):
+        v = x
+    else:
+        v = x.astype(np.float64) / scale_uv
+    n_clipped = 0
+    if v.size and not (v.min() >= -MAX_FLOAT16 and v.max() <= MAX_FLOAT16):  # NaN fails too
+        n_clipped = int(v.size - np.count_nonzero(np.abs(v) <= MAX_FLOAT16))
+        v = np.where(np.isnan(v), 0.0, np.clip(v, -MAX_FLOAT16, MAX_FLOAT16))
+    out[:] = v
+    return n_clipped
 
 
 def samples_to_uv(data: np.ndarray, scale_uv: float) -> np.ndarray:
-    """int16 samples -> float32 microvolts (data * scale_uv)."""
-    return np.asarray(data, dtype=np.float32) * np.float32(scale_uv)
+    """int16 or float16 samples -> float32 microvolts (data * scale_uv)."""
+    out = np.asarray(data).astype(np.float32)  # a new array: scaled in place
+    if scale_uv != 1.0:
+        out *= np.float32(scale_uv)
+    return out
+
+
+def wire_roundtrip_uv(x_uv: np.ndarray, sample_format: str = DEFAULT_SAMPLE_FORMAT,
+                      scale_uv: float = 1.0) -> tuple[np.ndarray, int]:
+    """What a receiver sees of x_uv: (float32 microvolts, number of samples clipped).
+
+    The values after encoding (quantize_uv) and decoding (samples_to_uv) in the given wire
+    format, exactly as through encode_samples and StreamDecoder. Any shape; numpy only.
+    """
+    data, n_clipped = quantize_uv(x_uv, scale_uv, sample_format=sample_format)
+    return samples_to_uv(data, scale_uv), n_clipped
 
 
 # --- payload parsing: meaning ----------------------------------------------------------------
@@ -269,16 +387,23 @@ def parse_payload(raw: RawFrame) -> Frame | None:
     Raises PayloadError when a payload's declared sizes disagree with its length.
     """
     payload = raw.payload
-    if raw.frame_type == FrameType.SAMPLES:
+    if raw.frame_type in _FORMAT_OF_TYPE:
+        name = "SAMPLES" if raw.frame_type == FrameType.SAMPLES else "SAMPLES_F16"
         if len(payload) < _SAMPLES_HEAD.size:
-            raise PayloadError(f"SAMPLES payload of {len(payload)} bytes is shorter than its header")
+            raise PayloadError(f"{name} payload of {len(payload)} bytes is shorter than its header")
         n_channels, n_samples, rate_hz, scale_uv = _SAMPLES_HEAD.unpack_from(payload)
         expected = _SAMPLES_HEAD.size + 2 * n_channels * n_samples
         if len(payload) != expected or n_channels == 0 or not (scale_uv > 0):
-            raise PayloadError(f"SAMPLES says {n_channels} ch x {n_samples} samples "
+            raise PayloadError(f"{name} says {n_channels} ch x {n_samples} samples "
                                f"({expected} bytes) in a {len(payload)}-byte payload")
-        data = np.frombuffer(payload, dtype="<i2", offset=_SAMPLES_HEAD.size)
-        data = data.reshape(n_samples, n_channels).astype(np.int16, copy=True)
+        if raw.frame_type == FrameType.SAMPLES:
+            data = np.frombuffer(payload, dtype="<i2", offset=_SAMPLES_HEAD.size)
+            data = data.reshape(n_samples, n_channels).astype(np.int16, copy=True)
+        else:
+            bits = np.frombuffer(payload, dtype="<u2", offset=_SAMPLES_HEAD.size)
+            if ((bits & 0x7C00) == 0x7C00).any():  # exponent all ones: Inf or NaN
+                raise PayloadError("SAMPLES_F16 holds a NaN or infinite sample")
+            data = bits.astype(np.uint16, copy=True).view(np.float16).reshape(n_samples, n_channels)
         return SampleFrame(raw.seq, raw.sample_counter, data, float(scale_uv), int(rate_hz))
     if raw.frame_type == FrameType.EVENT_STIM:
         if len(payload) != _EVENT.size:

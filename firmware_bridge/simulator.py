@@ -32,6 +32,8 @@ from typing import Any, Protocol
 
 import numpy as np
 from phosphene.firmware_bridge.protocol import (
+    DEFAULT_SAMPLE_FORMAT,
+    SAMPLE_FORMATS,
     StatusFlag,
     StatusState,
     encode_event_stim,
@@ -42,6 +44,7 @@ from phosphene.firmware_bridge.protocol import (
 
 __all__ = [
     "DEFAULT_SCALE_UV",
+    "DEFAULT_SCALE_UV_FLOAT16",
     "CortexSource",
     "DatasetSource",
     "FaultConfig",
@@ -49,13 +52,24 @@ __all__ = [
     "SimulatorConfig",
     "SimulatorCounts",
     "StreamSource",
+    "default_scale_uv",
 ]
 
 log = logging.getLogger(__name__)
 
-# Virtual-cortex MUA lies in 0..~150 uV (artifact included); 0.02 uV/LSB spans +-655 uV and
-# adds 0.006 uV rms of rounding noise, 100x below the 0.6 uV sample noise.
+# int16: virtual-cortex MUA lies in 0..~150 uV (artifact included); 0.02 uV/LSB spans
+# +-655 uV and adds 0.006 uV rms of rounding noise, 100x below the 0.6 uV sample noise of
+# live channels (but not below the ~0.05 uV of dead ones: hence float16 by default).
 DEFAULT_SCALE_UV = 0.02
+# float16: samples are microvolts, 11 significant bits at any amplitude up to +-65504 uV.
+DEFAULT_SCALE_UV_FLOAT16 = 1.0
+
+
+def default_scale_uv(sample_format: str) -> float:
+    """The simulator's scale_uv for a wire sample format."""
+    if sample_format not in SAMPLE_FORMATS:
+        raise ValueError(f"sample_format must be one of {SAMPLE_FORMATS}, got {sample_format!r}")
+    return DEFAULT_SCALE_UV if sample_format == "int16" else DEFAULT_SCALE_UV_FLOAT16
 
 
 # --- sources ------------------------------------------------------------------------------
@@ -183,7 +197,9 @@ class FaultConfig:
 @dataclass(frozen=True)
 class SimulatorConfig:
     frame_samples: int = 16  # samples per SAMPLES frame: one MAE patch at 1 kHz
-    scale_uv: float = DEFAULT_SCALE_UV  # uV per LSB on the wire
+    # uV per unit on the wire; None: default_scale_uv(sample_format) (0.02 int16, 1.0 float16)
+    scale_uv: float | None = None
+    sample_format: str = DEFAULT_SAMPLE_FORMAT  # "float16" (SAMPLES_F16) or "int16" (SAMPLES)
     speed: float = 1.0  # 1 = real time, 10 = ten times faster, 0 = as fast as possible
     status_every_s: float = 1.0  # periodic STATUS frames (stream time); 0 = only boot/close
     chunk_samples: int = 256  # samples drawn from the source at once (generation efficiency)
@@ -200,6 +216,11 @@ class SimulatorConfig:
     def __post_init__(self) -> None:
         if not 0 < self.frame_samples <= 0xFFFF:
             raise ValueError(f"frame_samples must be 1..65535, got {self.frame_samples}")
+        if self.sample_format not in SAMPLE_FORMATS:
+            raise ValueError(f"sample_format must be one of {SAMPLE_FORMATS}, "
+                             f"got {self.sample_format!r}")
+        if self.scale_uv is None:
+            object.__setattr__(self, "scale_uv", default_scale_uv(self.sample_format))
         if not (self.scale_uv > 0 and math.isfinite(self.scale_uv)):
             raise ValueError(f"scale_uv must be a positive uV per LSB, got {self.scale_uv}")
         if not (self.speed >= 0 and math.isfinite(self.speed)):
@@ -219,7 +240,7 @@ class SimulatorCounts:
     event_frames: int = 0
     status_frames: int = 0
     samples_streamed: int = 0  # per channel
-    samples_clipped: int = 0  # values outside the int16 range at scale_uv (saturated)
+    samples_clipped: int = 0  # values beyond the wire format's range at scale_uv (saturated)
     # injected faults
     bytes_dropped: int = 0
     bits_flipped: int = 0
@@ -326,10 +347,12 @@ class Simulator:
 
     def __init__(self, source: StreamSource, config: SimulatorConfig = SimulatorConfig(), *,
                  on_progress: Callable[[SimulatorCounts], None] | None = None,
-                 stop_event: threading.Event | None = None):
+                 stop_event: threading.Event | None = None,
+                 on_wire: Callable[[bytes], None] | None = None):
         self.source = source
         self.config = config
         self.on_progress = on_progress
+        self.on_wire = on_wire  # gets every byte written, in order (e.g. CaptureWriter.write)
         self.n_channels = int(source.n_channels)
         self.sample_rate_hz = round(source.sample_rate_hz)
         self._rng = np.random.default_rng([config.seed, 7])
@@ -386,7 +409,10 @@ class Simulator:
         def target() -> None:
             try:
                 self.run(port, duration_s)
-            except BaseException as exc:  # reported to the owner via .error and the log
+            except OSError as exc:  # the port failed (device gone): the owner reports .error
+                self.error = exc
+                log.info("simulator stopped: %s", exc)
+            except BaseException as exc:  # a bug: reported via .error and the log
                 self.error = exc
                 log.exception("simulator stopped with an error")
 
@@ -485,7 +511,7 @@ class Simulator:
                 else:
                     still.append(ev)
             pending_events = still
-            data, n_clipped = quantize_uv(block, cfg.scale_uv)
+            data, n_clipped = quantize_uv(block, cfg.scale_uv, sample_format=cfg.sample_format)
             if cfg.track_samples:
                 with self._lock:
                     self._sample_frames[(self._boot_id, self._seq)] = (start - self._run_origin, F)
@@ -613,6 +639,8 @@ class Simulator:
             timeout_s = self.config.tx_timeout_s
         t = time.monotonic()
         written = sink.write(blob, timeout_s)
+        if written and self.on_wire is not None:
+            self.on_wire(blob if written == len(blob) else blob[:written])
         self._overflow = written < len(blob) and not self._stop.is_set()
         with self._lock:
             self._counts.tx_blocked_s += time.monotonic() - t

@@ -227,17 +227,26 @@ class SerialReader:
     kept in `.error` (and logged) rather than retried.
 
     `port` is a path or URL (opened with open_port) or a zero-argument callable that
-    returns an open pyserial port (for tests and custom transports).
+    returns an open pyserial port (for tests and custom transports). `name` is what log
+    messages call the device; by default the path or URL, or for a callable the path of
+    the port it opened (until then "port from <callable's name>").
     """
 
     def __init__(self, port: str | Callable[[], serial.SerialBase], on_data: Callable[[bytes], None],
                  *, baudrate: int = DEFAULT_BAUD, read_timeout_s: float = 0.1,
                  backoff_initial_s: float = 0.05, backoff_max_s: float = 2.0,
-                 exclusive: bool = True, on_connect: Callable[[int], None] | None = None):
+                 exclusive: bool = True, on_connect: Callable[[int], None] | None = None,
+                 name: str | None = None):
         if backoff_initial_s <= 0 or backoff_max_s < backoff_initial_s:
             raise ValueError("need 0 < backoff_initial_s <= backoff_max_s")
         self.port = port
-        self.port_name = port if isinstance(port, str) else getattr(port, "__name__", repr(port))
+        self._named = name is not None or isinstance(port, str)
+        if name is not None:
+            self.port_name = name
+        elif isinstance(port, str):
+            self.port_name = port
+        else:
+            self.port_name = f"port from {getattr(port, '__name__', None) or type(port).__name__}"
         self.on_data = on_data
         self.on_connect = on_connect
         self.baudrate = baudrate
@@ -311,6 +320,8 @@ class SerialReader:
                 backoff_s = min(2 * backoff_s, self.backoff_max_s)
                 continue
             self._ser = ser
+            if not self._named and isinstance(getattr(ser, "port", None), str) and ser.port:
+                self.port_name = ser.port  # the path (or URL) the callable opened
             self.stats.connects += 1
             if self.stats.connects > 1:
                 self.stats.reconnects += 1
@@ -364,6 +375,7 @@ class SerialReader:
 
 class FrameReader:
     """A SerialReader feeding a StreamDecoder; decoded frames go into `frames` (a Queue).
+    reader_kwargs go to SerialReader (baudrate, name, backoff_*, ...).
 
     Usage:
         with FrameReader("/dev/ttyACM0") as reader:

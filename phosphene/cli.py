@@ -24,9 +24,12 @@ COMMANDS: dict[str, str] = {
     "probe": "phosphene.train.cli:probe",
     "distill": "phosphene.train.distill_cli:distill",
     "quantize": "phosphene.quantize.cli:quantize",
+    "keygen": "phosphene.edge.signing:keygen",
+    "sign": "phosphene.edge.signing:sign",
     "verify": "phosphene.edge.cli:verify",
     "run": "phosphene.edge.cli:run",
     "bench": "phosphene.edge.cli:bench",
+    "score": "phosphene.edge.score:score",
 }
 
 SIMULATE_COMMANDS: dict[str, str] = {
@@ -78,9 +81,12 @@ COMMAND_SUMMARIES = {
     "probe": "Fit and score linear probes (MAE latents vs raw and PCA baselines).",
     "distill": "Distil the teacher into a small student encoder for the edge.",
     "quantize": "Export the student to int8 TFLite and write a verified bundle.",
+    "keygen": "Make a key for signing bundles (Ed25519 pair or HMAC site key).",
+    "sign": "Sign a bundle's digest with a site key.",
     "verify": "Check a bundle's hashes and print what it holds.",
     "run": "Decode a live serial stream on the bedside device.",
     "bench": "Benchmark a bundle's decision latency on this device.",
+    "score": "Score a run's decision log against the dataset it streamed.",
     "dataset": "Generate a virtual-cortex dataset (resting, psychometric, threshold).",
     "stream": "Stream virtual-cortex frames over serial at real-time pace.",
 }

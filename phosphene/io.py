@@ -14,6 +14,18 @@ from typing import Any
 __all__ = ["atomic_path", "atomic_dir", "write_json", "write_text", "write_bytes", "sha256_file"]
 
 
+def _umask() -> int:
+    """The process's umask (read without changing it where /proc allows; else 022)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only on success.
@@ -23,6 +35,7 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     _make_parent(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the usual mode
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -44,6 +57,7 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
         raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
     _make_parent(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: a service user must read a bundle
     try:
         yield tmp
         if path.exists():

@@ -54,6 +54,8 @@ __all__ = [
     "ParityError",
     "QuantizeConfig",
     "build_bundle",
+    "input_health_reference",
+    "wire_trial_windows",
     "default_latency_budget_ms",
     "fit_probe",
     "load_probes",
@@ -91,6 +93,12 @@ class QuantizeConfig:
     latency_runs: int = 300  # decisions timed for the manifest's latency figure
     seed: int = 0
     keep_work: bool = False  # keep the ONNX, onnx2tf output and log beside the bundle
+    # The evaluation trials are also decided on as the edge will see them: each session
+    # through the wire's sample format, then the one normaliser. Below this agreement
+    # with the offline int8 decisions the bundle is refused.
+    wire_format: str = "float16"
+    wire_scale_uv: float | None = None  # None: 1.0 for float16, 0.02 uV per LSB for int16
+    min_wire_agreement: float = 0.99
 
     def __post_init__(self) -> None:
         if self.calib_windows < 8 or self.parity_windows < 8:
@@ -106,6 +114,18 @@ class QuantizeConfig:
             raise ValueError("activations must be 'int8' or 'int16'")
         if self.probe_source not in ("teacher", "refit"):
             raise ValueError("probe_source must be 'teacher' or 'refit'")
+        if self.wire_format not in ("int16", "float16"):
+            raise ValueError("wire_format must be 'int16' or 'float16'")
+        if self.wire_scale_uv is not None and not self.wire_scale_uv > 0:
+            raise ValueError("wire_scale_uv must be a positive number of uV")
+        if not 0 < self.min_wire_agreement <= 1:
+            raise ValueError("min_wire_agreement must be in (0, 1]")
+
+    @property
+    def wire(self) -> dict:
+        """The wire format parity is measured through (stored in the manifest)."""
+        scale = self.wire_scale_uv or (1.0 if self.wire_format == "float16" else 0.02)
+        return {"sample_format": self.wire_format, "scale_uv": float(scale)}
 
 
 def default_latency_budget_ms(spec: WindowSpec) -> float:
@@ -336,6 +356,10 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
     task_latents = {task: {part: {"float": predict(model, sp[part][0]),
                                   "int8": int8_latents(sp[part][0])} for part in ("train", "eval")}
                     for task, sp in splits.items()}
+    say(f"the evaluation trials through the wire ({config.wire['sample_format']}, "
+        f"{config.wire['scale_uv']:g} uV per unit) ...")
+    for task, sp in splits.items():
+        task_latents[task]["wire"] = int8_latents(wire_trial_windows(ds, task, sp, spec, norm, config.wire))
     all_float = np.concatenate([z_float_rest] + [v["eval"]["float"] for v in task_latents.values()])
     all_int8 = np.concatenate([z_int8_rest] + [v["eval"]["int8"] for v in task_latents.values()])
     report: dict = {
@@ -369,8 +393,15 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
     report["decision_agreement_resting"] = float((rest_df == rest_di).mean())
     report["decision_agreement"] = (agree_hits / agree_n if agree_n
                                     else report["decision_agreement_resting"])
-    report["thresholds"] = {"min_cosine": config.min_cosine, "min_agreement": config.min_agreement}
+    report["thresholds"] = {"min_cosine": config.min_cosine, "min_agreement": config.min_agreement,
+                            "min_wire_agreement": config.min_wire_agreement}
+    wire_n = sum(e.get("n_eval", 0) for e in report["tasks"].values() if "wire_agreement" in e)
+    report["wire"] = {**config.wire, "n_eval": wire_n, "agreement": (
+        sum(e["wire_agreement"] * e["n_eval"] for e in report["tasks"].values() if "wire_agreement" in e)
+        / wire_n if wire_n else None)}
 
+    say("input health reference: per-channel statistics of the resting input ...")
+    input_health = input_health_reference(ds, config.wire)
     budget_ms = config.latency_budget_ms or default_latency_budget_ms(spec)
     calib_info = {"n_windows": len(calib), "n_stimulation_windows": int(n_stim),
                   "sha256": _hash_array(calib),
@@ -394,6 +425,11 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
     if report["decision_agreement"] < config.min_agreement:
         problems.append(f"probe decision agreement {report['decision_agreement']:.4f} "
                         f"< {config.min_agreement}")
+    for task, e in report["tasks"].items():
+        if e.get("wire_agreement", 1.0) < config.min_wire_agreement:
+            problems.append(f"{task}: decisions on input through the wire ({config.wire_format}) agree "
+                            f"with the offline int8 decisions on {e['wire_agreement']:.4f} of "
+                            f"{e['n_eval']} trials < {config.min_wire_agreement}")
     if problems:
         write_json(work / "parity.json", report)
         raise ParityError("int8 bundle rejected: " + "; ".join(problems) +
@@ -428,6 +464,8 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
             "probe": {"file": PROBE_FILE, "task": default_task, "source": default_probe.source,
                       "decision": "P(perceived) = sigmoid(weights . latent + bias) >= threshold"},
             "parity": report,
+            "wire": config.wire,
+            "input_health": input_health,
             "calibration": calib_info,
             "training": {"student_step": meta["step"], "student_metrics": meta.get("metrics", {}),
                          "distill_config": meta.get("distill_config", {}),
@@ -436,6 +474,9 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
             "tools": {**tool_versions(), "interpreter": f"{int8.runtime_name} {int8.runtime_version}"},
         }
         write_json(tmp / MANIFEST_FILE, manifest)
+        from phosphene.edge.signing import seal_bundle
+
+        seal_bundle(tmp)  # bundle.sig: the digest of every file, the manifest included
     bundle = load_bundle(out_dir)
     check = Encoder(bundle, runtime=config.runtime)
     z_check = np.stack([check.latent(w) for w in heldout[:8]])
@@ -493,6 +534,66 @@ def _task_splits(ds: Dataset, spec: WindowSpec, norm: NormaliserConfig) -> dict:
     return out
 
 
+def input_health_reference(ds: Dataset, wire: dict, *, max_sessions: int = 24,
+                           seconds_per_session: float = 120.0) -> dict | None:
+    """What the edge's input health compares the live stream with (edge/health.py).
+
+    Raw microvolts of resting sessions as they arrive through the wire: up to
+    `max_sessions` spread over the recording days, the first `seconds_per_session` of
+    each (the statistics are per-channel medians; more data moves them little). None when
+    the dataset has no resting session.
+    """
+    from phosphene.edge.health import calibration_stats
+    from phosphene.firmware_bridge.protocol import wire_roundtrip_uv
+
+    sessions = ds.sessions_of("resting")
+    if not sessions:
+        log.warning("no resting sessions: the bundle carries no input-health reference")
+        return None
+    pick = np.unique(np.linspace(0, len(sessions) - 1, min(max_sessions, len(sessions))).round().astype(int))
+    n = int(seconds_per_session * ds.sample_rate_hz)
+
+    def recordings():
+        for i in pick:
+            raw = np.asarray(ds.mua(sessions[i].session)[:n], dtype=np.float32)
+            yield wire_roundtrip_uv(raw, wire["sample_format"], wire["scale_uv"])[0]
+
+    return calibration_stats(recordings(), sample_rate_hz=ds.sample_rate_hz)
+
+
+def wire_trial_windows(ds: Dataset, task: str, split: dict, spec: WindowSpec,
+                       norm: NormaliserConfig, wire: dict) -> np.ndarray:
+    """The evaluation windows of `split` as the edge computes them from the wire.
+
+    Each session's microvolts go through the wire's sample format and back
+    (`wire_roundtrip_uv`), then the one normaliser from the session's start, exactly as the
+    runtime normalises what it receives; the windows are cut for the same trials, in the
+    same order, as split["eval"].
+    """
+    from phosphene.firmware_bridge.protocol import wire_roundtrip_uv
+    from phosphene.signal import Normaliser
+    from phosphene.train.data import trial_windows
+
+    source = ds.evaluation() if split["evaluation"] == "evaluation set" else ds
+
+    def through_wire(session_id: str) -> np.ndarray:
+        raw = np.asarray(source.mua(session_id), dtype=np.float32)
+        received, _ = wire_roundtrip_uv(raw, wire["sample_format"], wire["scale_uv"])
+        normaliser, step = Normaliser(source.n_channels, norm), 1 << 16
+        return np.concatenate([normaliser.process(received[i:i + step])
+                               for i in range(0, len(received), step)])
+
+    X, _, trials = trial_windows(source, task, spec, norm, normalised=through_wire)
+    index = {k: i for i, k in enumerate(zip(trials.session.tolist(), trials.onset_sample.tolist()))}
+    want = split["eval"][2]
+    try:
+        rows = [index[k] for k in zip(want.session.tolist(), want.onset_sample.tolist())]
+    except KeyError:
+        raise ValueError(f"{task}: a trial usable offline is not usable through the wire "
+                         "(a non-finite normalised value)") from None
+    return X[rows]
+
+
 def _ci(y: np.ndarray, decided: np.ndarray, seed: int) -> list[float]:
     return [float(v) for v in bootstrap_ci(y, decided, seed=seed)]
 
@@ -513,6 +614,10 @@ def _task_report(task: str, split: dict, latents: dict, probe: Probe | None,
         df, di = probe.p_perceived(zf) >= probe.threshold, probe.p_perceived(zi) >= probe.threshold
         decisions.update(float_student=df, int8=di)
         entry["decision_agreement"] = float((df == di).mean())
+        if "wire" in latents:
+            dw = probe.p_perceived(latents["wire"]) >= probe.threshold
+            decisions["int8_wire"] = dw
+            entry["wire_agreement"] = float((dw == di).mean())
         entry["probe_source"] = probe.source
         # how sensitive the probe is: spread of its logit vs the logit error int8 adds
         lf, li = probe.logit(zf), probe.logit(zi)
@@ -539,6 +644,9 @@ def _task_report(task: str, split: dict, latents: dict, probe: Probe | None,
                                                        decisions["teacher"], seed=seed),
             "int8-float_student": paired_comparison(y, decisions["int8"],
                                                     decisions["float_student"], seed=seed)}
+        if "int8_wire" in decisions:
+            entry["paired"]["int8_wire-int8"] = paired_comparison(y, decisions["int8_wire"],
+                                                                  decisions["int8"], seed=seed)
     # a probe refitted on the student's own latents (float and int8), training trials only
     if len(np.unique(y_train)) == 2:
         folds = blocked_folds(tr.session, tr.onset_sample)

@@ -28,6 +28,15 @@ __all__ = ["quantize"]
               help="Fail when the mean latent cosine int8 vs float student is below this.")
 @click.option("--min-agreement", type=float, default=0.98, show_default=True,
               help="Fail when probe decisions int8 vs float student agree less often than this.")
+@click.option("--wire-format", type=click.Choice(["float16", "int16"]), default="float16", show_default=True,
+              help="Sample format of the array's wire (docs/protocol.md): the evaluation trials "
+                   "are also decided on through it, as the edge receives them.")
+@click.option("--wire-scale-uv", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Microvolts per wire unit [1.0 for float16, 0.02 for int16].")
+@click.option("--min-wire-agreement", type=click.FloatRange(0, 1, min_open=True), default=0.99,
+              show_default=True,
+              help="Fail when decisions through the wire agree with the offline int8 decisions "
+                   "less often than this, on either task.")
 @click.option("--latency-budget-ms", type=float, default=None,
               help="Per-decision budget stated in the bundle [one patch period, 16 ms at 1 kHz].")
 @click.option("--quantizer", type=click.Choice(["tf"]), default="tf", show_default=True,
@@ -48,7 +57,7 @@ __all__ = ["quantize"]
               help="Keep OUT.work/ (ONNX, onnx2tf output and log, calibration set).")
 @click.option("--json", "as_json", is_flag=True, help="Print the parity report as JSON.")
 def quantize(dataset, student_path, probe_path, out_dir, calib_windows, parity_windows, min_cosine,
-             min_agreement, latency_budget_ms, quantizer, activations, task, probe_source,
+             min_agreement, wire_format, wire_scale_uv, min_wire_agreement, latency_budget_ms, quantizer, activations, task, probe_source,
              runtime, seed, overwrite, keep_work, as_json):
     """Export the student to full-int8 TFLite and write a verified bundle.
 
@@ -56,8 +65,10 @@ def quantize(dataset, student_path, probe_path, out_dir, calib_windows, parity_w
     real resting windows normalised exactly as at runtime; builtin ops only; parity
     (latent cosine, max error, probe agreement) on held-out windows; balanced accuracy
     with 95% CI of the float and int8 student on the evaluation trials, paired with the
-    teacher's decisions saved in --probe; all written into the manifest. Fails when parity
-    is below --min-cosine / --min-agreement. onnx2tf's log goes to OUT.work/onnx2tf.log.
+    teacher's decisions saved in --probe; the same trials decided on through the wire's
+    sample format, as the edge receives them; all written into the manifest. Fails when
+    parity is below --min-cosine / --min-agreement / --min-wire-agreement. onnx2tf's log
+    goes to OUT.work/onnx2tf.log.
 
     \b
     Example:
@@ -72,6 +83,8 @@ def quantize(dataset, student_path, probe_path, out_dir, calib_windows, parity_w
     try:
         config = QuantizeConfig(calib_windows=calib_windows, parity_windows=parity_windows,
                                 min_cosine=min_cosine, min_agreement=min_agreement,
+                                wire_format=wire_format, wire_scale_uv=wire_scale_uv,
+                                min_wire_agreement=min_wire_agreement,
                                 latency_budget_ms=latency_budget_ms, quantizer=quantizer,
                                 activations=activations,
                                 task=task, probe_source=probe_source, runtime=runtime, seed=seed,
@@ -93,6 +106,10 @@ def quantize(dataset, student_path, probe_path, out_dir, calib_windows, parity_w
     click.echo(f"latent cosine int8 vs float: mean {lat['cosine_mean']:.4f}, min "
                f"{lat['cosine_min']:.4f}, max abs error {lat['max_abs_error']:.4f}")
     click.echo(f"probe decision agreement: {report['decision_agreement']:.4f}")
+    w = report["wire"]
+    if w.get("agreement") is not None:
+        click.echo(f"through the wire ({w['sample_format']}, {w['scale_uv']:g} uV per unit): decisions "
+                   f"agree with offline int8 on {100 * w['agreement']:.2f}% of {w['n_eval']} trials")
     for t, e in report["tasks"].items():
         cells = [f"{k.removeprefix('ba_')} {100 * v:.1f}%" for k, v in e.items()
                  if k.startswith("ba_") and v is not None]

@@ -21,7 +21,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install "${PIP_FLAGS[@]}" "numpy<2" "tflite-runtime==2.14.0" \
-    "pyserial>=3.5" "click>=8.1"
+    "pyserial>=3.5" "click>=8.1" "cryptography>=42"
 "$VENV/bin/python" -m pip install "${PIP_FLAGS[@]}" --no-deps -e "$ROOT"
 "$VENV/bin/python" - <<'PY'
 import numpy

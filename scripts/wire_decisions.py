@@ -20,7 +20,7 @@ import json
 import numpy as np
 from phosphene.edge.bundle import load_bundle
 from phosphene.edge.interpreter import Encoder
-from phosphene.firmware_bridge.protocol import quantize_uv, samples_to_uv
+from phosphene.firmware_bridge.protocol import wire_roundtrip_uv
 
 from phosphene.dataset import Dataset
 from phosphene.metrics import balanced_accuracy
@@ -31,8 +31,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", help="dataset directory (its eval/ set is used when present)")
     parser.add_argument("bundle", help="bundle directory")
-    parser.add_argument("--scale-uv", type=float, default=0.02, help="wire LSB in uV")
+    parser.add_argument("--format", default="float16", choices=["float16", "int16"])
+    parser.add_argument("--scale-uv", type=float, default=None, help="uV per wire unit")
     args = parser.parse_args()
+    args.scale_uv = args.scale_uv or (1.0 if args.format == "float16" else 0.02)
     ds = Dataset.open(args.dataset)
     ds = ds.evaluation() or ds
     bundle = load_bundle(args.bundle)
@@ -44,7 +46,7 @@ def main() -> None:
         offline, wire, labels = [], [], []
         for sid in np.unique(trials.session):
             raw = np.asarray(ds.mua(str(sid)), np.float32)
-            quantised = samples_to_uv(quantize_uv(raw, args.scale_uv)[0], args.scale_uv)
+            quantised = wire_roundtrip_uv(raw, args.format, args.scale_uv)[0]
             normalised = [Normaliser(ds.n_channels, norm).process(x) for x in (raw, quantised)]
             for i in np.flatnonzero(trials.session == sid):
                 start, stop = spec.triggered_window(int(trials.onset_sample[i]))

@@ -9,6 +9,7 @@ batch needs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,7 +141,8 @@ class WindowSampler:
 
 
 def trial_windows(ds: Dataset, task: str, spec: WindowSpec,
-                  norm_config: NormaliserConfig = NormaliserConfig()
+                  norm_config: NormaliserConfig = NormaliserConfig(), *,
+                  normalised: Callable[[str], np.ndarray] | None = None,
                   ) -> tuple[np.ndarray, np.ndarray, Trials]:
     """Triggered windows of one task's labelled stimulation trials.
 
@@ -148,6 +150,8 @@ def trial_windows(ds: Dataset, task: str, spec: WindowSpec,
     y: (N,) int64 (1 perceived, 0 missed) and the matching Trials (same order, so
     `trials.split_80_20()` gives the paper's split). Trials without a label, whose window
     runs past the session end, or that fall in the normaliser warm-up are dropped (logged).
+    `normalised(session_id)` replaces `ds.normalised` as the source of the normalised
+    session (quantize passes the session as it arrives through the wire).
     """
     check_spec(ds, spec)
     if task not in ("psychometric", "threshold"):
@@ -159,7 +163,7 @@ def trial_windows(ds: Dataset, task: str, spec: WindowSpec,
     X = np.empty((len(trials), T, C), dtype=np.float32)
     keep = np.zeros(len(trials), dtype=bool)
     for sid in np.unique(trials.session):
-        arr = ds.normalised(str(sid), norm_config)
+        arr = normalised(str(sid)) if normalised else ds.normalised(str(sid), norm_config)
         for i in np.flatnonzero(trials.session == sid):
             start, stop = spec.triggered_window(int(trials.onset_sample[i]))
             if trials.perceived[i] < 0 or stop > arr.shape[0]:

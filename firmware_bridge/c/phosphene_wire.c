@@ -130,6 +130,92 @@ size_t pw_encode_samples(uint8_t *out, size_t out_cap, uint32_t seq, uint64_t sa
                         (uint16_t)(size - PW_FRAME_OVERHEAD));
 }
 
+uint16_t pw_half_from_float(float f)
+{
+    uint32_t x = float_bits(f);
+    uint32_t sign = (x >> 16) & 0x8000u;
+    uint32_t ax = x & 0x7FFFFFFFu;
+    uint32_t h, rem, halfway, shift;
+    if (ax > 0x7F800000u) {
+        return (uint16_t)(sign | PW_HALF_NAN);
+    }
+    if (ax >= 0x477FF000u) { /* >= 65520 (and Inf) would round to Inf: saturate */
+        return (uint16_t)(sign | PW_HALF_MAX);
+    }
+    if (ax >= 0x38800000u) { /* >= 2^-14: a normal binary16 */
+        h = (ax - 0x38000000u) >> 13; /* rebias the exponent (127 -> 15), keep 10 mantissa bits */
+        rem = ax & 0x1FFFu;           /* the 13 bits dropped */
+        if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) {
+            h++; /* a mantissa carry moves into the exponent, which is still correct */
+        }
+        return (uint16_t)(sign | h);
+    }
+    if (ax <= 0x33000000u) { /* <= 2^-25, half the smallest subnormal: rounds to (signed) 0 */
+        return (uint16_t)sign;
+    }
+    /* a binary16 subnormal: value / 2^-24, rounded; shift is 14..24 */
+    shift = 126u - (ax >> 23);
+    x = (ax & 0x7FFFFFu) | 0x800000u;
+    h = x >> shift;
+    rem = x & ((1u << shift) - 1u);
+    halfway = 1u << (shift - 1u);
+    if (rem > halfway || (rem == halfway && (h & 1u))) {
+        h++; /* 0x400 is the smallest normal: still correct */
+    }
+    return (uint16_t)(sign | h);
+}
+
+float pw_half_to_float(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = ((uint32_t)h >> 10) & 0x1Fu;
+    uint32_t mant = (uint32_t)h & 0x3FFu;
+    uint32_t bits;
+    float f;
+    if (exp == 0x1Fu) {
+        bits = sign | 0x7F800000u | (mant << 13); /* Inf, NaN */
+    } else if (exp != 0u) {
+        bits = sign | ((exp + 112u) << 23) | (mant << 13);
+    } else if (mant == 0u) {
+        bits = sign;
+    } else { /* subnormal: normalise */
+        exp = 113u;
+        while (!(mant & 0x400u)) {
+            mant <<= 1;
+            exp--;
+        }
+        bits = sign | (exp << 23) | ((mant & 0x3FFu) << 13);
+    }
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+size_t pw_encode_samples_f16(uint8_t *out, size_t out_cap, uint32_t seq, uint64_t sample_counter,
+                             uint16_t n_channels, uint16_t n_samples, uint32_t sample_rate_hz,
+                             float scale_uv, const float *data)
+{
+    size_t size = pw_samples_frame_size(n_channels, n_samples);
+    size_t i, count = (size_t)n_channels * (size_t)n_samples;
+    uint8_t *p;
+    if (size == 0 || out == NULL || data == NULL || out_cap < size || !(scale_uv > 0.0f)) {
+        return 0;
+    }
+    p = out + PW_HEADER_BYTES;
+    put16(p, n_channels);
+    put16(p + 2, n_samples);
+    put32(p + 4, sample_rate_hz);
+    put32(p + 8, float_bits(scale_uv));
+    p += PW_SAMPLES_HEAD_BYTES;
+    for (i = 0; i < count; i++) {
+        if ((float_bits(data[i]) & 0x7FFFFFFFu) > 0x7F800000u) {
+            return 0; /* NaN: the receiver would reject the frame */
+        }
+        put16(p + 2 * i, pw_half_from_float(data[i]));
+    }
+    return finish_frame(out, PW_TYPE_SAMPLES_F16, seq, sample_counter,
+                        (uint16_t)(size - PW_FRAME_OVERHEAD));
+}
+
 size_t pw_encode_event_stim(uint8_t *out, size_t out_cap, uint32_t seq, uint64_t sample_counter,
                             uint16_t electrode, uint32_t current_na)
 {

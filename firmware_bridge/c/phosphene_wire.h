@@ -34,9 +34,14 @@ extern "C" {
 #define PW_STATUS_PAYLOAD_BYTES 20u
 
 /* frame types (header byte 5) */
-#define PW_TYPE_SAMPLES 1u
+#define PW_TYPE_SAMPLES 1u     /* int16 samples */
 #define PW_TYPE_EVENT_STIM 2u
 #define PW_TYPE_STATUS 3u
+#define PW_TYPE_SAMPLES_F16 4u /* IEEE-754 binary16 samples, same payload layout */
+
+/* binary16 bit patterns */
+#define PW_HALF_MAX 0x7BFFu /* 65504, the largest finite binary16 */
+#define PW_HALF_NAN 0x7E00u
 
 /* STATUS.state */
 #define PW_STATE_IDLE 0u
@@ -62,6 +67,22 @@ uint32_t pw_crc32(uint32_t crc, const void *data, size_t n);
 size_t pw_encode_samples(uint8_t *out, size_t out_cap, uint32_t seq, uint64_t sample_counter,
                          uint16_t n_channels, uint16_t n_samples, uint32_t sample_rate_hz,
                          float scale_uv, const int16_t *data);
+
+/* SAMPLES_F16: data is [n_samples][n_channels] float (sample-major), in units of scale_uv
+ * (scale_uv = 1.0f: data are microvolts); each value is rounded to the nearest binary16
+ * (ties to even) and magnitudes beyond 65504 (and +-Inf) saturate to +-65504. Returns 0,
+ * sending nothing, if any value is NaN (or on the same errors as pw_encode_samples).
+ * The frame is the size of the int16 one: pw_samples_frame_size. */
+size_t pw_encode_samples_f16(uint8_t *out, size_t out_cap, uint32_t seq, uint64_t sample_counter,
+                             uint16_t n_channels, uint16_t n_samples, uint32_t sample_rate_hz,
+                             float scale_uv, const float *data);
+
+/* float -> binary16 bits, round to nearest, ties to even, with the saturation above;
+ * NaN -> PW_HALF_NAN. Integer bit manipulation only (no _Float16 / __fp16 needed). */
+uint16_t pw_half_from_float(float f);
+
+/* binary16 bits -> float (exact; for receivers): value_uv = pw_half_to_float(h) * scale_uv. */
+float pw_half_to_float(uint16_t h);
 
 /* EVENT_STIM: sample_counter is the onset sample; current in integer nanoamps. */
 size_t pw_encode_event_stim(uint8_t *out, size_t out_cap, uint32_t seq, uint64_t sample_counter,

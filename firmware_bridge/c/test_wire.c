@@ -2,10 +2,20 @@
  *
  *   test_wire vectors                      print the docs/protocol.md test vectors as
  *                                          "name hex" lines
- *   test_wire stream PATH N [CH [NS]]      write a BOOT status, N SAMPLES frames of
+ *   test_wire stream [-f] [-b BOOT_ID] [-s SEED] PATH N [CH [NS]]
+ *                                          write a BOOT status, N SAMPLES frames of
  *                                          CH channels x NS samples (default 96 x 16),
  *                                          an EVENT_STIM every 10th frame, and a closing
- *                                          STOPPED status to PATH (a file or a tty/pty)
+ *                                          STOPPED status to PATH (a file or a tty/pty).
+ *                                          -f: SAMPLES_F16 frames. BOOT_ID and SEED (of
+ *                                          the sample values) default to random, so each
+ *                                          run is a new boot; both are printed on stderr.
+ *   test_wire f16 IN CH NS SCALE           read float32 (little-endian) values from IN,
+ *                                          write SAMPLES_F16 frames of CH x NS of them
+ *                                          (seq 0, 1, ...; sample_counter seq * NS; 1000 Hz)
+ *                                          to stdout; exit 3 if the encoder refuses one
+ *   test_wire half2float                   write pw_half_to_float of all 65536 bit
+ *                                          patterns as float32 (little-endian) to stdout
  *
  * Build: cc -std=c99 -Wall -Wextra -O2 -o test_wire test_wire.c phosphene_wire.c
  */
@@ -18,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 static void print_hex(const char *name, const uint8_t *p, size_t n)
@@ -36,6 +47,12 @@ static int vectors(void)
     size_t n;
     const int16_t samples[6] = {1, -1, 2, -2, 32767, -32768};
     const int16_t wrap[4] = {-1, 0, 1, 1000};
+    /* 1, -2.5, 0.1 (rounds to 0x2E66), -0, 65504, 2^-24 (the smallest subnormal) */
+    const float halves[6] = {1.0f, -2.5f, 0.1f, -0.0f, 65504.0f, 5.9604644775390625e-8f};
+    float nan_pair[2];
+    uint32_t nan_bits = 0x7FC00000u;
+    memcpy(&nan_pair[0], &nan_bits, sizeof nan_bits);
+    nan_pair[1] = 1.0f;
 
     n = pw_encode_samples(buf, sizeof buf, 0u, 0u, 2u, 3u, 1000u, 0.25f, samples);
     if (n == 0) return 1;
@@ -50,6 +67,12 @@ static int vectors(void)
     n = pw_encode_samples(buf, sizeof buf, 0xFFFFFFFFu, (uint64_t)1 << 40, 4u, 1u, 30000u, 0.02f, wrap);
     if (n == 0) return 1;
     print_hex("samples_wrap", buf, n);
+    n = pw_encode_samples_f16(buf, sizeof buf, 7u, 160u, 2u, 3u, 1000u, 1.0f, halves);
+    if (n == 0) return 1;
+    print_hex("samples_f16", buf, n);
+    /* a NaN sample: refused (0), nothing to send */
+    printf("f16_nan %lu\n", (unsigned long)pw_encode_samples_f16(buf, sizeof buf, 0u, 0u, 2u, 1u, 1000u,
+                                                                 1.0f, nan_pair));
     /* CRC check value of the CRC-32 catalogue: crc32("123456789") = cbf43926 */
     printf("crc32_check %08lx\n", (unsigned long)pw_crc32(0, "123456789", 9));
     /* the largest 96-channel frame, and one sample more (does not fit: 0) */
@@ -74,11 +97,33 @@ static int write_all(int fd, const uint8_t *p, size_t n)
     return 0;
 }
 
-static int stream(const char *path, long n_frames, unsigned n_channels, unsigned n_samples)
+/* 32 random bits for a boot id or a seed: /dev/urandom, else the clock and the pid. */
+static uint32_t random_u32(void)
+{
+    uint32_t v = 0;
+    int fd = open("/dev/urandom", O_RDONLY);
+    if (fd >= 0) {
+        ssize_t r = read(fd, &v, sizeof v);
+        close(fd);
+        if (r == (ssize_t)sizeof v) return v;
+    }
+    return (uint32_t)time(NULL) ^ ((uint32_t)getpid() << 16) ^ (uint32_t)clock();
+}
+
+/* sample i of frame k: ((k * 7919 + i * 31 + seed) mod 4001) - 2000 (int16 frames), or
+ * that divided by 7 as a float (float16 frames, so the encoder has to round) */
+static long sample_value(long k, size_t i, uint32_t seed)
+{
+    return (long)(((uint64_t)k * 7919u + (uint64_t)i * 31u + seed) % 4001u) - 2000;
+}
+
+static int stream(const char *path, long n_frames, unsigned n_channels, unsigned n_samples,
+                  int f16, uint32_t boot_id, uint32_t seed)
 {
     size_t cap = pw_samples_frame_size((uint16_t)n_channels, (uint16_t)n_samples);
     uint8_t *buf;
     int16_t *data;
+    float *data_f;
     uint32_t seq = 0;
     uint64_t counter = 0;
     long k;
@@ -107,10 +152,12 @@ static int stream(const char *path, long n_frames, unsigned n_channels, unsigned
     }
     buf = malloc(cap + 64);
     data = malloc(sizeof(int16_t) * n_channels * n_samples);
-    if (buf == NULL || data == NULL) return 1;
+    data_f = malloc(sizeof(float) * n_channels * n_samples);
+    if (buf == NULL || data == NULL || data_f == NULL) return 1;
+    fprintf(stderr, "boot_id %lu seed %lu\n", (unsigned long)boot_id, (unsigned long)seed);
 
     n = pw_encode_status(buf, cap + 64, seq++, counter, PW_STATE_STREAMING, PW_FLAG_BOOT, 1000u,
-                         (uint16_t)n_channels, (uint16_t)n_samples, 0u, 1u);
+                         (uint16_t)n_channels, (uint16_t)n_samples, 0u, boot_id);
     if (write_all(fd, buf, n)) goto fail;
     for (k = 0; k < n_frames; k++) {
         if (k % 10 == 5) {
@@ -119,22 +166,95 @@ static int stream(const char *path, long n_frames, unsigned n_channels, unsigned
             if (write_all(fd, buf, n)) goto fail;
         }
         for (i = 0; i < (size_t)n_channels * n_samples; i++) {
-            data[i] = (int16_t)((long)((k * 7919 + (long)i * 31) % 4001) - 2000);
+            data[i] = (int16_t)sample_value(k, i, seed);
+            data_f[i] = (float)data[i] / 7.0f;
         }
-        n = pw_encode_samples(buf, cap, seq++, counter, (uint16_t)n_channels, (uint16_t)n_samples,
-                              1000u, 0.02f, data);
-        if (write_all(fd, buf, n)) goto fail;
+        if (f16) {
+            n = pw_encode_samples_f16(buf, cap, seq++, counter, (uint16_t)n_channels,
+                                      (uint16_t)n_samples, 1000u, 1.0f, data_f);
+        } else {
+            n = pw_encode_samples(buf, cap, seq++, counter, (uint16_t)n_channels,
+                                  (uint16_t)n_samples, 1000u, 0.02f, data);
+        }
+        if (n == 0 || write_all(fd, buf, n)) goto fail;
         counter += n_samples;
     }
     n = pw_encode_status(buf, cap + 64, seq++, counter, PW_STATE_STOPPED, 0u, 1000u,
-                         (uint16_t)n_channels, (uint16_t)n_samples, 0u, 1u);
+                         (uint16_t)n_channels, (uint16_t)n_samples, 0u, boot_id);
     if (write_all(fd, buf, n)) goto fail;
     free(buf);
     free(data);
+    free(data_f);
     return close(fd) == 0 ? 0 : 1;
 fail:
     fprintf(stderr, "write to %s failed: %s\n", path, strerror(errno));
     return 1;
+}
+
+/* SAMPLES_F16 frames of the float32 values in `in_path`, to stdout. */
+static int f16_frames(const char *in_path, unsigned n_channels, unsigned n_samples, float scale_uv)
+{
+    size_t per = (size_t)n_channels * n_samples;
+    size_t cap = pw_samples_frame_size((uint16_t)n_channels, (uint16_t)n_samples);
+    uint8_t raw[4], *buf;
+    float *data;
+    uint32_t seq = 0;
+    size_t i = 0, n;
+    FILE *in;
+    int done = 0;
+
+    if (cap == 0) {
+        fprintf(stderr, "bad frame geometry %u x %u\n", n_channels, n_samples);
+        return 2;
+    }
+    in = fopen(in_path, "rb");
+    buf = malloc(cap);
+    data = malloc(sizeof(float) * per);
+    if (in == NULL || buf == NULL || data == NULL) {
+        fprintf(stderr, "cannot read %s\n", in_path);
+        return 1;
+    }
+    while (!done) {
+        for (i = 0; i < per; i++) {
+            uint32_t u;
+            if (fread(raw, 1, 4, in) != 4) {
+                done = 1;
+                break;
+            }
+            u = (uint32_t)raw[0] | (uint32_t)raw[1] << 8 | (uint32_t)raw[2] << 16 | (uint32_t)raw[3] << 24;
+            memcpy(&data[i], &u, sizeof u);
+        }
+        if (i < per) break; /* a partial frame at the end is not sent */
+        n = pw_encode_samples_f16(buf, cap, seq, (uint64_t)seq * n_samples, (uint16_t)n_channels,
+                                  (uint16_t)n_samples, 1000u, scale_uv, data);
+        if (n == 0) {
+            fprintf(stderr, "frame %lu refused by the encoder\n", (unsigned long)seq);
+            return 3;
+        }
+        fwrite(buf, 1, n, stdout);
+        seq++;
+    }
+    fclose(in);
+    free(buf);
+    free(data);
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
+static int half2float(void)
+{
+    uint32_t h;
+    for (h = 0; h < 65536u; h++) {
+        float f = pw_half_to_float((uint16_t)h);
+        uint32_t u;
+        uint8_t b[4];
+        memcpy(&u, &f, sizeof u);
+        b[0] = (uint8_t)u;
+        b[1] = (uint8_t)(u >> 8);
+        b[2] = (uint8_t)(u >> 16);
+        b[3] = (uint8_t)(u >> 24);
+        fwrite(b, 1, 4, stdout);
+    }
+    return fflush(stdout) == 0 ? 0 : 1;
 }
 
 int main(int argc, char **argv)
@@ -142,11 +262,32 @@ int main(int argc, char **argv)
     if (argc >= 2 && strcmp(argv[1], "vectors") == 0) {
         return vectors();
     }
-    if (argc >= 4 && strcmp(argv[1], "stream") == 0) {
-        unsigned ch = argc >= 5 ? (unsigned)strtoul(argv[4], NULL, 10) : 96u;
-        unsigned ns = argc >= 6 ? (unsigned)strtoul(argv[5], NULL, 10) : 16u;
-        return stream(argv[2], strtol(argv[3], NULL, 10), ch, ns);
+    if (argc >= 2 && strcmp(argv[1], "stream") == 0) {
+        int opt, f16 = 0;
+        uint32_t boot_id = random_u32(), seed = random_u32();
+        unsigned ch, ns;
+        optind = 2;
+        while ((opt = getopt(argc, argv, "fb:s:")) != -1) {
+            if (opt == 'f') f16 = 1;
+            else if (opt == 'b') boot_id = (uint32_t)strtoul(optarg, NULL, 0);
+            else if (opt == 's') seed = (uint32_t)strtoul(optarg, NULL, 0);
+            else return 2;
+        }
+        if (argc - optind >= 2) {
+            ch = argc - optind >= 3 ? (unsigned)strtoul(argv[optind + 2], NULL, 10) : 96u;
+            ns = argc - optind >= 4 ? (unsigned)strtoul(argv[optind + 3], NULL, 10) : 16u;
+            return stream(argv[optind], strtol(argv[optind + 1], NULL, 10), ch, ns, f16, boot_id,
+                          seed);
+        }
     }
-    fprintf(stderr, "usage: %s vectors | stream PATH N_FRAMES [CHANNELS [SAMPLES]]\n", argv[0]);
+    if (argc == 6 && strcmp(argv[1], "f16") == 0) {
+        return f16_frames(argv[2], (unsigned)strtoul(argv[3], NULL, 10),
+                          (unsigned)strtoul(argv[4], NULL, 10), strtof(argv[5], NULL));
+    }
+    if (argc == 2 && strcmp(argv[1], "half2float") == 0) {
+        return half2float();
+    }
+    fprintf(stderr, "usage: %s vectors | stream [-f] [-b BOOT_ID] [-s SEED] PATH N_FRAMES "
+            "[CHANNELS [SAMPLES]] | f16 IN CHANNELS SAMPLES SCALE | half2float\n", argv[0]);
     return 2;
 }

@@ -2,9 +2,10 @@
 
 The quantize pipeline (torch -> ONNX -> onnx2tf) takes 20-70 s per model; these tests need
 a bundle in a few seconds, so the encoder here is built directly in TensorFlow (patchify
-conv -> ReLU -> mean over patches -> dense latent), converted with int8-only builtins, and
-described by a manifest that edge/bundle.py's loader accepts. Tests may import TensorFlow;
-the edge may not (test_no_forbidden_imports runs it in a clean subprocess).
+conv -> ReLU -> mean over patches -> dense latent), converted with int8-only builtins,
+described by a manifest that edge/bundle.py's loader accepts, and sealed (bundle.sig) by
+the function quantize uses. Tests may import TensorFlow; the edge may not
+(test_no_forbidden_imports runs it in a clean subprocess).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from phosphene.edge.bundle import (
     file_sha256,
     probes_to_json,
 )
+from phosphene.edge.signing import seal_bundle
 
 from phosphene.geometry import map_for_channels
 from phosphene.signal import NormaliserConfig, WindowSpec
@@ -66,6 +68,16 @@ def _quant(detail: dict) -> QuantParams:
                        dtype=np.dtype(detail["dtype"]).name, shape=tuple(int(s) for s in detail["shape"]))
 
 
+def _health_reference(channel_map, spec: WindowSpec, seed: int) -> dict:
+    """Input-health statistics of 2 x 10 s of resting virtual cortex (as quantize stores them)."""
+    from phosphene.cortex import VirtualCortex
+    from phosphene.edge.health import calibration_stats
+
+    cortex = VirtualCortex(channel_map, seed=seed)
+    recs = [cortex.stream("resting", day=d, session_index=d).read(10_000)[0] for d in range(2)]
+    return calibration_stats(recs, sample_rate_hz=spec.sample_rate_hz)
+
+
 def make_tiny_bundle(out: str | Path, *, n_channels: int = 96, spec: WindowSpec = WindowSpec(),
                      normaliser: NormaliserConfig = TEST_NORMALISER, latent_dim: int = 16,
                      latency_budget_ms: float = 5.0, seed: int = 0) -> Path:
@@ -92,6 +104,9 @@ def make_tiny_bundle(out: str | Path, *, n_channels: int = 96, spec: WindowSpec 
         "sample_rate_hz": spec.sample_rate_hz, "window": spec.to_dict(),
         "normaliser": normaliser.to_dict(), "latency_budget_ms": latency_budget_ms,
         "tools": {"made_by": "tests/edge/tiny_bundle.py"},
+        "wire": {"sample_format": "float16", "scale_uv": 1.0},
+        "input_health": _health_reference(channel_map, spec, seed),
     }
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    seal_bundle(out)  # bundle.sig, as `phosphene quantize` writes it
     return out

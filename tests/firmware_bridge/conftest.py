@@ -38,4 +38,7 @@ def python_vectors() -> dict[str, bytes]:
                                      boot_id=0x12345678),
         "samples_wrap": encode_samples(0xFFFFFFFF, 1 << 40, np.array([[-1, 0, 1, 1000]], np.int16),
                                        scale_uv=0.02, sample_rate_hz=30000),
+        "samples_f16": encode_samples(7, 160, np.array([[1.0, -2.5], [0.1, -0.0], [65504.0, 2.0**-24]],
+                                                       np.float16),
+                                      scale_uv=1.0, sample_rate_hz=1000),
     }

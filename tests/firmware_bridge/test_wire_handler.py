@@ -46,3 +46,14 @@ def test_a_lost_boot_frame_still_reads_as_a_restart_and_format_changes_are_repor
     assert out.restarted and asm.stats.restarts == 1 and asm.stats.samples_missing == 0
     out = asm.handle([block(1, counter=16, rate=2000)])
     assert out.format_changed == StreamFormat(4, 2000, 0.5) and asm.stats.format_changes == 1
+
+
+def test_float16_blocks_in_microvolts_and_a_switch_of_encoding_is_a_format_change():
+    asm = SampleAssembler(expect_channels=4)
+    out = asm.handle([block(0)])
+    halves = np.array([[0.05, -0.0, 65504.0, 2.0**-24]] * 16, np.float16)
+    out = asm.handle([SampleFrame(1, 16, halves, 0.5, 1000)])
+    assert out.format_changed == StreamFormat(4, 1000, 0.5, "float16")
+    assert out.blocks[0].data_uv.dtype == np.float32 and out.gaps == []
+    assert out.blocks[0].data_uv[0].tolist() == [float(np.float16(0.05)) * 0.5, -0.0, 32752.0, 2.0**-25]
+    assert asm.stats.format_changes == 1 and asm.stats.samples == 32

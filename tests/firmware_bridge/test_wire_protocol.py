@@ -11,8 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from phosphene.firmware_bridge.protocol import (
+    DEFAULT_SAMPLE_FORMAT,
     HEADER_BYTES,
     MAX_PAYLOAD_BYTES,
+    SAMPLE_FORMATS,
     SYNC,
     EventFrame,
     FrameType,
@@ -27,14 +29,23 @@ from phosphene.firmware_bridge.protocol import (
     encode_samples,
     encode_status,
     quantize_uv,
+    required_baud,
     samples_frame_bytes,
     samples_to_uv,
+    wire_roundtrip_uv,
 )
+
+
+def random_halves(rng, shape) -> np.ndarray:
+    """Finite float16 samples of every kind: normal, subnormal, +-0, +-65504."""
+    bits = rng.integers(0, 0x7C00, shape, dtype=np.uint16) | (rng.integers(0, 2, shape, dtype=np.uint16) << 15)
+    return bits.view(np.float16)
 
 
 def make_stream(n_frames: int, *, n_channels: int = 8, n_samples: int = 4, seed: int = 0,
                 start_seq: int = 0) -> tuple[bytes, list[bytes]]:
-    """A valid stream mixing all three frame types; returns (bytes, per-frame bytes)."""
+    """A valid stream mixing all four frame types (SAMPLES as int16 and as float16);
+    returns (bytes, per-frame bytes)."""
     rng = np.random.default_rng(seed)
     frames = []
     counter = 0
@@ -48,6 +59,10 @@ def make_stream(n_frames: int, *, n_channels: int = 8, n_samples: int = 4, seed:
             frames.append(encode_status(seq, counter, state=StatusState.STREAMING, flags=0,
                                         sample_rate_hz=1000, n_channels=n_channels,
                                         frame_samples=n_samples, boot_id=7))
+        elif kind == 1:
+            data = random_halves(rng, (n_samples, n_channels))
+            frames.append(encode_samples(seq, counter, data, scale_uv=1.0, sample_rate_hz=1000))
+            counter += n_samples
         else:
             data = rng.integers(-32768, 32768, (n_samples, n_channels)).astype(np.int16)
             frames.append(encode_samples(seq, counter, data, scale_uv=0.02, sample_rate_hz=1000))
@@ -63,8 +78,8 @@ def test_python_encoder_reproduces_the_documented_test_vectors(doc_vectors, pyth
 def test_documented_vectors_decode_to_their_documented_fields(doc_vectors):
     d = StreamDecoder()
     frames = d.feed(b"".join(doc_vectors.values()))
-    assert [type(f) for f in frames] == [SampleFrame, EventFrame, StatusFrame, SampleFrame]
-    s, e, st_, w = frames
+    assert [type(f) for f in frames] == [SampleFrame, EventFrame, StatusFrame, SampleFrame, SampleFrame]
+    s, e, st_, w, h = frames
     assert s.data.tolist() == [[1, -1], [2, -2], [32767, -32768]] and s.scale_uv == 0.25
     assert (s.seq, s.sample_counter, s.sample_rate_hz, s.n_channels, s.n_samples) == (0, 0, 1000, 2, 3)
     assert (e.seq, e.sample_counter, e.electrode, e.current_ua) == (1, 170, 42, 2.5)
@@ -72,6 +87,11 @@ def test_documented_vectors_decode_to_their_documented_fields(doc_vectors):
     assert (st_.n_channels, st_.frame_samples, st_.sample_rate_hz) == (96, 16, 1000)
     assert (w.seq, w.sample_counter, w.sample_rate_hz) == (0xFFFFFFFF, 1 << 40, 30000)
     assert w.data.tolist() == [[-1, 0, 1, 1000]] and w.scale_uv == pytest.approx(0.02, rel=1e-7)
+    assert s.sample_format == w.sample_format == "int16" and h.sample_format == "float16"
+    assert (h.seq, h.sample_counter, h.sample_rate_hz, h.scale_uv, h.data.shape) == (7, 160, 1000, 1.0, (3, 2))
+    assert h.data.view(np.uint16).ravel().tolist() == [0x3C00, 0xC100, 0x2E66, 0x8000, 0x7BFF, 0x0001]
+    assert h.to_uv().ravel().tolist() == [1.0, -2.5, 0.0999755859375, -0.0, 65504.0, 2.0**-24]
+    assert doc_vectors["samples_f16"][5] == FrameType.SAMPLES_F16 == 4
 
 
 def test_header_layout_and_both_crcs(python_vectors):
@@ -92,6 +112,9 @@ def test_round_trip_of_every_frame_type():
 def test_encoder_rejects_bad_input_with_a_fix():
     with pytest.raises(ValueError, match="quantize_uv"):
         encode_samples(0, 0, np.zeros((4, 2), np.float32), scale_uv=0.1, sample_rate_hz=1000)
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(ValueError, match="finite"):
+            encode_samples(0, 0, np.array([[1.0, bad]], np.float16), scale_uv=1.0, sample_rate_hz=1000)
     with pytest.raises(ValueError, match="exceeds"):
         encode_samples(0, 0, np.zeros((400, 96), np.int16), scale_uv=0.1, sample_rate_hz=1000)
     with pytest.raises(ValueError, match="scale_uv"):
@@ -111,6 +134,126 @@ def test_quantize_and_back_to_microvolts_within_half_an_lsb():
     frame = StreamDecoder().feed(encode_samples(0, 0, q, scale_uv=0.02, sample_rate_hz=1000))[0]
     assert frame.to_uv().dtype == np.float32
     assert np.allclose(frame.to_uv(), q * np.float32(0.02))
+
+
+def test_float16_frames_round_trip_bit_for_bit():
+    rng = np.random.default_rng(3)
+    data = random_halves(rng, (16, 96))
+    data[0, :4] = [0.0, -0.0, 65504.0, -(2.0**-24)]
+    raw = encode_samples(5, 80, data, scale_uv=0.5, sample_rate_hz=1000)
+    assert raw[5] == FrameType.SAMPLES_F16 and len(raw) == samples_frame_bytes(96, 16)
+    frame = StreamDecoder().feed(raw)[0]
+    assert frame.sample_format == "float16" and frame.data.dtype == np.float16
+    assert np.array_equal(frame.data.view(np.uint16), data.view(np.uint16))  # -0.0 kept
+    assert encode_frame(frame) == raw
+    assert frame == SampleFrame(5, 80, data.copy(), 0.5, 1000)
+    uv = frame.to_uv()
+    assert uv.dtype == np.float32 and np.array_equal(uv, data.astype(np.float32) * np.float32(0.5))
+    assert np.signbit(uv[0, 1]) and uv[0, 2] == 32752.0
+
+
+def test_sample_frame_equality_sees_format_and_signed_zero():
+    zeros = np.zeros((1, 2), np.float16)
+    neg = zeros.copy()
+    neg[0, 1] = -0.0
+    assert SampleFrame(0, 0, zeros, 1.0, 1000) != SampleFrame(0, 0, neg, 1.0, 1000)
+    assert SampleFrame(0, 0, zeros, 1.0, 1000) != SampleFrame(0, 0, np.zeros((1, 2), np.int16), 1.0, 1000)
+    big_endian = np.array([[1.5, -2.0]], ">f2")
+    assert SampleFrame(0, 0, big_endian, 1.0, 1000) == SampleFrame(0, 0, np.array([[1.5, -2.0]], np.float16),
+                                                                    1.0, 1000)
+    with pytest.raises(ValueError, match="int16 or float16"):
+        SampleFrame(0, 0, np.zeros((1, 2), np.float32), 1.0, 1000)
+
+
+def _raw_frame(version: int, ftype: int, seq: int, payload: bytes) -> bytes:
+    head = struct.pack("<4sBBHIQ", SYNC, version, ftype, len(payload), seq, 0)
+    body = head + struct.pack("<I", zlib.crc32(head)) + payload
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+@pytest.mark.parametrize("bits", [0x7C00, 0xFC00, 0x7E00, 0x7C01, 0xFFFF])
+def test_a_non_finite_half_is_a_payload_error(bits):
+    samples = np.array([0x3C00, bits, 0x0001, 0x8000], "<u2").tobytes()
+    bad = _raw_frame(1, FrameType.SAMPLES_F16, 0, struct.pack("<HHIf", 2, 2, 1000, 1.0) + samples)
+    ok = encode_samples(1, 2, np.ones((2, 2), np.float16), scale_uv=1.0, sample_rate_hz=1000)
+    d = StreamDecoder()
+    out = d.feed(bad + ok)
+    assert [f.seq for f in out] == [1]
+    s = d.stats
+    assert (s.payload_errors, s.seq_gaps, s.sample_frames, s.crc_errors) == (1, 0, 1, 0)
+
+
+@settings(max_examples=80, deadline=None)
+@given(bits=st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=48), n_samples=st.integers(1, 3))
+def test_any_float16_payload_is_delivered_exactly_or_counted_as_an_error(bits, n_samples):
+    bits = (bits * n_samples)[:len(bits) * n_samples]
+    payload = struct.pack("<HHIf", len(bits) // n_samples, n_samples, 1000, 1.0)
+    d = StreamDecoder()
+    out = d.feed(_raw_frame(1, FrameType.SAMPLES_F16, 0, payload + np.array(bits, "<u2").tobytes()))
+    if any((b & 0x7C00) == 0x7C00 for b in bits):
+        assert out == [] and d.stats.payload_errors == 1
+    else:
+        assert d.stats.payload_errors == 0 and out[0].data.view(np.uint16).ravel().tolist() == bits
+        assert np.isfinite(out[0].to_uv()).all()
+
+
+def test_quantize_float16_rounds_to_nearest_even_and_saturates():
+    # ties: 1 + 2^-11 lies halfway between 1 (even) and 1 + 2^-10 (odd)
+    x = np.array([1 + 2.0**-11, 1 + 3 * 2.0**-11, 2.0**-25, 3 * 2.0**-25, -(2.0**-26), 65504.0,
+                  65519.0, 65520.0, 1e9, np.inf, -np.inf, np.nan, -1e-30])
+    q, clipped = quantize_uv(x, 1.0, sample_format="float16")
+    assert q.dtype == np.float16
+    assert q.view(np.uint16).tolist() == [0x3C00, 0x3C02, 0x0000, 0x0002, 0x8000, 0x7BFF,
+                                          0x7BFF, 0x7BFF, 0x7BFF, 0x7BFF, 0xFBFF, 0x0000, 0x8000]
+    assert clipped == 6  # beyond +-65504 (65519, 65520, 1e9, +-inf) and the NaN
+    # scale_uv divides first: 3 uV at 2 uV per unit is 1.5
+    assert quantize_uv(np.array([3.0, -131008.0]), 2.0, sample_format="float16")[0].tolist() == [1.5, -65504.0]
+    with pytest.raises(ValueError, match="sample_format"):
+        quantize_uv(x, 1.0, sample_format="float32")
+    assert SAMPLE_FORMATS == ("int16", "float16") and DEFAULT_SAMPLE_FORMAT == "float16"
+
+
+@pytest.mark.parametrize("fmt, scale", [("float16", 1.0), ("float16", 0.25), ("int16", 0.02)])
+def test_wire_roundtrip_is_what_the_decoder_delivers(fmt, scale):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((64, 96)) * np.logspace(-3, 4, 96)).astype(np.float32)
+    x[0, :3] = [1e9, -np.inf, np.nan]
+    seen, clipped = wire_roundtrip_uv(x, fmt, scale)
+    q, n = quantize_uv(x, scale, sample_format=fmt)
+    frame = StreamDecoder().feed(encode_samples(0, 0, q, scale_uv=scale, sample_rate_hz=1000))[0]
+    assert seen.dtype == np.float32 and clipped == n >= 3
+    assert np.array_equal(seen, frame.to_uv()) and frame.sample_format == fmt
+
+
+def test_wire_roundtrip_in_chunks_equals_one_cast():
+    # more than one conversion chunk (2^20 elements): the same as a single numpy cast
+    x = np.random.default_rng(2).normal(0, 40, (12_000, 96)).astype(np.float32)
+    x[11_999, 95] = 70000.0
+    seen, clipped = wire_roundtrip_uv(x)
+    ref = np.clip(x, -65504, 65504).astype(np.float16).astype(np.float32)
+    assert clipped == 1 and np.array_equal(seen, ref)
+
+
+def test_float16_keeps_quiet_channels_that_int16_rounds_away():
+    # a dead channel: ~0.05 uV of noise. Rounding error relative to the channel's own SD.
+    x = np.random.default_rng(4).normal(3.0, 0.05, 200_000)
+    err16 = (wire_roundtrip_uv(x, "int16", 0.02)[0] - x).std() / x.std()
+    errf = (wire_roundtrip_uv(x, "float16", 1.0)[0] - x).std() / x.std()
+    assert err16 > 0.1 and errf < 0.02
+    # and float16's relative error is at most 2^-11 over its normal range, 6.1e-5..65504
+    rng = np.random.default_rng(5)
+    y = rng.choice([-1.0, 1.0], 100_000) * 2.0 ** rng.uniform(-14, 15.99, 100_000)
+    rel = np.abs(wire_roundtrip_uv(y)[0] - y) / np.abs(y)
+    assert 2.0**-12 < rel.max() <= 2.0**-11 * (1 + 1e-6)
+
+
+def test_required_baud_matches_the_bandwidth_table():
+    assert required_baud(96, 1000, 16) == 1_945_000
+    assert [required_baud(96, 1000, n) for n in (1, 8, 32)] == [2_320_000, 1_970_000, 1_932_500]
+    assert required_baud(96, 1000, 16, bits_per_byte=8) == 1_556_000
+    assert required_baud(4, 30000, 3) == -(-samples_frame_bytes(4, 3) * 10 * 30000 // 3)
+    with pytest.raises(ValueError):
+        required_baud(0, 1000, 16)
 
 
 # --- the streaming decoder --------------------------------------------------------------------
@@ -206,11 +349,12 @@ def test_frames_after_garbage_are_recovered_exactly(garbage, seed):
 def test_garbage_that_imitates_sync_and_headers_never_raises():
     rng = random.Random(0)
     d = StreamDecoder()
-    valid = encode_samples(0, 0, np.zeros((4, 2), np.int16), scale_uv=1.0, sample_rate_hz=1000)
+    valid = [encode_samples(0, 0, np.zeros((4, 2), np.int16), scale_uv=1.0, sample_rate_hz=1000),
+             encode_samples(0, 0, np.zeros((4, 2), np.float16), scale_uv=1.0, sample_rate_hz=1000)]
     for _ in range(2000):
         piece = bytearray(SYNC + bytes(rng.randrange(256) for _ in range(rng.randrange(60))))
         if rng.random() < 0.3:  # a real header with a corrupted payload
-            piece = bytearray(valid)
+            piece = bytearray(rng.choice(valid))
             piece[rng.randrange(HEADER_BYTES, len(piece))] ^= 0xFF
         d.feed(bytes(piece))
     assert d.stats.frames_ok == 0 and d.stats.header_errors + d.stats.crc_errors > 0
@@ -234,17 +378,14 @@ def test_memory_is_bounded_and_a_lower_payload_limit_is_enforced():
 
 
 def test_unknown_version_type_and_bad_payloads_are_skipped_and_counted():
-    def frame(version, ftype, seq, payload):
-        head = struct.pack("<4sBBHIQ", SYNC, version, ftype, len(payload), seq, 0)
-        body = head + struct.pack("<I", zlib.crc32(head)) + payload
-        return body + struct.pack("<I", zlib.crc32(body))
-
-    good = encode_event_stim(3, 0, 5, 1.0)
+    frame = _raw_frame
+    good = encode_event_stim(4, 0, 5, 1.0)
     d = StreamDecoder()
-    out = d.feed(frame(2, 1, 0, b"xx") + frame(1, 9, 1, b"new") + frame(1, 1, 2, bytes(13)) + good)
+    out = d.feed(frame(2, 1, 0, b"xx") + frame(1, 9, 1, b"new") + frame(1, 1, 2, bytes(13))
+                 + frame(1, 4, 3, bytes(13)) + good)
     assert [type(f) for f in out] == [EventFrame]
     s = d.stats
-    assert (s.unknown_frames, s.payload_errors, s.seq_gaps) == (2, 1, 0)
+    assert (s.unknown_frames, s.payload_errors, s.seq_gaps) == (2, 2, 0)
 
 
 # --- sequence accounting -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from phosphene.firmware_bridge.protocol import (
     StatusFrame,
     StatusState,
     StreamDecoder,
+    wire_roundtrip_uv,
 )
 from phosphene.firmware_bridge.simulator import (
     CortexSource,
@@ -60,14 +61,12 @@ def test_clean_stream_content_counters_and_events():
     assert len(samples) == 8000 // 16 == c.sample_frames
     assert [f.sample_counter for f in samples] == list(range(0, 8000, 16))
     assert all(f.n_channels == 96 and f.sample_rate_hz == 1000 for f in samples)
-    # the data is the virtual cortex's, to within half an LSB (read in the simulator's
-    # chunks: the generator's random draws depend on the chunking)
-    ref = CortexSource("psychometric", seed=0)
-    chunks = [ref.read(SimulatorConfig().chunk_samples) for _ in range(8000 // 256 + 1)]
-    mua = np.concatenate([m for m, _ in chunks])[:8000]
-    events = [e for _, evs in chunks for e in evs if e.sample < 8000]
+    # the data is the virtual cortex's as float16 microvolts, exactly (read in the
+    # simulator's chunks: the generator's random draws depend on the chunking)
+    mua, events = cortex_reference("psychometric", 0, 8000)
+    assert all(f.sample_format == "float16" and f.scale_uv == 1.0 for f in samples)
     got = np.concatenate([f.to_uv() for f in samples])
-    assert np.max(np.abs(got - mua)) <= samples[0].scale_uv / 2 + 1e-5
+    assert np.array_equal(got, wire_roundtrip_uv(mua)[0]) and c.samples_clipped == 0
     # each stimulation: an event frame just before the sample frame holding its onset
     ev_frames = [f for f in frames if isinstance(f, EventFrame)]
     assert len(events) >= 4 and len(ev_frames) == len(events) == c.event_frames
@@ -76,6 +75,38 @@ def test_clean_stream_content_counters_and_events():
                                                                      pytest.approx(ev.current_ua))
         nxt = next(f for f in frames[frames.index(ef):] if isinstance(f, SampleFrame))
         assert nxt.sample_counter <= ev.sample < nxt.sample_counter + nxt.n_samples
+
+
+def cortex_reference(kind: str, seed: int, n: int):
+    ref = CortexSource(kind, seed=seed)
+    chunks = [ref.read(SimulatorConfig().chunk_samples) for _ in range(n // 256 + 1)]
+    mua = np.concatenate([m for m, _ in chunks])[:n]
+    return mua, [e for _, evs in chunks for e in evs if e.sample < n]
+
+
+@pytest.mark.parametrize("fmt, scale, expect_scale", [("int16", None, 0.02), ("int16", 0.05, 0.05),
+                                                      ("float16", 0.5, 0.5)])
+def test_wire_format_and_scale_are_configurable(fmt, scale, expect_scale):
+    sim, data = simulate(1.0, kind="resting", sample_format=fmt, scale_uv=scale)
+    assert sim.config.scale_uv == expect_scale
+    _, frames = decode(data)
+    samples = [f for f in frames if isinstance(f, SampleFrame)]
+    assert {(f.sample_format, f.scale_uv) for f in samples} == {(fmt, float(np.float32(expect_scale)))}
+    mua, _ = cortex_reference("resting", 0, len(samples) * 16)
+    seen, clipped = wire_roundtrip_uv(mua, fmt, expect_scale)
+    assert np.array_equal(np.concatenate([f.to_uv() for f in samples]), seen)
+    assert sim.counts.samples_clipped == clipped
+
+
+def test_on_wire_sees_exactly_the_bytes_written():
+    got = []
+    faults = FaultConfig(drop_bytes_p=1e-4, garbage_burst_bytes=300, garbage_every_s=0.3,
+                         duplicate_frames_p=0.05, restart_seq_at_s=1.0)
+    sim = Simulator(CortexSource("resting"), SimulatorConfig(speed=0, faults=faults), on_wire=got.append)
+    buf = io.BytesIO()
+    sim.run(buf, 2.0)
+    assert b"".join(got) == buf.getvalue() and len(got) > 100
+    assert sim.counts.bytes_sent == len(buf.getvalue())
 
 
 FAULT_CASES = {
@@ -183,7 +214,7 @@ def test_dataset_source_loops_with_its_trials(tiny_dataset):
     sim.run(buf, 1.0)
     _, frames = decode(buf.getvalue())
     first = next(f for f in frames if isinstance(f, SampleFrame))
-    assert np.max(np.abs(first.to_uv() - ref[:16])) <= first.scale_uv / 2 + 1e-5
+    assert np.array_equal(first.to_uv(), wire_roundtrip_uv(ref[:16])[0])
 
 
 def test_bad_configuration_says_what_to_fix():
@@ -193,6 +224,12 @@ def test_bad_configuration_says_what_to_fix():
         SimulatorConfig(frame_samples=0)
     with pytest.raises(ValueError, match="speed"):
         SimulatorConfig(speed=-1)
+    with pytest.raises(ValueError, match="sample_format"):
+        SimulatorConfig(sample_format="float32")
+    with pytest.raises(ValueError, match="scale_uv"):
+        SimulatorConfig(scale_uv=0.0)
+    assert (SimulatorConfig().sample_format, SimulatorConfig().scale_uv) == ("float16", 1.0)
+    assert SimulatorConfig(sample_format="int16").scale_uv == 0.02
     with pytest.raises(ValueError, match="duration_s"):
         Simulator(CortexSource("resting")).run(io.BytesIO(), 0.0)
     with pytest.raises(TypeError, match="cannot write frames"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import queue
 import socket
 import threading
@@ -123,6 +124,40 @@ def test_pty_that_disappears_is_reported_and_retried():
         assert reader.running  # still trying to reopen, with backoff
     assert reader.stats.disconnects == 1 and reader.stats.connects == 1
     assert not reader.running
+
+
+def _wait_for(predicate, timeout_s: float = 5.0) -> bool:
+    done = threading.Event()
+    for _ in range(int(timeout_s / 0.02)):
+        if predicate():
+            return True
+        done.wait(0.02)
+    return predicate()
+
+
+@pytest.mark.parametrize("name", [None, "bedside array"])
+def test_reader_messages_name_the_device_not_the_callable(caplog, name):
+    pty = PtyPair()
+    path = pty.device_path
+
+    def port_factory():
+        return open_port(path)
+
+    reader = SerialReader(port_factory, lambda data: None, backoff_initial_s=0.02,
+                          backoff_max_s=0.1, name=name)
+    shown = name or path
+    with caplog.at_level(logging.WARNING, logger="phosphene.firmware_bridge.transport"), reader:
+        assert reader.wait_connected(5.0) and reader.port_name == shown
+        pty.close()  # the device disappears; reopening it then fails
+        assert reader.disconnected.wait(5.0)
+        assert _wait_for(lambda: reader.stats.open_failures >= 1)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"{shown} disappeared") for m in messages), messages
+    assert any(m.startswith(f"cannot open {shown} (attempt 1)") for m in messages), messages
+    assert not any("port_factory" in m for m in messages)
+    assert SerialReader(port_factory, print).port_name == "port from port_factory"
+    assert SerialReader("/dev/ttyX", print).port_name == "/dev/ttyX"
+    assert SerialReader("/dev/ttyX", print, name="array").port_name == "array"
 
 
 def test_handler_errors_stop_the_reader_and_are_kept():

@@ -37,7 +37,8 @@ def test_electrode_readout_travels_from_probe_to_int8_bundle(tiny_dataset, tiny_
 
     report = build_bundle(tiny_dataset, tmp_path / "student", probe_dir, tmp_path / "bundle",
                           config=QuantizeConfig(calib_windows=96, parity_windows=96,
-                                                latency_runs=20, min_agreement=0.8))
+                                                latency_runs=20, min_agreement=0.8,
+                                                min_wire_agreement=0.9))
     bundle = load_bundle(tmp_path / "bundle")
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["model"]["readout"] == "electrode_k1" and manifest["model"]["arch"] == "mixer"

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from phosphene.edge.bundle import (
     BUNDLE_VERSION,
+    DIGEST_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
     PROBE_FILE,
@@ -19,6 +20,7 @@ from phosphene.edge.bundle import (
     load_bundle,
 )
 from phosphene.edge.interpreter import Encoder
+from phosphene.edge.signing import read_seal, seal_bundle
 
 from phosphene.cli import cli
 
@@ -30,16 +32,22 @@ def _manifest(path) -> dict:
 
 
 def _write_manifest(path, m: dict) -> None:
+    """Rewrite the manifest and reseal, as a (mis)built bundle would be: checks past bundle.sig."""
     (path / MANIFEST_FILE).write_text(json.dumps(m))
+    seal_bundle(path)
 
 
 def test_bundle_holds_what_the_design_names(tiny_bundle, tiny_dataset):
     path, report = tiny_bundle
-    assert sorted(p.name for p in path.iterdir()) == sorted([MANIFEST_FILE, MODEL_FILE, PROBE_FILE])
+    assert sorted(p.name for p in path.iterdir()) == sorted([MANIFEST_FILE, MODEL_FILE, PROBE_FILE,
+                                                             DIGEST_FILE])
     assert not path.with_name(path.name + ".work").exists()  # work files cleaned up
     m = _manifest(path)
     assert m["format"] == "phosphene-bundle" and m["version"] == BUNDLE_VERSION
     assert set(m["files"]) == {MODEL_FILE, PROBE_FILE}
+    seal = read_seal(path)  # bundle.sig covers every file, the manifest included, unsigned
+    assert set(seal.files) == {MANIFEST_FILE, MODEL_FILE, PROBE_FILE} and seal.signature is None
+    assert all(seal.files[n] == meta["sha256"] for n, meta in m["files"].items())
     assert m["n_channels"] == tiny_dataset.n_channels == len(m["channel_map"]["electrodes"])
     assert m["sample_rate_hz"] == 1000.0
     assert m["window"] == {"sample_rate_hz": 1000.0, "window_samples": 128, "patch_samples": 16,
@@ -100,7 +108,7 @@ def test_loaded_bundle_decodes_like_the_parity_run(tiny_bundle, tiny_dataset):
         enc.decide(nan_window)
 
 
-@pytest.mark.parametrize("name", [MODEL_FILE, PROBE_FILE])
+@pytest.mark.parametrize("name", [MANIFEST_FILE, MODEL_FILE, PROBE_FILE, DIGEST_FILE])
 @pytest.mark.parametrize("where", [0, 0.5, -1])
 def test_tampering_any_byte_fails_naming_the_file(bundle_copy, name, where):
     file = bundle_copy / name
@@ -108,7 +116,9 @@ def test_tampering_any_byte_fails_naming_the_file(bundle_copy, name, where):
     i = int(where * len(data)) if where >= 0 else len(data) - 1
     data[i] ^= 0x01
     file.write_bytes(bytes(data))
-    with pytest.raises(BundleError, match=f"bundle file {name} does not match its SHA-256"):
+    expected = (f"bundle file {DIGEST_FILE} is corrupted" if name == DIGEST_FILE
+                else f"bundle file {name} does not match its SHA-256 in {DIGEST_FILE}")
+    with pytest.raises(BundleError, match=expected):
         load_bundle(bundle_copy)
 
 
@@ -183,7 +193,7 @@ def test_verify_cli(tiny_bundle, bundle_copy):
     r = runner.invoke(cli, ["verify", str(bundle_copy)])
     assert r.exit_code == 1
     assert r.output.strip() == ("Error: bundle file probe.json does not match its SHA-256 in "
-                                "manifest.json (corrupted or modified): copy the bundle again")
+                                "bundle.sig (corrupted or modified): copy the bundle again")
     r = runner.invoke(cli, ["verify", str(bundle_copy / "nope")])
     assert r.exit_code == 1 and r.output.startswith("Error: bundle not found")
 

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from phosphene.edge.bundle import load_bundle
 from phosphene.edge.runtime import BundleDecoder, DecisionSinks, Runtime, RuntimeConfig
 from phosphene.edge.source import run_live
@@ -30,6 +32,30 @@ class RateSource:
 
     def read(self, n):
         return self.source.read(n)
+
+
+class DeadChannels:
+    """A source whose `channels` die `after_s` into the stream: 0.2 uV of 0.05 uV noise from
+    then on (an electrode broken off, as the issue's 8-dead-channel cortex)."""
+
+    def __init__(self, source, channels, after_s: float, seed: int = 0):
+        self.source, self.n_channels = source, source.n_channels
+        self.sample_rate_hz = getattr(source, "sample_rate_hz", 1000.0)
+        self.channels, self.after = list(channels), int(after_s * self.sample_rate_hz)
+        self.rng, self.pos = np.random.default_rng(seed), 0
+
+    def read(self, n):
+        data, events = self.source.read(n)
+        data = np.array(data, dtype=np.float32, copy=True)
+        first = max(self.after - self.pos, 0)
+        if first < len(data):
+            k = len(data) - first
+            data[first:, self.channels] = 0.2 + 0.05 * self.rng.standard_normal((k, len(self.channels)))
+        self.pos += len(data)
+        return data, events
+
+    def __getattr__(self, name):
+        return getattr(self.source, name)
 
 
 @dataclass
@@ -60,15 +86,17 @@ class Result:
 
 
 def drive(bundle_path: Path, segments: list[Segment], tmp: Path, *, mode: str = "continuous",
-          max_lost_samples: int = 0, stall_ms: float = 100.0, seed: int = 0) -> Result:
+          max_lost_samples: int = 0, stall_ms: float = 100.0, seed: int = 0,
+          refuse_unhealthy: bool = False) -> Result:
     bundle = load_bundle(bundle_path)
     config = RuntimeConfig(mode=mode, latency_budget_ms=bundle.latency_budget_ms, stall_ms=stall_ms,
-                           max_lost_samples=max_lost_samples, status_interval_s=0)
+                           max_lost_samples=max_lost_samples, status_interval_s=0,
+                           refuse_unhealthy=refuse_unhealthy)
     out = io.StringIO()
     runtime = Runtime(BundleDecoder(bundle, threads=1), spec=bundle.window_spec,
                       normaliser_config=bundle.normaliser_config, n_channels=bundle.n_channels,
                       config=config, sinks=DecisionSinks(stdout=out, json_stdout=True),
-                      status_stream=io.StringIO())
+                      status_stream=io.StringIO(), health_reference=bundle.manifest.get("input_health"))
     link = tmp / "array"
     pty = PtyPair()
     _point(link, pty.device_path)

@@ -126,3 +126,34 @@ def test_device_restarting_its_sequence_numbers(bundle_path, tmp_path):
     assert any(i > decided[0] for i in warm)
     # ... then decisions again
     assert decided[-1] > max(warm)
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+def test_eight_channels_dying_raise_an_input_health_warning_within_seconds(bundle_path, tmp_path, refuse):
+    from fault_harness import DeadChannels
+
+    from phosphene.edge.bundle import load_bundle
+
+    ref = load_bundle(bundle_path).manifest["input_health"]
+    killed = [c for c in range(96) if c not in ref["dead_at_calibration"]][::11][:8]
+    kill_s = 3.0
+    res = drive(bundle_path, [Segment(DeadChannels(cortex("psychometric"), killed, kill_s), 7.0, speed=1.0)],
+                tmp_path, refuse_unhealthy=refuse)
+    t0 = res.wall[0][0]
+    health = res.of("health")
+    assert health, "no input-health line for 8 dead channels"
+    assert health[0]["time_unix"] > t0 + kill_s, "a warning before anything was wrong"
+    for h in health:  # never a channel that did not die
+        assert set(h["dead"] + h["flat"] + h["saturated"]) <= set(killed), h
+    first = next((h for h in health if set(h["dead"]) == set(killed)), None)
+    assert first is not None and not first["ok"], f"not all 8 dead channels were named: {health}"
+    assert first["time_unix"] - (t0 + kill_s) < 3.0, "the warning came late"
+    before = [d for d in res.of("decision") if d["time_unix"] < t0 + kill_s]
+    assert before, "decisions on healthy input"
+    after = [d for d in res.of("decision") if d["time_unix"] > first["time_unix"] + 0.05]
+    assert res.summary["input_health"]["dead"] == first["dead"]
+    if refuse:
+        assert not after, "decided on input that input health refused"
+        assert res.of("no_decision", "unhealthy_input")
+    else:
+        assert after, "without --refuse-unhealthy, decisions go on (reported, not refused)"
