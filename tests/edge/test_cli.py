@@ -171,3 +171,40 @@ def test_the_signal_handler_never_waits_for_the_stop_events_lock():
     with stop._cond:  # what Event.wait() holds while the handler runs on the same thread
         handler._handle(signal.SIGTERM, None)
     assert stop.wait(5.0) and handler.received == "SIGTERM"
+
+
+def test_a_captured_session_replays_to_the_same_decisions(edge_bundle_path, tmp_path):
+    """`run --capture` records the bytes it read; `simulate stream --replay`'s Replayer sends
+    them into a pty at their own pace, and a second runtime decides exactly as the first."""
+    from phosphene.firmware_bridge.capture import Replayer
+    from phosphene.firmware_bridge.protocol import StreamDecoder
+    from phosphene.firmware_bridge.transport import PtyPair
+
+    capture = tmp_path / "session.wire"
+    first = CliRunner().invoke(cli, ["run", str(edge_bundle_path), "--pty-from-simulator", "--mode",
+                                     "continuous", "--json", "--duration", "2.5", "--capture", str(capture)])
+    assert first.exit_code == 0, first.output
+    lines1 = [json.loads(line) for line in first.stdout.splitlines()]
+    summary1 = lines1[-1]
+    assert summary1["capture"] == {"path": str(capture), "bytes": capture.stat().st_size}
+    assert not list(tmp_path.glob(".*part*"))
+    frames = StreamDecoder().feed(capture.read_bytes())
+    assert len(frames) == summary1["frames_ok"] and summary1["frames_lost"] == 0
+
+    with PtyPair() as pty:
+        proc = phosphene("run", str(edge_bundle_path), "--port", pty.device_path, "--mode", "continuous",
+                         "--json", "--status-s", "0")
+        for line in proc.stderr:
+            if "mode, window" in line:  # the port is open
+                break
+        Replayer(capture, speed=1.0).run(pty)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    lines2 = [json.loads(line) for line in out.splitlines()]
+
+    def decided(lines):
+        return [(r["window"], r["p_perceived"]) for r in lines if r["type"] == "decision"]
+
+    assert decided(lines1) and decided(lines2) == decided(lines1)

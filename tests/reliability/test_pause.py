@@ -112,6 +112,9 @@ def test_no_decision_later_than_the_bound_after_writer_and_runtime_pauses(bundle
     assert any(RUNTIME_STOP[0] - 0.5 < due_s(r) <= sum(RUNTIME_STOP) + 0.5 for r in stale), "the stopped runtime"
     assert any(WRITER_PAUSE[1] + 0.2 < due_s(r) < RUNTIME_STOP[0] for _, r in decided)
     assert any(due_s(r) > sum(RUNTIME_STOP) + 0.5 for _, r in decided)
+    worst = max(t - (t0 + r["window"][1] / rate) for t, r in decided)
+    print(f"\n{mode}: {len(decided)} decisions, latest {worst * 1e3:.1f} ms after its window was due; "
+          f"{len(stale)} stale lines covering {lines[-1][1].get('stale_windows')} windows")
     summary = lines[-1][1]
     assert summary["type"] == "summary" and summary["stale_windows"] >= len(stale)
     if mode == "continuous":  # a backlog is skipped in a few lines, not one per 16 ms window
