@@ -399,6 +399,9 @@ def _report_body(settings, ds, pretrain_summary, diagnostics, distill_summary, p
             "decision_agreement": parity["decision_agreement"],
             "windows": parity["latent"]["n_windows"],
             "thresholds": parity.get("thresholds"),
+            # the evaluation trials decided on as the edge receives them (quantize: parity.wire)
+            "wire": parity.get("wire"),
+            "wire_agreement": {t: e.get("wire_agreement") for t, e in parity.get("tasks", {}).items()},
         },
         "latency_us": {
             "decision_p50": round(dec["p50"], 1), "decision_p99": round(dec["p99"], 1),
@@ -479,6 +482,10 @@ def render_markdown(report: dict, plots: Path, out: Path) -> str:
     lines += ["", "## Parity (int8 vs float student)", "",
               (f"latent cosine mean {p['cosine_mean']}, min {p['cosine_min']}; decision agreement "
                f"{p['decision_agreement']} (bounds {p.get('thresholds')})"), "",
+              (f"through the wire ({(p.get('wire') or {}).get('sample_format')}): decisions agree with "
+               "the offline int8 decisions on " + ", ".join(
+                   f"{t} {100 * v:.2f}%" for t, v in (p.get("wire_agreement") or {}).items() if v is not None)
+               + " of the evaluation trials"), "",
               "## Latency (one thread)", "",
               (f"decision (normalise + invoke + probe): p50 {lat['decision_p50']} us, p99 "
                f"{lat['decision_p99']} us; end to end through the pty: p50 {lat['e2e_p50']} us, "
@@ -572,6 +579,10 @@ def print_summary(report: dict) -> None:
                 click.echo(f"paired        {task} {key}: {_pair_text(a['paired'][key])}")
     click.echo(f"int8 parity   cosine mean {p['cosine_mean']:.4f} (min {p['cosine_min']:.4f}), "
                f"decisions agree {100 * p['decision_agreement']:.1f}%")
+    wire = {t: v for t, v in (p.get("wire_agreement") or {}).items() if v is not None}
+    if wire:
+        click.echo("through wire  decisions agree with offline int8: "
+                   + ", ".join(f"{t} {100 * v:.2f}%" for t, v in wire.items()))
     click.echo(f"latency       decision p50/p99 {lat['decision_p50']:.0f}/{lat['decision_p99']:.0f} us; "
                f"end-to-end p50/p99 {_us(lat['e2e_p50'])}/{_us(lat['e2e_p99'])} us; "
                f"budget {lat['budget_ms']} ms")

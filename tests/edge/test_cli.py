@@ -208,3 +208,13 @@ def test_a_captured_session_replays_to_the_same_decisions(edge_bundle_path, tmp_
         return [(r["window"], r["p_perceived"]) for r in lines if r["type"] == "decision"]
 
     assert decided(lines1) and decided(lines2) == decided(lines1)
+
+
+def test_run_warns_when_the_baud_rate_cannot_carry_the_array(edge_bundle_path):
+    slow = CliRunner().invoke(cli, ["run", str(edge_bundle_path), "--pty-from-simulator", "--baud", "9600",
+                                    "--duration", "0.3", "--status-s", "0"])
+    assert slow.exit_code == 0, slow.output
+    assert "warning: --baud 9600 is below the 1,945,000 baud" in slow.stderr
+    fast = CliRunner().invoke(cli, ["run", str(edge_bundle_path), "--pty-from-simulator", "--baud", "3000000",
+                                    "--duration", "0.3", "--status-s", "0"])
+    assert fast.exit_code == 0 and "warning" not in fast.stderr
