@@ -54,14 +54,14 @@ __all__ = [
     "ParityError",
     "QuantizeConfig",
     "build_bundle",
-    "input_health_reference",
-    "wire_trial_windows",
     "default_latency_budget_ms",
     "fit_probe",
+    "input_health_reference",
     "load_probes",
     "measure_decision_latency",
     "teacher_evaluation",
     "tool_versions",
+    "wire_trial_windows",
 ]
 
 log = logging.getLogger(__name__)
@@ -423,8 +423,13 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
         problems.append(f"mean latent cosine int8 vs float {report['latent']['cosine_mean']:.4f} "
                         f"< {config.min_cosine}")
     if report["decision_agreement"] < config.min_agreement:
-        problems.append(f"probe decision agreement {report['decision_agreement']:.4f} "
-                        f"< {config.min_agreement}")
+        per_task = ", ".join(
+            f"{t} {e['decision_agreement']:.4f} of {e['n_eval']} trials"
+            + (" (below)" if e["decision_agreement"] < config.min_agreement else " (passes)")
+            for t, e in report["tasks"].items() if "decision_agreement" in e)
+        problems.append(f"int8 and float student decisions agree on {report['decision_agreement']:.4f} "
+                        f"of the evaluation trials < --min-agreement {config.min_agreement}"
+                        + (f" (per task: {per_task})" if per_task else " (resting windows)"))
     for task, e in report["tasks"].items():
         if e.get("wire_agreement", 1.0) < config.min_wire_agreement:
             problems.append(f"{task}: decisions on input through the wire ({config.wire_format}) agree "
@@ -432,10 +437,12 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
                             f"{e['n_eval']} trials < {config.min_wire_agreement}")
     if problems:
         write_json(work / "parity.json", report)
+        arch = meta.get("arch")
+        hint = ("a student without LayerNorm/attention (distill --arch mixer)" if arch != "mixer"
+                else "a longer distillation of this mixer student (it has no LayerNorm/attention)")
         raise ParityError("int8 bundle rejected: " + "; ".join(problems) +
-                          f" (report: {work / 'parity.json'}). Try more --calib-windows, a "
-                          "student without LayerNorm/attention (--arch mixer), or relax the "
-                          "threshold knowingly")
+                          f" ({arch} student; report: {work / 'parity.json'}). Try more "
+                          f"--calib-windows, {hint}, or relax the threshold knowingly")
 
     # --- write the bundle atomically, then load it back as the edge would --------------
     say(f"writing bundle {out_dir} ...")
@@ -571,8 +578,9 @@ def wire_trial_windows(ds: Dataset, task: str, split: dict, spec: WindowSpec,
     same order, as split["eval"].
     """
     from phosphene.firmware_bridge.protocol import wire_roundtrip_uv
-    from phosphene.signal import Normaliser
     from phosphene.train.data import trial_windows
+
+    from phosphene.signal import Normaliser
 
     source = ds.evaluation() if split["evaluation"] == "evaluation set" else ds
 

@@ -74,9 +74,10 @@ def quantize(dataset, student_path, probe_path, out_dir, calib_windows, parity_w
     Example:
       phosphene quantize data --student student --probe run/probe --out bundle
     """
-    from phosphene.metrics import p_text
     from phosphene.quantize.build import QuantizeConfig, build_bundle
     from phosphene.quantize.convert import ConversionError
+
+    from phosphene.metrics import p_text
 
     if probe_source == "teacher" and probe_path is None:
         raise click.UsageError("--probe is required unless --probe-source refit")

@@ -15,12 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from phosphene.edge.bundle import load_bundle
 from phosphene.edge.runtime import BundleDecoder, DecisionSinks, Runtime, RuntimeConfig
 from phosphene.edge.source import run_live
-from phosphene.firmware_bridge.simulator import (CortexSource, FaultConfig, Simulator,
-                                                 SimulatorConfig)
+from phosphene.firmware_bridge.simulator import (
+    CortexSource,
+    FaultConfig,
+    Simulator,
+    SimulatorConfig,
+)
 from phosphene.firmware_bridge.transport import PtyPair, open_port
 
 
