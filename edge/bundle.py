@@ -506,7 +506,8 @@ def format_verify(report: dict) -> str:
         f"window      {w['window_samples']} samples, patch {w['patch_samples']}, "
         f"offset {w['offset_ms']:g} ms after onset",
         f"normaliser  {n['method']}, {n['window_s']:g} s window, refresh {n['refresh_s']:g} s, "
-        f"clip {n['clip']:g}",
+        f"clip {n['clip']:g}" + (f", Poisson scale floor ({n.get('bin_ms', 0):g} ms bins)"
+                                 if n.get("scale_floor") == "poisson" else ""),
         f"model       {m.get('arch')} student, input {m['input']['dtype']} {m['input']['shape']} "
         f"(scale {m['input']['scale']:.4g}, zero {m['input']['zero_point']}), output "
         f"{m['output']['dtype']} {m['output']['shape']} (scale {m['output']['scale']:.4g}, "
@@ -524,7 +525,7 @@ def format_verify(report: dict) -> str:
     for task, e in p.get("tasks", {}).items():
         cells = [f"{k.removeprefix('ba_')} {100 * v:.1f}%" for k, v in e.items()
                  if k.startswith("ba_") and isinstance(v, (int, float))]
-        lines.append(f"  {task:<12}balanced accuracy: " + ", ".join(cells))
+        lines.append(f"  {task:<12} balanced accuracy: " + ", ".join(cells))
     cal = b.get("calibration", {})
     if cal:
         lines.append(f"calibration {cal.get('n_windows')} windows, sha256 {str(cal.get('sha256'))[:12]}...")

@@ -75,7 +75,7 @@ COMMAND_SUMMARIES = {
     "demo": "Run the whole pipeline on the virtual cortex and write a report.",
     "simulate": "Generate virtual-cortex datasets or stream frames over serial.",
     "info": "Summarise a dataset.",
-    "import": "Import Blackrock or NWB recordings into a dataset.",
+    "import": "Import recordings (Blackrock, NWB, .npy/.npz/.mat/.csv arrays) into a dataset.",
     "export": "Export a dataset to NWB.",
     "pretrain": "Pretrain the masked-autoencoder teacher on resting data.",
     "probe": "Fit and score linear probes (MAE latents vs raw and PCA baselines).",

@@ -28,16 +28,28 @@ import numpy as np
 
 from phosphene.geometry import ChannelMap
 from phosphene.io import atomic_dir, atomic_path, write_json, write_text
-from phosphene.signal import NormaliserConfig, Normaliser
+from phosphene.signal import Normaliser, NormaliserConfig, WindowSpec
 
-__all__ = ["Dataset", "DatasetWriter", "SessionInfo", "Trials", "DatasetError",
-           "FORMAT_NAME", "FORMAT_VERSION", "SESSION_KINDS", "TASKS", "first_non_finite"]
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "NO_ELECTRODE",
+    "SESSION_KINDS",
+    "TASKS",
+    "Dataset",
+    "DatasetError",
+    "DatasetWriter",
+    "SessionInfo",
+    "Trials",
+    "first_non_finite",
+]
 
 FORMAT_NAME = "phosphene-dataset"
 FORMAT_VERSION = 1
 SESSION_KINDS = ("resting", "psychometric", "threshold")
 TASKS = ("psychometric", "threshold")
 TRIAL_FIELDS = ("session", "onset_sample", "electrode", "current_ua", "perceived", "p_true")
+NO_ELECTRODE = -1  # trials.csv electrode of an event that stimulated nothing (a behavioural event)
 
 
 class DatasetError(ValueError):
@@ -63,7 +75,7 @@ class Trials:
 
     session: np.ndarray  # str
     onset_sample: np.ndarray  # int64, stimulation onset in the session's samples
-    electrode: np.ndarray  # int64, electrode id on the channel map
+    electrode: np.ndarray  # int64, electrode id on the channel map, or NO_ELECTRODE (-1)
     current_ua: np.ndarray  # float64
     perceived: np.ndarray  # int8: 1 perceived, 0 missed, -1 unknown
     p_true: np.ndarray  # float64, ground-truth P(perceived) (virtual cortex only; NaN otherwise)
@@ -175,6 +187,44 @@ class Dataset:
         return int(self.meta["n_channels"])
 
     @property
+    def normaliser_config(self) -> NormaliserConfig:
+        """The normaliser this dataset's signal needs (dataset.json "normaliser"; MUA: the default).
+
+        Binned-count imports record a Poisson scale floor for their bin width; pretraining
+        starts from it and checkpoints, students and bundles carry it on.
+        """
+        d = self.meta.get("normaliser")
+        if not d:
+            return NormaliserConfig()
+        try:
+            return NormaliserConfig.from_dict(dict(d))
+        except (TypeError, ValueError) as exc:
+            raise DatasetError(f"{self.path / 'dataset.json'}: normaliser {d!r} is not valid: "
+                               f"{exc}") from None
+
+    @property
+    def window_spec(self) -> WindowSpec:
+        """The decoded window set at import (dataset.json "window"), else the paper's:
+        128 ms starting 170 ms after onset. Pretraining starts from it."""
+        d = self.meta.get("window")
+        if not d:
+            return WindowSpec(sample_rate_hz=self.sample_rate_hz)
+        try:
+            return WindowSpec.from_dict({"sample_rate_hz": self.sample_rate_hz, **dict(d)})
+        except (TypeError, ValueError) as exc:
+            raise DatasetError(f"{self.path / 'dataset.json'}: window {d!r} is not valid: "
+                               f"{exc}") from None
+
+    @property
+    def bin_ms(self) -> float | None:
+        """Bin width of binned-count datasets (None for MUA)."""
+        if self.meta.get("bin_ms"):
+            return float(self.meta["bin_ms"])
+        widths = {float(i["bin_ms"]) for i in self.meta.get("source", {}).get("imports", [])
+                  if isinstance(i, dict) and i.get("bin_ms")}
+        return widths.pop() if len(widths) == 1 else None
+
+    @property
     def ideal_observer(self) -> dict:
         """{task: balanced accuracy of the ground-truth observer on the test split} if known."""
         return dict(self.meta.get("ideal_observer", {}))
@@ -220,11 +270,14 @@ class Dataset:
                     f"session {session_id}: sample {start + t} on electrode "
                     f"{self.channel_map.ids[c]} is {block[t, c]} (NaN/inf is not valid MUA)")
 
-    def normalised(self, session_id: str, config: NormaliserConfig = NormaliserConfig()) -> np.ndarray:
+    def normalised(self, session_id: str, config: NormaliserConfig | None = None) -> np.ndarray:
         """(T, C) float32 memory map of the session through the one normaliser (cached).
 
-        The first `config.warmup_samples` rows are NaN (no statistics yet).
+        config: None = the dataset's own (`normaliser_config`). The first
+        `config.warmup_samples` rows are NaN (no statistics yet).
         """
+        if config is None:
+            config = self.normaliser_config
         s = self.session(session_id)
         key = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
         cache = self.path / "cache" / f"norm-{key}" / f"{s.session}.npy"
@@ -264,11 +317,16 @@ class Dataset:
             }
             if tr is not None:
                 labelled = tr.perceived >= 0
-                entry["trials"] = int(len(tr))
+                stim = tr.electrode != NO_ELECTRODE
+                entry["trials"] = len(tr)
+                entry["labelled"] = int(labelled.sum())
                 entry["perceived_fraction"] = (round(float(tr.perceived[labelled].mean()), 4)
                                                if labelled.any() else None)
-                entry["electrodes"] = sorted(int(e) for e in np.unique(tr.electrode))
-                entry["currents_ua"] = sorted(round(float(c), 2) for c in np.unique(tr.current_ua))
+                entry["electrodes"] = sorted(int(e) for e in np.unique(tr.electrode[stim]))
+                entry["currents_ua"] = sorted(round(float(c), 2)
+                                              for c in np.unique(tr.current_ua[stim]))
+                if (~stim).any():
+                    entry["events_without_electrode"] = int((~stim).sum())
             by_kind[kind] = entry
         return {
             "path": str(self.path),
@@ -278,6 +336,11 @@ class Dataset:
             "n_channels": self.n_channels,
             "channel_map": self.channel_map.name,
             "units": self.meta.get("units", "uV"),
+            "signal": self.meta.get("signal", "mua"),
+            **({"bin_ms": self.bin_ms} if self.bin_ms else {}),
+            "normaliser": self.normaliser_config.to_dict(),
+            "window": {"offset_ms": self.window_spec.offset_ms,
+                       "window_ms": self.window_spec.window_ms},
             "kinds": by_kind,
             "ideal_observer": self.ideal_observer,
         }
@@ -340,8 +403,9 @@ def _read_trials(path: Path, session_ids: set[str], channel_map: ChannelMap) -> 
                                "session,onset_sample,electrode,current_ua,perceived") from None
         if session not in session_ids:
             raise DatasetError(f"{file} line {i}: session {session!r} is not in sessions.csv")
-        if electrode not in known_ids:
-            raise DatasetError(f"{file} line {i}: electrode {electrode} is not on the channel map")
+        if electrode not in known_ids and electrode != NO_ELECTRODE:
+            raise DatasetError(f"{file} line {i}: electrode {electrode} is not on the channel map "
+                               f"(or {NO_ELECTRODE} for an event without one)")
         if perceived not in (-1, 0, 1) or not np.isfinite(current) or onset < 0:
             raise DatasetError(f"{file} line {i}: perceived must be 0/1, current finite, onset >= 0")
         for f, v in zip(TRIAL_FIELDS, (session, onset, electrode, current, perceived, p_true)):

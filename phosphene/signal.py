@@ -15,16 +15,20 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 __all__ = [
-    "WindowSpec",
+    "SCALE_FLOORS",
     "MuaConfig",
     "MuaExtractor",
-    "NormaliserConfig",
     "Normaliser",
-    "normalise_recording",
+    "NormaliserConfig",
+    "WindowSpec",
     "interpolate_blanked",
+    "inverse_scale",
+    "normalise_recording",
+    "scale_floor",
 ]
 
 MUA_RATE_HZ = 1000.0  # every dataset, model and wire frame runs at this rate
+SCALE_FLOORS = ("constant", "poisson")  # NormaliserConfig.scale_floor: MUA, binned counts
 
 
 @dataclass(frozen=True)
@@ -194,10 +198,24 @@ class NormaliserConfig:
     clip: float = 8.0  # output clipped to +/- this many robust SDs (bounds the int8 range)
     floor_uv: float = 0.01  # smallest scale, so a dead channel does not blow up
     sample_rate_hz: float = MUA_RATE_HZ
+    # How the scale is floored (`scale_floor()`): "constant" (MUA): scale >= floor_uv.
+    # "poisson" (binned spike counts, held at 1 kHz as a rate in spikes/s): the scale is at
+    # least the Poisson SD of the channel's centre count, and never under one count per bin:
+    # scale >= sqrt(max(center * w, 1)) / w spikes/s for bins of w = bin_ms / 1000 s. A
+    # sparse unit whose spread is 0 then moves one unit per spike instead of jumping to the
+    # clip. Binned-count datasets use it with the z-score method (`for_counts`).
+    scale_floor: str = "constant"
+    bin_ms: float = 0.0  # bin width of the counts (scale_floor "poisson" only)
 
     def __post_init__(self) -> None:
         if self.method not in ("robust", "zscore"):
             raise ValueError(f"normaliser method must be 'robust' or 'zscore', got {self.method!r}")
+        if self.scale_floor not in SCALE_FLOORS:
+            raise ValueError(f"normaliser scale_floor must be one of {', '.join(SCALE_FLOORS)}, "
+                             f"got {self.scale_floor!r}")
+        if self.scale_floor == "poisson" and not (self.bin_ms > 0 and np.isfinite(self.bin_ms)):
+            raise ValueError(f"the 'poisson' scale floor needs the counts' bin width "
+                             f"(bin_ms > 0), got {self.bin_ms!r}")
         if self.window_s <= 0 or self.refresh_s <= 0:
             raise ValueError("normaliser window and refresh must be positive seconds")
         if self.decimate < 1:
@@ -219,12 +237,59 @@ class NormaliserConfig:
         return self.refresh_samples
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.scale_floor == "constant":
+            # a MUA config keeps exactly the dict it always had: cache keys, checkpoints and
+            # bundles written before the count floor existed stay valid byte for byte
+            del d["scale_floor"], d["bin_ms"]
+        return d
+
+    def describe(self) -> str:
+        """One line for logs: method, window, clip and the scale floor."""
+        floor = (f"floor {self.floor_uv:g}" if self.scale_floor == "constant" else
+                 f"Poisson floor for {self.bin_ms:g} ms bins")
+        return (f"{self.method}, {self.window_s:g} s window, refresh {self.refresh_s:g} s, "
+                f"clip {self.clip:g}, {floor}")
+
+    @classmethod
+    def for_counts(cls, bin_ms: float, **overrides) -> NormaliserConfig:
+        """The normaliser of binned spike counts of `bin_ms` (the importers record it).
+
+        Rolling mean / SD (method "zscore") with the Poisson scale floor: on counts the
+        median and MAD move in whole counts from one refresh to the next, and a unit whose
+        MAD is 0 has no scale at all. On Poisson counts with known rates (bench/
+        bench_binned_counts.py, docs/dataset.md) this leaves no value at the clip and a
+        raw-window probe within a CI of a plain z-score of the session; median / MAD with
+        the same floor also leaves none at the clip but scores 3.6 points below it.
+        """
+        return cls(**{"method": "zscore", "scale_floor": "poisson", "bin_ms": float(bin_ms),
+                      **overrides})
 
     @classmethod
     def from_dict(cls, d: dict) -> NormaliserConfig:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def scale_floor(center: np.ndarray, config: NormaliserConfig) -> np.ndarray | float:
+    """The smallest scale each channel may take, given its centre (see NormaliserConfig).
+
+    "constant": config.floor_uv. "poisson": sqrt(max(center * w, 1)) / w per channel
+    (float64), w = bin_ms / 1000, i.e. the Poisson SD of the centre count but at least one
+    count per bin, in the data's units (spikes/s); never below floor_uv either.
+    The core Normaliser and the edge's EdgeNormaliser both call this (through
+    `inverse_scale`), so they floor identically.
+    """
+    if config.scale_floor == "constant":
+        return config.floor_uv
+    w = config.bin_ms / 1000.0
+    counts = np.asarray(center, dtype=np.float64) * w
+    return np.maximum(np.sqrt(np.maximum(counts, 1.0)) / w, config.floor_uv)
+
+
+def inverse_scale(scale: np.ndarray, center: np.ndarray, config: NormaliserConfig) -> np.ndarray:
+    """float32 1 / max(scale, scale_floor(center)): the factor a refresh applies per channel."""
+    return (1.0 / np.maximum(scale, scale_floor(center, config))).astype(np.float32)
 
 
 @dataclass
@@ -264,7 +329,7 @@ class Normaliser:
             center = data.mean(axis=0, dtype=np.float64)
             scale = data.std(axis=0, dtype=np.float64)
         self.center = center.astype(np.float32)
-        self.inv_scale = (1.0 / np.maximum(scale, self.config.floor_uv)).astype(np.float32)
+        self.inv_scale = inverse_scale(scale, self.center, self.config)
 
     def process(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)

@@ -13,6 +13,7 @@ from phosphene.dataset import TASKS
 __all__ = ["pretrain", "probe"]
 
 _ERRORS = (ValueError, OSError, FloatingPointError)
+BARELY_LEARNT = 0.95  # validation MSE / channel-mean baseline above this earns a warning
 
 # OpenMP worker threads that spin while waiting collapse torch's CPU throughput when the
 # cores are shared with another process (measured 6x on 2 cores). Passive waiting costs
@@ -81,6 +82,12 @@ def pretrain(dataset, preset, steps, out_dir, batch_size, lr, lr_min, warmup_ste
     bar.close(f"best validation MSE {summary['best_val_mse']:.4f} (predicting each channel's "
               f"mean: {summary['val_mse_channel_mean_baseline']:.4f}) at step "
               f"{summary['best_step']}, {summary['windows_per_s']:.0f} windows/s, wrote {out_dir}")
+    ratio = summary.get("val_mse_vs_baseline")
+    if ratio is not None and ratio > BARELY_LEARNT:
+        click.echo(f"warning: the teacher's validation MSE is {100 * ratio:.0f}% of predicting each "
+                   "channel's mean: it has learnt little beyond each channel's level (more steps, "
+                   "more resting data, or a window that spans more of the signal's time scale)",
+                   err=True)
     if as_json:
         summary = {k: v for k, v in summary.items() if k != "history"}
         echo_json(summary)
@@ -96,7 +103,7 @@ def pretrain(dataset, preset, steps, out_dir, batch_size, lr, lr_min, warmup_ste
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write OUT/<task>/probe.json (folded probe), OUT/results.json, plots.")
 @click.option("--curve", is_flag=True,
-              help="Label efficiency: accuracy at 10/25/50/100%% of training trials (+ PNG with --out).")
+              help="Label efficiency: accuracy at 10/25/50/100% of training trials (+ PNG with --out).")
 @click.option("--plots", is_flag=True, help="Also write t-SNE plots and the electrode-distance "
               "Mantel test to OUT/diagnostics (needs --out).")
 @click.option("--readout", type=click.Choice(["auto", "mean", "electrode_k1", "electrode_k4"]),
@@ -147,6 +154,17 @@ def probe(dataset, checkpoint, task, as_json, out_dir, curve, plots, readout, se
         raise click.ClickException(f"dataset {ds.path} has no stimulation sessions to probe")
     extra = {"checkpoint": str(meta["path"]), "checkpoint_step": meta["step"],
              "window_spec": meta["window_spec"].to_dict(), "normaliser": meta["normaliser"].to_dict()}
+    pretraining = _pretraining_record(meta)
+    if pretraining:
+        extra["pretraining"] = pretraining
+        click.echo(f"probe: teacher validation MSE {pretraining['best_val_mse']:.4f}, predicting "
+                   f"each channel's mean {pretraining['val_mse_channel_mean_baseline']:.4f}", err=True)
+    for what, ours, theirs in (("window", meta["window_spec"], ds.window_spec),
+                               ("normaliser", meta["normaliser"], ds.normaliser_config)):
+        if ours != theirs:
+            click.echo(f"probe: note: the checkpoint's {what} ({_describe(ours)}) differs from the "
+                       f"one the dataset records ({_describe(theirs)}); the checkpoint's is used",
+                       err=True)
     try:
         run = probe_teacher(ds, model, spec=meta["window_spec"], norm_config=meta["normaliser"],
                             tasks=tuple(tasks), readout=readout, out_dir=out_dir, curve=curve,
@@ -171,11 +189,13 @@ def probe(dataset, checkpoint, task, as_json, out_dir, curve, plots, readout, se
         if out_dir is not None:
             from phosphene.io import write_json
 
-            write_json(out_dir / "results.json", {"results": _public(results), "readout": choice})
+            write_json(out_dir / "results.json", {"results": _public(results), "readout": choice,
+                                                  **({"pretraining": pretraining} if pretraining else {})})
     except _ERRORS as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
-        echo_json({"results": _public(results), "readout": choice})
+        echo_json({"results": _public(results), "readout": choice,
+                   **({"pretraining": pretraining} if pretraining else {})})
         return
     click.echo(f"Table 1: balanced accuracy (%) [95% CI] on the {results[0]['evaluation']}; "
                f"* = the readout the probes carry ({choice['readout']})")
@@ -200,6 +220,28 @@ def probe(dataset, checkpoint, task, as_json, out_dir, curve, plots, readout, se
                        f"r = {m['r']:.3f}, p = {m['p_value']:.3g}; raw MUA: r = {raw['r']:.3f}, "
                        f"p = {raw['p_value']:.3g}")
             break
+
+
+def _describe(x) -> str:
+    if hasattr(x, "describe"):
+        return x.describe()
+    return f"{x.window_ms:g} ms from {x.offset_ms:g} ms after onset"
+
+
+def _pretraining_record(meta: dict) -> dict | None:
+    """The teacher's validation MSE next to the channel-mean baseline, from pretrain.json
+    beside the checkpoint (None when the run directory does not have it)."""
+    import json
+
+    file = Path(meta["path"]).parent / "pretrain.json"
+    try:
+        p = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    keys = ("best_val_mse", "val_mse_channel_mean_baseline", "val_mse_vs_baseline", "best_step")
+    if not all(k in p for k in keys[:2]):
+        return None
+    return {k: p.get(k) for k in keys} | {"pretrain_json": str(file)}
 
 
 def _public(results: list[dict]) -> list[dict]:

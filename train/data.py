@@ -141,7 +141,7 @@ class WindowSampler:
 
 
 def trial_windows(ds: Dataset, task: str, spec: WindowSpec,
-                  norm_config: NormaliserConfig = NormaliserConfig(), *,
+                  norm_config: NormaliserConfig | None = None, *,
                   normalised: Callable[[str], np.ndarray] | None = None,
                   ) -> tuple[np.ndarray, np.ndarray, Trials]:
     """Triggered windows of one task's labelled stimulation trials.
@@ -151,9 +151,12 @@ def trial_windows(ds: Dataset, task: str, spec: WindowSpec,
     `trials.split_80_20()` gives the paper's split). Trials without a label, whose window
     runs past the session end, or that fall in the normaliser warm-up are dropped (logged).
     `normalised(session_id)` replaces `ds.normalised` as the source of the normalised
-    session (quantize passes the session as it arrives through the wire).
+    session (quantize passes the session as it arrives through the wire). norm_config None:
+    the dataset's own (`Dataset.normaliser_config`).
     """
     check_spec(ds, spec)
+    if norm_config is None:
+        norm_config = ds.normaliser_config
     if task not in ("psychometric", "threshold"):
         raise ValueError(f"task must be 'psychometric' or 'threshold', got {task!r}")
     trials = ds.task_trials(task)
@@ -162,19 +165,34 @@ def trial_windows(ds: Dataset, task: str, spec: WindowSpec,
     T, C = spec.window_samples, ds.n_channels
     X = np.empty((len(trials), T, C), dtype=np.float32)
     keep = np.zeros(len(trials), dtype=bool)
+    reasons = {"unlabelled": 0, "past the session end": 0, "in the normaliser warm-up": 0,
+               "non-finite": 0}
     for sid in np.unique(trials.session):
         arr = normalised(str(sid)) if normalised else ds.normalised(str(sid), norm_config)
         for i in np.flatnonzero(trials.session == sid):
             start, stop = spec.triggered_window(int(trials.onset_sample[i]))
-            if trials.perceived[i] < 0 or stop > arr.shape[0]:
+            if trials.perceived[i] < 0:
+                reasons["unlabelled"] += 1
+                continue
+            if stop > arr.shape[0]:
+                reasons["past the session end"] += 1
+                continue
+            if start < norm_config.warmup_samples:
+                reasons["in the normaliser warm-up"] += 1
                 continue
             X[i] = arr[start:stop]
             keep[i] = bool(np.isfinite(X[i]).all())
+            reasons["non-finite"] += int(not keep[i])
     dropped = int((~keep).sum())
+    why = ", ".join(f"{n} {r}" for r, n in reasons.items() if n)
+    where = (f"(window {spec.window_ms:g} ms from {spec.offset_ms:g} ms after onset; warm-up: "
+             f"the first {norm_config.warmup_samples / spec.sample_rate_hz:g} s of each session)")
     if dropped:
-        log.warning("%s: dropped %d of %d trials (unlabelled, past the session end, or in the "
-                    "normaliser warm-up)", task, dropped, len(trials))
+        log.warning("%s: dropped %d of %d trials: %s %s", task, dropped, len(trials), why, where)
     if not keep.any():
-        raise ValueError(f"no usable {task} trial windows in {ds.path}")
+        raise ValueError(f"no usable {task} trial windows in {ds.path}: all {len(trials)} "
+                         f"trials dropped ({why}) {where}"
+                         + ("; a trials table's label column is named with --label-column on "
+                            "import" if reasons["unlabelled"] == len(trials) else ""))
     trials = trials.select(keep)
     return X[keep], trials.perceived.astype(np.int64), trials

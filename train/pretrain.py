@@ -154,16 +154,25 @@ def pretrain(ds: Dataset, preset: str = "small", *, out_dir: str | os.PathLike,
              lr_min: float | None = None, warmup_steps: int | None = None, seed: int = 0,
              device: str = "auto", resume: bool = False, val_every: int | None = None,
              val_windows: int | None = None, threads: int | None = None,
-             spec: WindowSpec = WindowSpec(), norm_config: NormaliserConfig = NormaliserConfig(),
+             spec: WindowSpec | None = None, norm_config: NormaliserConfig | None = None,
              model_overrides: dict | None = None,
              progress: Callable[[dict], None] | None = None) -> dict:
     """Pretrain the MAE on the dataset's resting sessions; returns the pretrain.json summary.
 
     Writes out_dir/best.pt (lowest validation loss), out_dir/last.pt (resumable),
     out_dir/pretrain.json and out_dir/loss_curve.png. `progress`, if given, is called after
-    every step with {step, steps, loss, mse, lr, windows_per_s, val_mse?}.
-    Unset schedule arguments take the preset's TrainConfig values.
+    every step with {step, steps, loss, mse, lr, windows_per_s, val_mse?,
+    val_mse_channel_mean?}. Unset schedule arguments take the preset's TrainConfig values;
+    spec and norm_config None take the dataset's (`Dataset.window_spec`,
+    `Dataset.normaliser_config`: the paper's for MUA, the import's choice for binned counts).
+    The validation loss is always reported next to the masked-patch MSE of predicting each
+    channel's mean (`val_mse_channel_mean_baseline`): a teacher that does not beat it clearly
+    has learnt nothing beyond each channel's level.
     """
+    if spec is None:
+        spec = ds.window_spec
+    if norm_config is None:
+        norm_config = ds.normaliser_config
     out_dir = Path(out_dir)
     if threads:
         torch.set_num_threads(int(threads))
@@ -226,6 +235,8 @@ def pretrain(ds: Dataset, preset: str = "small", *, out_dir: str | os.PathLike,
     channel_means = sampler.fixed(min(1024, tcfg.val_windows * 8), seed=seed + 777)[0].mean(axis=(0, 1))
     baseline_mse = channel_mean_baseline(model, val_x, val_noise, channel_means)
     log.info("validation baseline (predict each channel's mean): MSE %.4f", baseline_mse)
+    log.info("window %g ms from %g ms after onset; normaliser %s", spec.window_ms, spec.offset_ms,
+             norm_config.describe())
 
     start_step, best_val, best_step, history = 0, math.inf, -1, []
     if ckpt is not None:
@@ -247,6 +258,7 @@ def pretrain(ds: Dataset, preset: str = "small", *, out_dir: str | os.PathLike,
              "model": model.state_dict(), "session_index": session_index,
              "window_spec": spec.to_dict(), "normaliser": norm_config.to_dict(),
              "channel_map": ds.channel_map.to_json(), "best_val_loss": best_val,
+             "val_mse_channel_mean_baseline": baseline_mse,
              "best_step": best_step, "history": history, "dataset": str(ds.path)}
         if with_optimizer:
             d.update(optimizer=optimizer.state_dict(), sampler_state=sampler.state(),
@@ -294,14 +306,16 @@ def pretrain(ds: Dataset, preset: str = "small", *, out_dir: str | os.PathLike,
             info["val_mse"] = val_mse
             info["val_mse_channel_mean"] = baseline_mse
             history.append({"step": step + 1, "train_mse": info["mse"], "val_mse": val_mse,
+                            "val_mse_channel_mean": baseline_mse,
                             "loss": loss_value, "lr": lr_now,
                             "windows_per_s": info["windows_per_s"]})
             if val_mse < best_val:
                 best_val, best_step = val_mse, step + 1
                 save_checkpoint(best_path, payload(step + 1, with_optimizer=False))
             save_checkpoint(last_path, payload(step + 1, with_optimizer=True))
-            log.info("step %d: train mse %.4f, val mse %.4f (best %.4f at %d)", step + 1,
-                     info["mse"], val_mse, best_val, best_step)
+            log.info("step %d: train mse %.4f, val mse %.4f (predicting each channel's mean: "
+                     "%.4f; best %.4f at %d)", step + 1, info["mse"], val_mse, baseline_mse,
+                     best_val, best_step)
         if progress is not None:
             progress(info)
     wall_s = time.perf_counter() - t_start

@@ -101,3 +101,42 @@ def test_writer_is_atomic(tmp_path):
     assert Dataset.open(out).mua("a").shape == (100, 4)
     with pytest.raises(FileExistsError):
         DatasetWriter(out, grid_map(2, 2))
+
+
+def test_recorded_normaliser_and_window_are_the_defaults(copy_of):
+    """dataset.json's normaliser and window (binned imports, --window-*) become the dataset's
+    defaults; a dataset without them keeps the paper's; a bad one is named."""
+    from phosphene.signal import WindowSpec
+
+    ds = Dataset.open(copy_of)
+    assert ds.normaliser_config == NormaliserConfig() and ds.window_spec == WindowSpec()
+    counts = NormaliserConfig.for_counts(50)
+    _edit_json(copy_of, normaliser=counts.to_dict(),
+               window={"offset_ms": 0.0, "window_samples": 400, "patch_samples": 16})
+    ds = Dataset.open(copy_of)
+    assert ds.normaliser_config == counts
+    assert ds.window_spec == WindowSpec(window_samples=400, offset_ms=0.0)
+    sid = ds.sessions[0].session
+    assert np.array_equal(ds.normalised(sid), ds.normalised(sid, counts), equal_nan=True)
+    summary = ds.summary()
+    assert summary["normaliser"]["scale_floor"] == "poisson"
+    assert summary["window"] == {"offset_ms": 0.0, "window_ms": 400.0}
+    _edit_json(copy_of, window={"offset_ms": 0.0, "window_samples": 100, "patch_samples": 16})
+    with pytest.raises(DatasetError, match="window .* is not valid: window \\(100 samples\\)"):
+        Dataset.open(copy_of).window_spec
+
+
+def test_trials_without_electrode_are_events(copy_of):
+    text = (copy_of / "trials.csv").read_text().splitlines()
+    head, first = text[0], text[1].split(",")
+    first[2], first[3] = "-1", "0"  # electrode -1: an event that stimulated nothing
+    (copy_of / "trials.csv").write_text("\n".join([head, ",".join(first), *text[2:]]) + "\n")
+    ds = Dataset.open(copy_of)
+    assert (ds.trials.electrode == -1).sum() == 1
+    kinds = ds.summary()["kinds"]
+    assert sum(k.get("events_without_electrode", 0) for k in kinds.values()) == 1
+    assert all(-1 not in k.get("electrodes", []) for k in kinds.values())
+    first[2] = "-2"
+    (copy_of / "trials.csv").write_text("\n".join([head, ",".join(first), *text[2:]]) + "\n")
+    with pytest.raises(DatasetError, match="electrode -2 is not on the channel map \\(or -1"):
+        Dataset.open(copy_of)

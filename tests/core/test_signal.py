@@ -138,3 +138,80 @@ def test_normaliser_config_rejects_bad_values():
         NormaliserConfig(method="mean")
     with pytest.raises(ValueError, match="positive"):
         NormaliserConfig(window_s=-1)
+
+
+# --------------------------------------------------------------------------------------
+# Binned counts: the Poisson scale floor (issue 16)
+# --------------------------------------------------------------------------------------
+def _held_poisson(rates_hz, *, bin_ms=50, seconds=60.0, seed=0) -> np.ndarray:
+    """Counts at known rates as the importer stores them: count / bin width held at 1 kHz."""
+    rng = np.random.default_rng(seed)
+    n_bins = int(seconds * 1000 / bin_ms)
+    counts = rng.poisson(np.asarray(rates_hz)[None, :] * bin_ms / 1000.0, (n_bins, len(rates_hz)))
+    return np.repeat(counts * (1000.0 / bin_ms), bin_ms, axis=0).astype(np.float32)
+
+
+def test_default_normaliser_dict_is_unchanged():
+    """MUA configs keep the dict (so cache keys, checkpoints and bundles) they always had."""
+    import hashlib
+    import json
+
+    d = NormaliserConfig().to_dict()
+    assert d == {"method": "robust", "window_s": 10.0, "refresh_s": 1.0, "decimate": 4,
+                 "clip": 8.0, "floor_uv": 0.01, "sample_rate_hz": 1000.0}
+    key = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+    assert key == "d55f478fad62"  # Dataset.normalised's cache directory before issue 16
+    assert NormaliserConfig.from_dict(d) == NormaliserConfig()
+
+
+def test_count_normaliser_is_recorded_and_round_trips():
+    cfg = NormaliserConfig.for_counts(50)
+    d = cfg.to_dict()
+    assert d["scale_floor"] == "poisson" and d["bin_ms"] == 50.0
+    assert NormaliserConfig.from_dict(d) == cfg
+    assert "Poisson" in cfg.describe()
+    with pytest.raises(ValueError, match="bin width"):
+        NormaliserConfig(scale_floor="poisson")
+    with pytest.raises(ValueError, match="scale_floor must be one of"):
+        NormaliserConfig(scale_floor="sqrt")
+
+
+def test_poisson_floor_is_one_count_or_the_poisson_sd():
+    from phosphene.signal import scale_floor
+
+    cfg = NormaliserConfig.for_counts(50)  # one count per 50 ms bin = 20 spikes/s
+    center = np.array([0.0, 10.0, 20.0, 100.0, 2000.0], np.float32)  # spikes/s
+    floor = scale_floor(center, cfg)
+    # 0 and 0.5 counts -> one count; 1 count -> one; 5 counts -> sqrt 5; 100 -> 10 counts
+    assert np.allclose(floor, [20.0, 20.0, 20.0, np.sqrt(5.0) * 20.0, 10.0 * 20.0])
+    assert scale_floor(center, NormaliserConfig()) == 0.01
+
+
+def test_poisson_floor_keeps_sparse_counts_off_the_clip():
+    rates = np.array([0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 40.0])  # spikes/s
+    x = _held_poisson(rates, seconds=120.0)
+    mua = normalise_recording(x, NormaliserConfig())[1000:]
+    counts = normalise_recording(x, NormaliserConfig.for_counts(50))[1000:]
+    assert (np.abs(mua) >= 8.0).mean() > 0.05  # the MUA floor: a single spike is the clip
+    assert (np.abs(counts) >= 8.0).mean() < 1e-3
+    # a sparse unit (mean ~0.01 counts a bin, SD under one count): one spike in a bin is
+    # about one unit above its mean, two about two; never the clip
+    sparse = counts[:, 0]
+    assert np.allclose(sparse, np.round(sparse), atol=0.05) and sparse.max() <= 3.0
+    # the robust statistics with the same floor: a silent window is exactly 0, a spike 1
+    robust = normalise_recording(x, NormaliserConfig.for_counts(50, method="robust"))[1000:, 0]
+    assert set(np.unique(robust).tolist()) <= {0.0, 1.0, 2.0, 3.0}
+
+
+@settings(deadline=None, max_examples=10)
+@given(cuts=st.lists(st.integers(1, 3000), min_size=1, max_size=6))
+def test_count_normaliser_is_chunk_invariant(cuts):
+    x = _held_poisson([0.3, 3.0, 30.0], seconds=8.0, seed=5)
+    cfg = NormaliserConfig.for_counts(50, window_s=2.0, refresh_s=0.5)
+    whole = Normaliser(3, cfg).process(x)
+    norm, parts, pos = Normaliser(3, cfg), [], 0
+    for c in sorted(set(cuts)) + [len(x)]:
+        if c > pos:
+            parts.append(norm.process(x[pos:c]))
+            pos = c
+    assert np.array_equal(np.concatenate(parts), whole, equal_nan=True)

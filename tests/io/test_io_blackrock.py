@@ -230,8 +230,8 @@ def test_bad_side_files_and_options(runner, tmp_path):
          (f"Error: {tmp_path / 'late.csv'}: a stimulation at 5.000 s lies outside every recorded "
          "segment (0.000..0.100 s); check that trial times use the recording's clock")),
         (["--trials", str(tmp_path / "cols.csv")], 1,
-         (f"Error: {tmp_path / 'cols.csv'}: trials table needs columns time_s, electrode, current_ua "
-         "(and optionally session, perceived); missing time_s, electrode, current_ua; found when, where")),
+         (f"Error: {tmp_path / 'cols.csv'}: trials table needs a time column (time_s, or one of "
+         "onset_s, start_time, time: seconds on the recording's clock); found when, where")),
         (["--nev", str(tmp_path / "none.nev")], 1, f"Error: NEV file not found: {tmp_path / 'none.nev'}"),
         (["--nev", str(tmp_path / "old.nev")], 1,
          (f"Error: {tmp_path / 'old.nev'}: its header does not set 'all spike waveforms are 16-bit' "

@@ -261,7 +261,7 @@ def test_not_hdf5_and_bad_arrays(runner, tmp_path):
     assert r.stderr.strip().splitlines()[-1].startswith(
         f"Error: {f} is not a readable NWB (HDF5) file: ")
     (tmp_path / "neg.csv").write_text("1,2\n0,-1\n")
-    np.save(tmp_path / "nan.npy", np.array([[1.0, np.nan]]))
+    np.save(tmp_path / "nan.npy", np.array([[1.0, np.nan], [1.0, 2.0], [1.0, 2.0]]))
     for args, code, error in [
         ([str(tmp_path / "neg.csv"), "--bin-ms", "20"], 1,
          "Error: session neg: bin 1 on electrode 2 has a negative count (-1.0)"),

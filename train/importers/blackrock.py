@@ -29,6 +29,8 @@ from phosphene.train.importers.common import (
     read_trials_csv,
     resolve_channel_map,
     safe_session_id,
+    split_session,
+    window_from_options,
     write_import,
 )
 
@@ -204,14 +206,20 @@ def import_blackrock(nsx: str | Path, *, out: str | Path, nev: str | Path | None
                      kind: str | None = None, session: str | None = None, day: int = 0,
                      nev_events: str = "auto", blank_ms: float = DEFAULT_BLANK_MS,
                      append: bool = False, overwrite: bool = False, chunk_s: float = DEFAULT_CHUNK_S,
+                     label_column: str | None = None, window_offset_ms: float | None = None,
+                     window_ms: float | None = None, split_at: float | None = None,
                      log: Log = logger.info) -> ImportReport:
     """Import one Blackrock recording (an .ns3-.ns6 broadband file, optional .nev) into `out`.
 
     Each recording segment (a pause in the file starts a new one) becomes a session
     `<session>` (or `<session>-seg<k>` when there are several). Electrode ids are the
-    file's channel ids; analog inputs (labels 'ainp*') are left out.
+    file's channel ids; analog inputs (labels 'ainp*') are left out. split_at (one-segment
+    files): seconds on the NSP clock where a resting part `<session>-rest` ends.
     """
     notes, log = collecting(log)
+    window = window_from_options(window_offset_ms, window_ms)
+    if label_column is not None and trials_csv is None:
+        raise RecordingError("--label-column names a column of the --trials table; give --trials")
     try:
         import neo
         from neo.rawio import BlackrockRawIO
@@ -300,16 +308,24 @@ def import_blackrock(nsx: str | Path, *, out: str | Path, nev: str | Path | None
         log(f"note: {nsx} has {n_seg} recording segments (pauses); each is a session")
     if trials_csv is not None:
         spans = [(s.session, s.t0_s, s.t0_s + s.n_input / s.rate_hz) for s in specs]
-        by_session = assign_events(read_trials_csv(trials_csv), spans, str(trials_csv))
+        by_session = assign_events(read_trials_csv(trials_csv, label_column=label_column, log=log),
+                                   spans, str(trials_csv))
         for s in specs:
             s.events = by_session[s.session]
     for warning in neo_warnings:
         log(f"note: {warning}")
+    if split_at is not None:
+        if len(specs) != 1:
+            raise RecordingError(f"--split-at cuts a recording of one segment; {nsx} has "
+                                 f"{len(specs)} (each is already a session)")
+        specs = split_session(specs[0], split_at, log=log)
     report = ImportReport(dataset=str(out), format="blackrock", notes=notes)
     source = {"format": "blackrock", "file": str(nsx), "nev": str(nev) if nev else None,
               "trials": str(trials_csv) if trials_csv else None, "spec": info["spec"],
               "input_rate_hz": rate, "reader": f"neo {neo.__version__} BlackrockRawIO",
               "channel_map": cmap.name, "blank_ms": blank_ms}
+    source.update({k: v for k, v in (("label_column", label_column), ("split_at_s", split_at))
+                   if v is not None})
     write_import(out, cmap, specs, report=report, source=source, append=append, overwrite=overwrite,
-                 blank_ms=blank_ms, chunk_s=chunk_s, log=log)
+                 blank_ms=blank_ms, chunk_s=chunk_s, window=window, log=log)
     return report

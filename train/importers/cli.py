@@ -38,8 +38,18 @@ def dataset_options(f):
                   help="Channel map (CSV/JSON id,row,col,x_um,y_um or Blackrock .cmp); ids must be "
                        "the recording's channel ids. Default: geometry in the file, else a grid.")
     @click.option("--trials", "trials_csv", type=click.Path(path_type=Path),
-                  help="CSV of stimulation trials: session,time_s,electrode,current_ua,perceived "
-                       "(time_s on the recording's clock). Replaces trials found in the file.")
+                  help="CSV of trials: time_s (on the recording's clock), a 0/1 label, optional "
+                       "session, electrode, current_ua (stimulation; leave both out for a "
+                       "behavioural event). Replaces trials found in the file.")
+    @click.option("--label-column", metavar="NAME",
+                  help="The trials table's column holding the 0/1 label (default: perceived or "
+                       "detected). Any name: choice, correct, hit, ...")
+    @click.option("--window-offset-ms", type=float, default=None,
+                  help="Decoded window start after each event, in ms (default 170, the paper's "
+                       "artifact-free start). Stored in the dataset; pretraining, probes and "
+                       "bundles use it.")
+    @click.option("--window-ms", type=float, default=None,
+                  help="Decoded window length in ms, a multiple of 16 (default 128).")
     @click.option("--kind", type=click.Choice(SESSION_KINDS),
                   help="Session kind. Default: resting without trials, psychometric with trials.")
     @click.option("--session", help="Session id (default: the file name without extension).")
@@ -49,6 +59,9 @@ def dataset_options(f):
                   show_default=True,
                   help="Broadband after each stimulation onset interpolated across before the "
                        "band-pass (0: off).")
+    @click.option("--split-at", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+                  help="Cut the recording at SECONDS (its clock): the part before becomes the "
+                       "resting session <session>-rest, the part after the task session.")
     @click.option("--append", is_flag=True, help="Add the sessions to an existing dataset.")
     @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
     @click.option("--json", "as_json", is_flag=True, help="Print only a JSON report on stdout.")
@@ -82,6 +95,8 @@ def import_group() -> None:
       phosphene import blackrock rec02.ns5 --nev rec02.nev --out data --append --day 1
       phosphene import nwb session.nwb --out data
       phosphene import array counts.npy --input-kind binned --bin-ms 20 --out data
+      phosphene import array rec.mat --variable counts --bin-ms 50 --trials events.csv \\
+          --label-column choice --window-offset-ms 0 --window-ms 400 --out data
     """
 
 
@@ -95,8 +110,8 @@ def import_group() -> None:
                    "('electrode=E current_ua=I [perceived=0|1]'), digital words (low byte "
                    "electrode, high byte uA), auto (comments, else digital), or none.")
 @dataset_options
-def blackrock(nsx, nev, nev_events, out, map_path, trials_csv, kind, session, day, blank_ms,
-              append, overwrite, as_json):
+def blackrock(nsx, nev, nev_events, out, map_path, trials_csv, label_column, window_offset_ms,
+              window_ms, kind, session, day, blank_ms, split_at, append, overwrite, as_json):
     """Import a Blackrock .ns3-.ns6 broadband file (and .nev events) as MUA.
 
     Broadband runs through the signal definition (CAR, 500-5000 Hz, rectify, 200 Hz,
@@ -111,7 +126,9 @@ def blackrock(nsx, nev, nev_events, out, map_path, trials_csv, kind, session, da
 
     report = _run(import_blackrock, nsx, out=out, nev=nev, map_path=map_path, trials_csv=trials_csv,
                   kind=kind, session=session, day=day, nev_events=nev_events, blank_ms=blank_ms,
-                  append=append, overwrite=overwrite, log=_err)
+                  append=append, overwrite=overwrite, label_column=label_column,
+                  window_offset_ms=window_offset_ms, window_ms=window_ms, split_at=split_at,
+                  log=_err)
     _print_report(report, as_json)
 
 
@@ -127,9 +144,16 @@ def blackrock(nsx, nev, nev_events, out, map_path, trials_csv, kind, session, da
                    "binned: spike counts per bin.")
 @click.option("--bin-ms", type=click.FloatRange(min=0, min_open=True),
               help="Bin width of binned counts in ms (default: 1000 / the series' rate).")
+@click.option("--normaliser", type=click.Choice(["auto", "counts", "mua"]), default="auto",
+              show_default=True,
+              help="The normaliser recorded in the dataset (pretraining, probes and bundles use "
+                   "it): counts = rolling z-score whose scale is at least the Poisson SD of each "
+                   "unit's count (one count per bin at least); mua = the paper's robust median/"
+                   "MAD. auto: counts for binned counts, else mua.")
 @dataset_options
-def nwb(file, series, input_kind, bin_ms, out, map_path, trials_csv, kind, session, day, blank_ms,
-        append, overwrite, as_json):
+def nwb(file, series, input_kind, bin_ms, normaliser, out, map_path, trials_csv, label_column,
+        window_offset_ms, window_ms, kind, session, day, blank_ms, split_at, append, overwrite,
+        as_json):
     """Import an NWB file: ElectricalSeries, MUA or binned-count TimeSeries, trials.
 
     Geometry comes from the electrodes table (rel_x/rel_y, else x/y, in um);
@@ -144,7 +168,8 @@ def nwb(file, series, input_kind, bin_ms, out, map_path, trials_csv, kind, sessi
     report = _run(import_nwb, file, out=out, series=list(series) or None, input_kind=input_kind,
                   bin_ms=bin_ms, map_path=map_path, trials_csv=trials_csv, kind=kind,
                   session=session, day=day, blank_ms=blank_ms, append=append, overwrite=overwrite,
-                  log=_err)
+                  label_column=label_column, window_offset_ms=window_offset_ms, window_ms=window_ms,
+                  split_at=split_at, normaliser=normaliser, log=_err)
     _print_report(report, as_json)
 
 
@@ -153,30 +178,58 @@ def nwb(file, series, input_kind, bin_ms, out, map_path, trials_csv, kind, sessi
 @click.option("--input-kind", type=click.Choice(["binned", "mua", "broadband"]), default="binned",
               show_default=True, help="What the columns hold.")
 @click.option("--bin-ms", type=click.FloatRange(min=0, min_open=True),
-              help="Bin width in ms (binned counts).")
+              help="Bin width in ms (binned counts only).")
 @click.option("--rate-hz", type=click.FloatRange(min=0, min_open=True),
               help="Sample rate of MUA or broadband arrays.")
+@click.option("--variable", metavar="NAME",
+              help="The array inside a .npz or .mat file (default: its only numeric array; a "
+                   "struct field as a.b).")
+@click.option("--layout", type=click.Choice(["time-by-channel", "channel-by-time"]), default=None,
+              help="How the array is stored (as MATLAB/NumPy shows it). Without it an array "
+                   "with more channels than samples is refused.")
+@click.option("--drop-column", "drop_columns", multiple=True, metavar="NAME",
+              help="A CSV header column that is not an electrode (repeatable); a leading "
+                   "index or time column is left out on its own.")
+@click.option("--normaliser", type=click.Choice(["auto", "counts", "mua"]), default="auto",
+              show_default=True,
+              help="The normaliser recorded in the dataset (pretraining, probes and bundles use "
+                   "it): counts = rolling z-score whose scale is at least the Poisson SD of each "
+                   "unit's count (one count per bin at least); mua = the paper's robust median/"
+                   "MAD. auto: counts for binned counts, else mua.")
 @dataset_options
-def array(file, input_kind, bin_ms, rate_hz, out, map_path, trials_csv, kind, session, day,
-          blank_ms, append, overwrite, as_json):
-    """Import a .npy or .csv array (rows = bins or samples, columns = electrodes).
+def array(file, input_kind, bin_ms, rate_hz, variable, layout, drop_columns, normaliser, out,
+          map_path, trials_csv, label_column, window_offset_ms, window_ms, kind, session, day,
+          blank_ms, split_at, append, overwrite, as_json):
+    """Import a .npy, .npz, .mat or .csv array (rows = bins or samples, columns = electrodes).
 
     Binned spike counts become a rate (count / bin width, spikes/s) held constant over
-    each bin at 1 kHz. A CSV may start with a header of electrode ids.
+    each bin at 1 kHz, normalised by a rolling z-score with a Poisson scale floor (recorded
+    in the dataset). A
+    CSV may start with a header of electrode ids. MATLAB v4-v7 files are read with scipy,
+    v7.3 (HDF5) with h5py.
 
     \b
-    Example:
+    Examples:
       phosphene import array counts.npy --input-kind binned --bin-ms 20 --out data
+      phosphene import array rec.mat --variable counts --layout channel-by-time --bin-ms 50 \\
+          --trials events.csv --label-column choice --window-offset-ms 0 --window-ms 400 \\
+          --split-at 600 --out data
     """
     if input_kind == "binned" and bin_ms is None:
         raise click.UsageError("--input-kind binned needs --bin-ms")
+    if input_kind != "binned" and bin_ms is not None:
+        raise click.UsageError(f"--bin-ms applies to --input-kind binned; a {input_kind} array "
+                               "takes --rate-hz")
     if input_kind != "binned" and rate_hz is None:
         raise click.UsageError(f"--input-kind {input_kind} needs --rate-hz")
     from phosphene.train.importers.arrays import import_array
 
     report = _run(import_array, file, out=out, input_kind=input_kind, bin_ms=bin_ms, rate_hz=rate_hz,
                   map_path=map_path, trials_csv=trials_csv, kind=kind, session=session, day=day,
-                  blank_ms=blank_ms, append=append, overwrite=overwrite, log=_err)
+                  blank_ms=blank_ms, append=append, overwrite=overwrite, variable=variable,
+                  layout=layout, drop_columns=tuple(drop_columns), split_at=split_at,
+                  label_column=label_column, window_offset_ms=window_offset_ms,
+                  window_ms=window_ms, normaliser=normaliser, log=_err)
     _print_report(report, as_json)
 
 

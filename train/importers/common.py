@@ -20,9 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from phosphene.dataset import SESSION_KINDS, Dataset, DatasetError, DatasetWriter
+from phosphene.dataset import NO_ELECTRODE, SESSION_KINDS, Dataset, DatasetError, DatasetWriter
 from phosphene.geometry import ChannelMap, map_for_channels
-from phosphene.signal import MUA_RATE_HZ, MuaExtractor, interpolate_blanked
+from phosphene.signal import (
+    MUA_RATE_HZ,
+    MuaExtractor,
+    NormaliserConfig,
+    WindowSpec,
+    interpolate_blanked,
+)
 
 __all__ = [
     "DEFAULT_BLANK_MS",
@@ -37,10 +43,13 @@ __all__ = [
     "decode_digital_word",
     "grid_from_positions",
     "output_samples",
+    "parse_label",
     "parse_stim_comment",
     "read_trials_csv",
     "resolve_channel_map",
     "safe_session_id",
+    "split_session",
+    "window_from_options",
     "write_import",
 ]
 
@@ -111,12 +120,15 @@ class ImportReport:
 
 
 def collecting(log: Log) -> tuple[list[str], Log]:
-    """Wrap a log so that its 'note: ...' lines are also kept for the JSON report."""
+    """Wrap a log so that its 'note: ...' and 'warning: ...' lines are also kept for the
+    JSON report."""
     notes: list[str] = []
 
     def wrapped(message: str) -> None:
         if message.startswith("note: "):
             notes.append(message[len("note: "):])
+        elif message.startswith("warning: "):
+            notes.append(message)
         log(message)
 
     return notes, wrapped
@@ -153,30 +165,39 @@ def _column(header: list[str], name: str) -> str | None:
     return None
 
 
-def _perceived(value, where: str) -> int:
+def _perceived(value, where: str, name: str = "perceived") -> int:
     if value is None or (isinstance(value, str) and value.strip() in ("", "-1", "nan", "NaN")):
         return -1
     try:
         v = float(value)
     except (TypeError, ValueError):
         text = str(value).strip().lower()
-        if text in ("true", "yes", "y", "perceived", "seen"):
+        if text in ("true", "yes", "y", "perceived", "seen", "hit", "correct"):
             return 1
-        if text in ("false", "no", "n", "missed", "unseen"):
+        if text in ("false", "no", "n", "missed", "unseen", "miss", "incorrect"):
             return 0
-        raise RecordingError(f"{where}: perceived must be 0, 1 or empty, got {value!r}") from None
+        raise RecordingError(f"{where}: {name} must be 0, 1 (or true/false) or empty, "
+                             f"got {value!r}") from None
     if math.isnan(v) or v == -1:
         return -1
     if v not in (0.0, 1.0):
-        raise RecordingError(f"{where}: perceived must be 0, 1 or empty, got {value!r}")
+        raise RecordingError(f"{where}: {name} must be 0, 1 (or true/false) or empty, got {value!r}")
     return int(v)
 
 
-def read_trials_csv(path: str | Path) -> list[StimEvent]:
-    """Read a trials table: session,time_s,electrode,current_ua,perceived (one row a trial).
+parse_label = _perceived  # a 0/1 label cell (0/1, true/false, hit/miss, empty = unknown) -> 1/0/-1
 
-    time_s is seconds on the recording's clock; `session` may be empty or missing when
-    the table belongs to one recording; perceived may be empty (unknown).
+
+def read_trials_csv(path: str | Path, *, label_column: str | None = None,
+                    log: Log = logger.info) -> list[StimEvent]:
+    """Read a trials table: one row a trial (a stimulation or any labelled event).
+
+    Columns: time_s (seconds on the recording's clock; aliases in _ALIASES), the label
+    (`label_column`, else perceived/detected; 0/1, true/false or empty = unknown), and
+    optionally session, electrode and current_ua. A behavioural event has no electrode
+    (stored as NO_ELECTRODE, -1) and no current (0 uA). A label column named but absent is
+    an error naming the columns there are; a table without any label column imports with
+    every trial unlabelled and says so loudly (a 'warning:' line on the log).
     """
     path = Path(path)
     if not path.is_file():
@@ -186,29 +207,55 @@ def read_trials_csv(path: str | Path) -> list[StimEvent]:
     except (OSError, UnicodeDecodeError) as exc:
         raise RecordingError(f"{path} is not a readable text file: {exc}") from None
     reader = csv.DictReader(io.StringIO(text))
-    header = reader.fieldnames or []
+    header = [h for h in (reader.fieldnames or []) if h is not None]
     cols = {name: _column(header, name) for name in _ALIASES}
-    missing = [n for n in ("time_s", "electrode", "current_ua") if cols[n] is None]
-    if missing:
-        raise RecordingError(f"{path}: trials table needs columns time_s, electrode, current_ua "
-                             f"(and optionally session, perceived); missing {', '.join(missing)}; "
-                             f"found {', '.join(header) or 'no header'}")
+    if cols["time_s"] is None:
+        raise RecordingError(f"{path}: trials table needs a time column (time_s, or one of "
+                             f"{', '.join(_ALIASES['time_s'][1:])}: seconds on the recording's "
+                             f"clock); found {', '.join(header) or 'no header'}")
+    if label_column is not None:
+        lower = {h.strip().lower(): h for h in header}
+        if label_column.strip().lower() not in lower:
+            raise RecordingError(f"{path}: --label-column {label_column!r} is not a column of the "
+                                 f"trials table; its columns are {', '.join(header) or 'none'}")
+        cols["perceived"] = lower[label_column.strip().lower()]
+    label = cols["perceived"]
+    if label is None:
+        log(f"warning: {path} has no label column (perceived or detected; columns: "
+            f"{', '.join(header)}): every trial imports UNLABELLED and probes cannot use them; "
+            "pass --label-column NAME to name the column holding the 0/1 label")
+    if (cols["electrode"] is None) != (cols["current_ua"] is None):
+        have, lack = (("electrode", "current_ua") if cols["current_ua"] is None
+                      else ("current_ua", "electrode"))
+        raise RecordingError(f"{path}: the trials table has a {have} column but no {lack} "
+                             f"column; give both (a stimulation) or neither (a behavioural event)")
     events = []
     for line, row in enumerate(reader, start=2):
         where = f"{path} line {line}"
         try:
             time_s = float(row[cols["time_s"]])
-            electrode = int(float(row[cols["electrode"]]))
-            current = float(row[cols["current_ua"]])
         except (TypeError, ValueError):
-            raise RecordingError(f"{where}: time_s, electrode and current_ua must be numbers") from None
+            raise RecordingError(f"{where}: column {cols['time_s']!r} must be a number (seconds), "
+                                 f"got {row.get(cols['time_s'])!r}") from None
+        electrode, current = NO_ELECTRODE, 0.0
+        if cols["electrode"] is not None:
+            try:
+                electrode = int(float(row[cols["electrode"]]))
+                current = float(row[cols["current_ua"]])
+            except (TypeError, ValueError):
+                raise RecordingError(f"{where}: {cols['electrode']} and {cols['current_ua']} must "
+                                     "be numbers") from None
         if not (math.isfinite(time_s) and math.isfinite(current)):
-            raise RecordingError(f"{where}: time_s and current_ua must be finite")
-        perceived = _perceived(row.get(cols["perceived"]) if cols["perceived"] else None, where)
+            raise RecordingError(f"{where}: time and current_ua must be finite")
+        perceived = _perceived(row.get(label) if label else None, where,
+                               f"label column {label!r}" if label else "perceived")
         session = (row.get(cols["session"]) or "").strip() if cols["session"] else ""
         events.append(StimEvent(time_s, electrode, current, perceived, session))
     if not events:
         raise RecordingError(f"{path}: trials table has a header but no rows")
+    if label is not None and all(e.perceived < 0 for e in events):
+        log(f"warning: {path}: every value of the label column {label!r} is empty: all "
+            f"{len(events)} trials import unlabelled and probes cannot use them")
     return events
 
 
@@ -440,6 +487,8 @@ def _convert_broadband(spec: SessionSpec, out: np.ndarray, channel_ids, blank_ms
     intervals = []
     if blank > 0:
         for ev in spec.events:
+            if ev.electrode == NO_ELECTRODE:  # a behavioural event: nothing to blank
+                continue
             onset = round((ev.time_s - spec.t0_s) * spec.rate_hz)
             intervals.append((onset, onset + blank))
     intervals = [(max(0, a), min(spec.n_input, b)) for a, b in _merge(intervals)]
@@ -483,7 +532,7 @@ def _onsets(spec: SessionSpec, n_out: int, cmap: ChannelMap) -> list[dict]:
                 f"session {spec.session}: a stimulation at {ev.time_s:.3f} s lies outside the "
                 f"recording ({spec.t0_s:.3f}..{spec.t0_s + n_out / MUA_RATE_HZ:.3f} s on the "
                 "file's clock); check that trial times use the recording's clock")
-        if ev.electrode not in known:
+        if ev.electrode not in known and ev.electrode != NO_ELECTRODE:
             raise RecordingError(
                 f"session {spec.session}: stimulated electrode {ev.electrode} (at {ev.time_s:.3f} s) "
                 f"is not on the channel map (ids {_id_range(cmap.ids)})")
@@ -496,11 +545,15 @@ def write_import(out: str | Path, cmap: ChannelMap, specs: list[SessionSpec], *,
                  source: dict, units: str = "uV", signal: str = "mua", append: bool = False,
                  overwrite: bool = False, blank_ms: float = DEFAULT_BLANK_MS, bin_ms: int | None = None,
                  chunk_s: float = DEFAULT_CHUNK_S, extra_meta: dict | None = None,
+                 normaliser: NormaliserConfig | None = None, window: WindowSpec | None = None,
                  log: Log = logger.info) -> Dataset:
     """Convert `specs` into a dataset at `out` (atomically), or append them to the dataset there.
 
     Appending rewrites the dataset with the old sessions copied block by block, so a
-    crash leaves the old dataset untouched.
+    crash leaves the old dataset untouched. `normaliser` (binned counts: the Poisson scale
+    floor for the bin width) and `window` (the decoded window, when set on import) are
+    recorded in dataset.json; appending keeps the dataset's and refuses a different one,
+    as it refuses another bin width.
     """
     out = Path(out)
     old: Dataset | None = None
@@ -513,6 +566,11 @@ def write_import(out: str | Path, cmap: ChannelMap, specs: list[SessionSpec], *,
             log(f"note: using {out}'s channel map ({old.channel_map.name}) for the appended sessions")
             cmap = old.channel_map
         _check_compatible(old, cmap, units, signal, out)
+        _check_same_signal(old, bin_ms, normaliser, window, out)
+        if window is None and old.meta.get("window"):
+            window = old.window_spec
+        if normaliser is None and old.meta.get("normaliser"):
+            normaliser = old.normaliser_config
         taken = {s.session for s in old.sessions}
         clash = [s.session for s in specs if s.session in taken]
         if clash:
@@ -528,6 +586,8 @@ def write_import(out: str | Path, cmap: ChannelMap, specs: list[SessionSpec], *,
     if any(s.input_kind == "broadband" for s in specs) and cmap.n_channels < 2:
         raise RecordingError("MUA extraction subtracts the common average of the channels, which "
                              "leaves nothing of a single channel; import at least 2 channels")
+    check_window = window or WindowSpec()
+    check_norm = normaliser or NormaliserConfig()
     plan = []
     for spec, n_out in zip(specs, sizes):
         if n_out <= 0:
@@ -537,11 +597,14 @@ def write_import(out: str | Path, cmap: ChannelMap, specs: list[SessionSpec], *,
         if kind not in SESSION_KINDS:
             raise RecordingError(f"session kind must be one of {', '.join(SESSION_KINDS)}, got {kind!r}")
         if spec.kind is None and trials:
-            log(f"note: session {spec.session} has {len(trials)} stimulation trials; stored as "
+            what = ("stimulation trials" if any(t["electrode"] != NO_ELECTRODE for t in trials)
+                    else "event trials (no electrode)")
+            log(f"note: session {spec.session} has {len(trials)} {what}; stored as "
                 "kind 'psychometric' (pass --kind threshold for threshold-tracking sessions)")
         if kind == "resting" and trials:
             log(f"note: session {spec.session} is marked resting but has {len(trials)} "
                 "stimulations; pretraining will see their artifacts")
+        _report_unusable(spec.session, trials, n_out, check_window, check_norm, log)
         plan.append((spec, n_out, kind, trials))
 
     meta_source = {"imports": []}
@@ -557,6 +620,12 @@ def write_import(out: str | Path, cmap: ChannelMap, specs: list[SessionSpec], *,
         raise RecordingError(str(exc)) from None
     with writer as w:
         w.meta["units"], w.meta["signal"] = units, signal
+        if signal == "binned-rate" and bin_ms:
+            w.meta["bin_ms"] = float(bin_ms)
+        if normaliser is not None:
+            w.meta["normaliser"] = normaliser.to_dict()
+        if window is not None:
+            w.meta["window"] = {k: v for k, v in window.to_dict().items() if k != "sample_rate_hz"}
         if extra_meta:
             w.meta.update(extra_meta)
         if old is not None:
@@ -597,6 +666,111 @@ def _check_compatible(old: Dataset, cmap: ChannelMap, units: str, signal: str, o
     if (old.meta.get("units", "uV"), old.meta.get("signal", "mua")) != (units, signal):
         raise RecordingError(f"cannot append {signal} in {units} to {out}, which holds "
                              f"{old.meta.get('signal', 'mua')} in {old.meta.get('units', 'uV')}")
+
+
+def _check_same_signal(old: Dataset, bin_ms, normaliser: NormaliserConfig | None,
+                       window: WindowSpec | None, out: Path) -> None:
+    """Appending keeps one bin width, one normaliser and one decoded window per dataset."""
+    if old.meta.get("signal") == "binned-rate" and bin_ms:
+        have = old.bin_ms
+        if have is not None and abs(have - float(bin_ms)) > 1e-9:
+            raise RecordingError(
+                f"cannot append {float(bin_ms):g} ms bins to {out}, which holds {have:g} ms bins "
+                "(the normaliser's floor and the decoded window are set per dataset); rebin the "
+                f"counts to {have:g} ms or import them into a new dataset")
+    if normaliser is not None and old.meta.get("normaliser") and normaliser != old.normaliser_config:
+        raise RecordingError(f"cannot append: {out} normalises with {old.normaliser_config.describe()} "
+                             f"but this import asks for {normaliser.describe()}")
+    if window is not None and old.meta.get("window") and window != old.window_spec:
+        have = old.window_spec
+        raise RecordingError(
+            f"cannot append with --window-offset-ms {window.offset_ms:g} --window-ms "
+            f"{window.window_ms:g}: {out} decodes {have.window_ms:g} ms from {have.offset_ms:g} ms "
+            "after each event (leave the window options out to keep it)")
+
+
+def _report_unusable(session: str, trials: list[dict], n_out: int, window: WindowSpec,
+                     norm: NormaliserConfig, log: Log) -> None:
+    """Say at import which trials no probe will be able to use, and why."""
+    if not trials:
+        return
+    unlabelled = sum(1 for t in trials if t["perceived"] < 0)
+    labelled = [t for t in trials if t["perceived"] >= 0]
+    starts = [t["onset_sample"] + window.offset_samples for t in labelled]
+    warm = sum(1 for a in starts if a < norm.warmup_samples)
+    past = sum(1 for a in starts if a >= norm.warmup_samples and a + window.window_samples > n_out)
+    where = (f"(decoded window {window.window_ms:g} ms from {window.offset_ms:g} ms after each "
+             "event)")
+    if warm or past:
+        parts = []
+        if warm:
+            parts.append(f"{warm} fall in the normaliser's warm-up (their window starts in the "
+                         f"first {norm.warmup_samples / MUA_RATE_HZ:g} s of the session, before "
+                         "any statistics exist)")
+        if past:
+            parts.append(f"{past} run past the session's end")
+        log(f"warning: session {session}: of {len(labelled)} labelled trials, "
+            f"{' and '.join(parts)} {where}; probes will skip them")
+    if unlabelled:
+        log(f"note: session {session}: {unlabelled} of {len(trials)} trials are unlabelled "
+            "(probes skip them)")
+
+
+def window_from_options(offset_ms: float | None, window_ms: float | None,
+                        *, sample_rate_hz: float = MUA_RATE_HZ) -> WindowSpec | None:
+    """The decoded window of --window-offset-ms / --window-ms (None when neither is given).
+
+    A missing one keeps the paper's value (170 ms offset, 128 ms window). The window must be
+    a whole number of 16 ms patches (the model's token).
+    """
+    if offset_ms is None and window_ms is None:
+        return None
+    base = WindowSpec(sample_rate_hz=sample_rate_hz)
+    offset = base.offset_ms if offset_ms is None else float(offset_ms)
+    length = base.window_ms if window_ms is None else float(window_ms)
+    if offset < 0 or not math.isfinite(offset):
+        raise RecordingError(f"--window-offset-ms must be >= 0 (the window starts at or after "
+                             f"the event), got {offset:g}")
+    samples = length * sample_rate_hz / 1000.0
+    patch_ms = base.patch_samples * 1000.0 / sample_rate_hz
+    if not math.isfinite(samples) or samples <= 0 or abs(samples - round(samples)) > 1e-9 \
+            or round(samples) % base.patch_samples:
+        lo = max(1, math.floor(length / patch_ms)) * patch_ms
+        raise RecordingError(f"--window-ms {length:g} is not a whole number of {patch_ms:g} ms "
+                             f"patches (the model's token); use e.g. {lo:g} or {lo + patch_ms:g}")
+    return WindowSpec(sample_rate_hz=sample_rate_hz, window_samples=round(samples),
+                      patch_samples=base.patch_samples, offset_ms=offset)
+
+
+def split_session(spec: SessionSpec, at_s: float, *, log: Log = logger.info) -> list[SessionSpec]:
+    """Cut one recording at `at_s` (seconds on its clock) into a resting part `<id>-rest`
+    and the task part `<id>`, which keeps the trials. Trials before the cut are left out
+    (said on the log). The cut falls on the nearest whole input sample (bin)."""
+    k = round((at_s - spec.t0_s) * spec.rate_hz)
+    if not 0 < k < spec.n_input:
+        raise RecordingError(
+            f"--split-at {at_s:g} s is outside the recording ({spec.t0_s:g}..."
+            f"{spec.t0_s + spec.n_input / spec.rate_hz:g} s on its clock)")
+    cut_s = spec.t0_s + k / spec.rate_hz
+    if abs(cut_s - at_s) > 1e-9:
+        log(f"note: --split-at {at_s:g} s falls inside an input sample; cutting at {cut_s:g} s")
+    before = [e for e in spec.events if e.time_s < cut_s]
+    if before:
+        log(f"warning: {len(before)} of {len(spec.events)} trials lie before --split-at "
+            f"{cut_s:g} s and are left out (the resting part carries no trials)")
+    read = spec.read
+
+    def read_task(a: int, b: int) -> np.ndarray:
+        return read(a + k, b + k)
+
+    rest = SessionSpec(safe_session_id(f"{spec.session}-rest"), "resting", spec.day, read, k,
+                       spec.rate_hz, spec.input_kind, spec.t0_s, [],
+                       {**spec.source, "part": f"before {cut_s:g} s (--split-at)"})
+    task = SessionSpec(spec.session, spec.kind, spec.day, read_task, spec.n_input - k,
+                       spec.rate_hz, spec.input_kind, cut_s,
+                       [e for e in spec.events if e.time_s >= cut_s],
+                       {**spec.source, "part": f"from {cut_s:g} s (--split-at)"})
+    return [rest, task]
 
 
 def _copy_sessions(old: Dataset, w: DatasetWriter, block: int = 1 << 18) -> None:

@@ -29,16 +29,19 @@ from phosphene.train.importers.common import (
     assign_events,
     collecting,
     grid_from_positions,
+    parse_label,
     read_trials_csv,
     resolve_channel_map,
     safe_session_id,
+    split_session,
+    window_from_options,
     write_import,
 )
 
-from phosphene.dataset import Dataset, DatasetError
+from phosphene.dataset import NO_ELECTRODE, Dataset, DatasetError
 from phosphene.geometry import ChannelMap
 from phosphene.io import atomic_path
-from phosphene.signal import MUA_RATE_HZ, MuaConfig, WindowSpec
+from phosphene.signal import MUA_RATE_HZ, MuaConfig, NormaliserConfig, WindowSpec
 
 __all__ = ["MARKER", "export_nwb", "import_nwb"]
 
@@ -228,8 +231,12 @@ def _scale_to_uv(series, input_kind: str, label: str, log: Log) -> tuple[np.ndar
     return conversion, offset
 
 
-def _nwb_events(nwbfile, path: Path, log: Log) -> list[StimEvent]:
-    """Stimulation trials from the trials table or another intervals table with electrodes."""
+def _nwb_events(nwbfile, path: Path, log: Log, label_column: str | None = None) -> list[StimEvent]:
+    """Stimulation trials from the trials table or another intervals table with electrodes.
+
+    With `label_column`, the first table holding that column gives the trials, with or
+    without electrodes (a behavioural task: events without an electrode, NO_ELECTRODE).
+    """
     from hdmf.common import DynamicTableRegion
 
     tables = []
@@ -239,14 +246,28 @@ def _nwb_events(nwbfile, path: Path, log: Log) -> list[StimEvent]:
         if name != "trials":
             tables.append((f"intervals/{name}", table))
     if not tables:
+        if label_column is not None:
+            raise RecordingError(f"{path} has no trials or intervals table, so no column "
+                                 f"{label_column!r} (--label-column)")
         return []
 
     def find(table, key):
         lower = {c.lower(): c for c in table.colnames}
+        if key == "perceived" and label_column is not None:
+            return lower.get(label_column.lower())
         return next((lower[a.lower()] for a in _TRIAL_COLUMNS[key] if a.lower() in lower), None)
 
+    if label_column is not None:
+        labelled = [(n, t) for n, t in tables if find(t, "perceived") is not None]
+        if not labelled:
+            raise RecordingError(
+                f"{path}: no trials/intervals table has a column {label_column!r} "
+                "(--label-column); " + "; ".join(f"{n}: {', '.join(t.colnames)}" for n, t in tables))
+        tables = labelled[:1]
     for name, table in tables:
         col_e = find(table, "electrode")
+        if col_e is None and label_column is not None:
+            return _behaviour_events(table, name, find(table, "perceived"), path)
         if col_e is None:
             continue
         col_c = find(table, "current_ua")
@@ -287,9 +308,28 @@ def _nwb_events(nwbfile, path: Path, log: Log) -> list[StimEvent]:
         if not events:
             log(f"note: table {name} has no rows")
         return events
-    log(f"note: {path} has {'/'.join(n for n, _ in tables)} but no table with an electrode "
-        "column, so no stimulation trials were imported (pass --trials CSV for them)")
+    log(f"warning: {path} has {'/'.join(n for n, _ in tables)} but no table with an electrode "
+        "column, so no trials were imported: pass --label-column NAME to import a behavioural "
+        "table's events with that label, or --trials CSV")
     return []
+
+
+def _behaviour_events(table, name: str, col_label: str, path: Path) -> list[StimEvent]:
+    """Events of an intervals table without electrodes: onset start_time, label `col_label`."""
+    start = np.asarray(table["start_time"].data[:], dtype=np.float64)
+    values = list(table[col_label].data[:])
+    session = ([str(v.decode() if isinstance(v, bytes) else v) for v in table["session"].data[:]]
+               if "session" in table.colnames else [""] * len(start))
+    events = []
+    for i, t in enumerate(start):
+        if not math.isfinite(t):
+            raise RecordingError(f"{path}: table {name} row {i}: start_time must be finite")
+        v = values[i]
+        v = v.decode() if isinstance(v, bytes) else v
+        v = int(v) if isinstance(v, (bool, np.bool_)) else v
+        label = parse_label(v, f"{path}: table {name} row {i}", f"column {col_label!r}")
+        events.append(StimEvent(float(t), NO_ELECTRODE, 0.0, label, session[i]))
+    return events
 
 
 def import_nwb(path: str | Path, *, out: str | Path, series: list[str] | None = None,
@@ -297,13 +337,26 @@ def import_nwb(path: str | Path, *, out: str | Path, series: list[str] | None = 
                map_path: str | Path | None = None, trials_csv: str | Path | None = None,
                kind: str | None = None, session: str | None = None, day: int = 0,
                blank_ms: float = DEFAULT_BLANK_MS, append: bool = False, overwrite: bool = False,
-               chunk_s: float = DEFAULT_CHUNK_S, log: Log = logger.info) -> ImportReport:
+               chunk_s: float = DEFAULT_CHUNK_S, label_column: str | None = None,
+               window_offset_ms: float | None = None, window_ms: float | None = None,
+               split_at: float | None = None, normaliser: str = "auto",
+               log: Log = logger.info) -> ImportReport:
     """Import series of an NWB file as sessions of a dataset at `out`.
 
     input_kind: auto (an ElectricalSeries at >= 2 kHz is broadband, any other series MUA),
     broadband, mua, or binned (spike counts per bin of `bin_ms`, default 1000 / rate).
+    Binned counts record the counts normaliser (normaliser auto/counts: rolling z-score
+    with the Poisson scale floor) or the paper's MUA one (mua). label_column: the trials table's label column (a behavioural
+    table without electrodes then imports too). split_at: seconds on the file's clock
+    where the resting part `<session>-rest` of a single series ends.
     """
     notes, log = collecting(log)
+    window = window_from_options(window_offset_ms, window_ms)
+    if normaliser not in ("auto", "counts", "mua"):
+        raise RecordingError(f"normaliser must be auto, counts or mua, got {normaliser!r}")
+    if bin_ms is not None and input_kind not in ("binned",):
+        raise RecordingError(f"--bin-ms applies to --input-kind binned only (got --input-kind "
+                             f"{input_kind}); MUA and broadband series carry their own rate")
     pynwb = _pynwb()
     from pynwb.ecephys import ElectricalSeries
 
@@ -379,29 +432,51 @@ def import_nwb(path: str | Path, *, out: str | Path, series: list[str] | None = 
                                      {"series": label}))
         if len(widths) > 1:
             raise RecordingError(f"the chosen series use different bin widths ({sorted(widths)} ms)")
-        events = read_trials_csv(trials_csv) if trials_csv is not None else _nwb_events(nwbfile, path, log)
+        events = (read_trials_csv(trials_csv, label_column=label_column, log=log)
+                  if trials_csv is not None else _nwb_events(nwbfile, path, log, label_column))
         spans = [(sp.session, sp.t0_s, sp.t0_s + sp.n_input / sp.rate_hz) for sp in specs]
         by_session = assign_events(events, spans, str(trials_csv or path))
         for sp in specs:
             sp.events = by_session[sp.session]
+        if split_at is not None:
+            if len(specs) != 1 or specs[0].events and specs[0].events[0].onset_sample is not None:
+                raise RecordingError("--split-at cuts one recorded series; pick one with --series "
+                                     "(a phosphene export already holds its sessions)")
+            specs = split_session(specs[0], split_at, log=log)
         report = ImportReport(dataset=str(out), format="nwb", notes=notes)
         source = {"format": "nwb", "file": str(path), "series": [lab for lab, _ in picked],
                   "trials": str(trials_csv) if trials_csv else None,
                   "reader": f"pynwb {pynwb.__version__}", "channel_map": cmap.name,
                   "input_kind": sorted({sp.input_kind for sp in specs})}
+        source.update({k: v for k, v in (("label_column", label_column), ("split_at_s", split_at))
+                       if v is not None})
+        norm_config = None
+        if signal == "binned-rate" and widths:
+            if normaliser == "mua":
+                norm_config = NormaliserConfig()
+            else:
+                norm_config = NormaliserConfig.for_counts(next(iter(widths)))
+        elif normaliser == "counts":
+            raise RecordingError("--normaliser counts is for binned counts (--input-kind binned)")
         extra = {}
         if notes_meta:
             source["exported_from"] = notes_meta.get("source")
             for key in ("ideal_observer", "ideal_observer_all_trials"):
                 if key in notes_meta:
                     extra[key] = notes_meta[key]
+            if notes_meta.get("bin_ms"):
+                extra["bin_ms"] = notes_meta["bin_ms"]
+            if notes_meta.get("normaliser") and normaliser == "auto":
+                norm_config = NormaliserConfig.from_dict(notes_meta["normaliser"])
+            if notes_meta.get("window") and window is None:
+                window = WindowSpec.from_dict(notes_meta["window"])
             if notes_meta.get("channel_map") and cmap.name == "nwb-electrodes":
                 cmap = ChannelMap(cmap.ids, cmap.rows, cmap.cols, cmap.x_um, cmap.y_um,
                                   name=notes_meta["channel_map"])
         write_import(out, cmap, specs, report=report, source=source, units=units, signal=signal,
                      append=append, overwrite=overwrite, blank_ms=blank_ms,
                      bin_ms=widths.pop() if widths else None, chunk_s=chunk_s,
-                     extra_meta=extra, log=log)
+                     extra_meta=extra, normaliser=norm_config, window=window, log=log)
     return report
 
 
@@ -465,7 +540,7 @@ def export_nwb(dataset: str | Path, out: str | Path, *, overwrite: bool = False,
     file_meta = {"format": "phosphene-dataset", "version": ds.meta.get("version"),
                  "source": ds.meta.get("source", {}), "channel_map": cmap.name,
                  "units": units, "signal": signal}
-    for key in ("ideal_observer", "ideal_observer_all_trials"):
+    for key in ("ideal_observer", "ideal_observer_all_trials", "normaliser", "window", "bin_ms"):
         if key in ds.meta:
             file_meta[key] = ds.meta[key]
     nwbfile = NWBFile(
@@ -518,7 +593,7 @@ def export_nwb(dataset: str | Path, out: str | Path, *, overwrite: bool = False,
         t0 = round(t0 + s.n_samples / ds.sample_rate_hz + SESSION_GAP_S, 3)
     tr = ds.trials
     if len(tr):
-        window = WindowSpec()
+        window = ds.window_spec
         stop_after_s = (window.offset_ms + window.window_ms) / 1000.0
         for name, desc in (("session", "phosphene session id"),
                            ("onset_sample", "stimulation onset, sample index in the session at 1 kHz"),
