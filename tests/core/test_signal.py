@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phosphene.signal import (MuaExtractor, Normaliser, NormaliserConfig, WindowSpec,
-                              interpolate_blanked, normalise_recording)
+from phosphene.signal import (Normaliser, NormaliserConfig, WindowSpec, interpolate_blanked,
+                              normalise_recording)
+from phosphene.train.importers.mua import MuaExtractor
 
 
 def _split_points(n: int, cuts: list[int]) -> list[int]:

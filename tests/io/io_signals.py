@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from phosphene.signal import MuaExtractor, interpolate_blanked
+from phosphene.signal import interpolate_blanked
+from phosphene.train.importers.mua import MuaExtractor
 
 UV_PER_BIT = 0.25  # what nsx_writer.write_nsx stores by default
 

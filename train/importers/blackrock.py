@@ -3,7 +3,7 @@
 The NSx header is checked here first (file id, header sizes, every data block inside the
 file), so a malformed or truncated file gives one sentence instead of a Neo traceback.
 Samples are then read block by block with `get_analogsignal_chunk`, scaled to uV with
-the file's own gains, and converted to 1 kHz MUA by phosphene.signal.MuaExtractor.
+the file's own gains, and converted to 1 kHz MUA by phosphene.train.importers.mua.MuaExtractor.
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ from phosphene.dataset import NO_ELECTRODE, SESSION_KINDS, Dataset, DatasetError
 from phosphene.geometry import ChannelMap, map_for_channels
 from phosphene.signal import (
     MUA_RATE_HZ,
-    MuaExtractor,
     NormaliserConfig,
     WindowSpec,
     interpolate_blanked,
@@ -482,6 +481,8 @@ def convert_session(spec: SessionSpec, out: np.ndarray, *, channel_ids, blank_ms
 def _convert_broadband(spec: SessionSpec, out: np.ndarray, channel_ids, blank_ms: float,
                        chunk_s: float, progress) -> None:
     C = out.shape[1]
+    from phosphene.train.importers.mua import MuaExtractor
+
     extractor = MuaExtractor(n_channels=C, input_rate_hz=spec.rate_hz)
     blank = round(blank_ms * spec.rate_hz / 1000.0)
     intervals = []
