@@ -18,6 +18,7 @@ help:
 	@echo "make soak         1-hour fault-injection soak of the edge runtime"
 	@echo "make arm64-check  the edge path in an emulated arm64 Python (qemu-user)"
 	@echo "make tflite-env   .venv-tflite: tflite-runtime 2.14 with numpy<2 (bench/tests use it)"
+	@echo "make lint         ruff and the import-layer contracts (part of make test)"
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,7 +40,7 @@ demo: venv
 reproduce: venv
 	$(BIN)/phosphene demo --reproduce --out reproduce-run --overwrite --results-md docs/results.md
 
-test: venv
+test: venv lint
 	$(BIN)/python -m pytest -q -ra
 
 bench: venv
@@ -55,8 +56,10 @@ arm64-check: venv
 tflite-env:
 	bash scripts/make_tflite_env.sh
 
+# ruff (rules in pyproject.toml) and the import-linter layer contracts (docs/architecture.md)
 lint: venv
-	$(BIN)/ruff check phosphene edge train quantize firmware_bridge tests bench
+	$(BIN)/ruff check .
+	$(BIN)/python scripts/lint_imports.py
 
 clean:
 	rm -rf $(VENV) .venv-* build *.egg-info $(OUT) reproduce-run bench/results .pytest_cache

@@ -37,12 +37,14 @@ from pathlib import Path
 import click
 import numpy as np
 
+from phosphene.errors import PhospheneError
+
 __all__ = ["ScoreError", "format_score", "read_decision_log", "score", "score_decisions"]
 
 CURRENT_TOL_UA = 0.0015
 
 
-class ScoreError(ValueError):
+class ScoreError(PhospheneError, ValueError):
     """The log, the dataset or the bundle cannot be scored; the message says why."""
 
 
@@ -227,7 +229,6 @@ def _offline_agreement(bundle_path, probe: str | None, st: _SessionTrials,
     """Decode each decided trial's window offline and compare with the logged decision."""
     from phosphene.edge.bundle import BundleError, load_bundle
     from phosphene.edge.interpreter import Encoder, RuntimeUnavailable
-
     from phosphene.signal import Normaliser
 
     try:

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from typing import Self
 
 import serial
+
+from phosphene.errors import PhospheneError
 from phosphene.firmware_bridge.protocol import Frame, StreamDecoder
 
 __all__ = [
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BAUD = 3_000_000
 
 
-class PortError(OSError):
+class PortError(PhospheneError, OSError):
     """A port could not be opened; the message says why and what to do."""
 
 

@@ -7,22 +7,24 @@ imported only when invoked, so `phosphene run` on a bedside board never imports 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
 
 from phosphene import __version__
+from phosphene.errors import PhospheneError
 
 # name -> "module:attribute"; the order is the order of `phosphene --help`.
 COMMANDS: dict[str, str] = {
     "demo": "phosphene.demo:demo",
-    "simulate": "phosphene.commands:simulate",
-    "info": "phosphene.commands:info",
+    "simulate": "phosphene.data_commands:simulate",
+    "info": "phosphene.data_commands:info",
     "import": "phosphene.train.importers:import_group",
     "export": "phosphene.train.importers:export_group",
     "pretrain": "phosphene.train.cli:pretrain",
     "probe": "phosphene.train.cli:probe",
-    "distill": "phosphene.train.distill_cli:distill",
+    "distill": "phosphene.distill_cli:distill",
     "quantize": "phosphene.quantize.cli:quantize",
     "keygen": "phosphene.edge.signing:keygen",
     "sign": "phosphene.edge.signing:sign",
@@ -33,7 +35,7 @@ COMMANDS: dict[str, str] = {
 }
 
 SIMULATE_COMMANDS: dict[str, str] = {
-    "dataset": "phosphene.commands:simulate_dataset",
+    "dataset": "phosphene.data_commands:simulate_dataset",
     "stream": "phosphene.firmware_bridge.cli:simulate_stream",
 }
 
@@ -54,13 +56,25 @@ class LazyGroup(click.Group):
             try:
                 module = importlib.import_module(module_name)
             except ImportError as exc:
-                missing = getattr(exc, "name", None) or str(exc)
+                missing = getattr(exc, "name", None) or ""
+                if not missing or missing.split(".")[0] == "phosphene":
+                    raise  # not a missing package: a bug in phosphene itself
                 raise click.ClickException(
                     f"`phosphene {name}` needs a package that is not installed ({missing}); "
                     "on a workstation install phosphene[train,quantize], on a board phosphene[edge]"
                 ) from None
             return getattr(module, attr)
         return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context):
+        """Expected errors (PhospheneError) become one `Error:` line and exit 1; anything
+        else is a bug and keeps its traceback. PHOSPHENE_DEBUG=1 keeps it for both."""
+        try:
+            return super().invoke(ctx)
+        except PhospheneError as exc:
+            if os.environ.get("PHOSPHENE_DEBUG") == "1":
+                raise
+            raise click.ClickException(str(exc)) from None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Listing help must not import torch: show the first docstring line from a table.

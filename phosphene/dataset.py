@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from phosphene.errors import PhospheneError
 from phosphene.geometry import ChannelMap
 from phosphene.io import atomic_dir, atomic_path, write_json, write_text
 from phosphene.signal import Normaliser, NormaliserConfig, WindowSpec
@@ -52,7 +53,7 @@ TRIAL_FIELDS = ("session", "onset_sample", "electrode", "current_ua", "perceived
 NO_ELECTRODE = -1  # trials.csv electrode of an event that stimulated nothing (a behavioural event)
 
 
-class DatasetError(ValueError):
+class DatasetError(PhospheneError, ValueError):
     """A dataset on disk is missing, malformed or inconsistent; the message says which file."""
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from phosphene.dataset import Dataset
 from phosphene.edge.bundle import (
     BUNDLE_FORMAT,
     BUNDLE_VERSION,
@@ -35,6 +37,9 @@ from phosphene.edge.bundle import (
     probe_from_json,
     probes_to_json,
 )
+from phosphene.errors import PhospheneError
+from phosphene.io import atomic_dir, write_json
+from phosphene.metrics import balanced_accuracy, bootstrap_ci, paired_comparison
 from phosphene.quantize.convert import (
     INPUT_NAME,
     OPSET,
@@ -44,10 +49,6 @@ from phosphene.quantize.convert import (
     convert_int8,
     export_onnx,
 )
-
-from phosphene.dataset import Dataset
-from phosphene.io import atomic_dir, write_json
-from phosphene.metrics import balanced_accuracy, bootstrap_ci, paired_comparison
 from phosphene.signal import NormaliserConfig, WindowSpec
 
 __all__ = [
@@ -69,7 +70,7 @@ log = logging.getLogger(__name__)
 TASKS = ("psychometric", "threshold")
 
 
-class ParityError(ValueError):
+class ParityError(PhospheneError, ValueError):
     """The int8 model does not reproduce the float student well enough (message says how)."""
 
 
@@ -264,6 +265,7 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
     the report is kept in the work directory), ConversionError when export or onnx2tf fails.
     """
     import torch
+
     from phosphene.edge.interpreter import Encoder, TFLiteModel
     from phosphene.train.distill import (
         heldout_resting_windows,
@@ -578,9 +580,8 @@ def wire_trial_windows(ds: Dataset, task: str, split: dict, spec: WindowSpec,
     same order, as split["eval"].
     """
     from phosphene.firmware_bridge.protocol import wire_roundtrip_uv
-    from phosphene.train.data import trial_windows
-
     from phosphene.signal import Normaliser
+    from phosphene.train.data import trial_windows
 
     source = ds.evaluation() if split["evaluation"] == "evaluation set" else ds
 

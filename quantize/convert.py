@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from phosphene.errors import PhospheneError
+
 __all__ = [
     "INPUT_NAME",
     "OPSET",
@@ -47,7 +49,7 @@ OUTPUT_NAME = "latent"  # (1, D)
 OPSET = 20
 
 
-class ConversionError(RuntimeError):
+class ConversionError(PhospheneError, RuntimeError):
     """Export or conversion failed; the message says which step and where the log is."""
 
 

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -93,3 +94,42 @@ def test_usage_error_for_conflicting_options(runner, tmp_path):
     r = runner.invoke(cli, ["simulate", "dataset", str(tmp_path / "x"), "--channels", "4",
                             "--map", "m.csv"])
     assert r.exit_code == 2 and "either --channels or --map" in r.output
+
+
+def _group_with(command: click.Command, lazy: dict[str, str] | None = None) -> click.Group:
+    from phosphene.cli import LazyGroup
+
+    group = LazyGroup(name="g", lazy_commands=lazy or {})
+    group.add_command(command)
+    return group
+
+
+def test_expected_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch):
+    from phosphene.errors import PhospheneError
+
+    @click.command("expected")
+    def expected():
+        raise PhospheneError("the bundle at b is for 64 channels")
+
+    @click.command("bug")
+    def bug():
+        raise ValueError("a bug")
+
+    group = _group_with(expected)
+    group.add_command(bug)
+    r = CliRunner().invoke(group, ["expected"])
+    assert r.exit_code == 1 and r.output.strip() == "Error: the bundle at b is for 64 channels"
+    r = CliRunner().invoke(group, ["bug"])
+    assert isinstance(r.exception, ValueError) and "Error:" not in r.output
+    monkeypatch.setenv("PHOSPHENE_DEBUG", "1")
+    r = CliRunner().invoke(group, ["expected"])
+    assert isinstance(r.exception, PhospheneError)
+
+
+def test_a_missing_package_is_named_but_a_broken_phosphene_module_is_not_hidden():
+    lazy = {"needs": "no_such_package_for_phosphene:cmd", "broken": "phosphene.no_such_module:cmd"}
+    group = _group_with(click.Command("noop"), lazy)
+    r = CliRunner().invoke(group, ["needs"])
+    assert r.exit_code == 1 and "needs a package that is not installed (no_such_package_for_phosphene)" in r.output
+    r = CliRunner().invoke(group, ["broken"])
+    assert isinstance(r.exception, ModuleNotFoundError) and "not installed" not in r.output

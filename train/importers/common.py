@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from phosphene.dataset import NO_ELECTRODE, SESSION_KINDS, Dataset, DatasetError, DatasetWriter
+from phosphene.errors import PhospheneError
 from phosphene.geometry import ChannelMap, map_for_channels
 from phosphene.signal import (
     MUA_RATE_HZ,
@@ -65,7 +66,7 @@ DEFAULT_CHUNK_S = 1.0
 ASSUMED = "-assumed"  # suffix of a map's name when its positions were made up (no --map)
 
 
-class RecordingError(ValueError):
+class RecordingError(PhospheneError, ValueError):
     """A recording or side file cannot be imported; the message names the file and the fix."""
 
 

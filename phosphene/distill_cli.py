@@ -1,4 +1,6 @@
-"""`phosphene distill`: a thin wrapper over train.distill (and train.compare for --compare)."""
+"""`phosphene distill`: a thin wrapper over train.distill, and over quantize.compare for
+--compare (which quantises every candidate). It spans two stages, so it lives in the top
+layer beside phosphene.cli and phosphene.demo."""
 
 from __future__ import annotations
 
