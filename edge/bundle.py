@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from phosphene.errors import PhospheneError
 from phosphene.geometry import ChannelMap
 from phosphene.io import sha256_file as file_sha256  # re-exported: the one file hash
 from phosphene.signal import NormaliserConfig, WindowSpec
@@ -69,7 +70,7 @@ DIGEST_FILE = "bundle.sig"
 _INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
 
 
-class BundleError(ValueError):
+class BundleError(PhospheneError, ValueError):
     """A bundle is missing, corrupt, too new or does not fit the stream; says which file/field."""
 
 
