@@ -131,8 +131,9 @@ def summarise_parity(report: dict) -> dict:
     keys = ("ok", "int8_max_abs_diff", "int8_values_equal_fraction", "windows_bit_identical",
             "n_windows", "latent_dim", "decision_agreement", "decisions_differ_at",
             "p_perceived_max_abs_diff")
-    side = lambda info: {k: info[k] for k in ("machine", "runtime", "runtime_version", "numpy",
-                                              "python", "libc", "qemu_cpu")}
+    def side(info):
+        return {k: info[k] for k in ("machine", "runtime", "runtime_version", "numpy",
+                                                  "python", "libc", "qemu_cpu")}
     return {**{k: report[k] for k in keys}, "x86": side(report["reference"]),
             "arm64": side(report["other"])}
 

@@ -38,8 +38,10 @@ def compare(board: dict, reference: dict) -> dict:
 
 def format_table(result: dict) -> str:
     b, r = result["board"], result["reference"]
-    lines = [f"board:     {b['cpu']}, {b['runtime']} {b['runtime_version']}, {b['threads']} thread(s), {b['runs']} runs",
-             f"reference: {r['cpu']}, {r['runtime']} {r['runtime_version']}, {r['threads']} thread(s), {r['runs']} runs",
+    lines = [f"board:     {b['cpu']}, {b['runtime']} {b['runtime_version']}, {b['threads']} thread(s), "
+             f"{b['runs']} runs",
+             f"reference: {r['cpu']}, {r['runtime']} {r['runtime_version']}, {r['threads']} thread(s), "
+             f"{r['runs']} runs",
              "", f"{'metric':<18}{'board':>12}{'reference':>12}{'ratio':>8}"]
     for row in result["rows"]:
         ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None else "-"

@@ -58,7 +58,7 @@ open(sys.argv[1], "wb").write(c.convert())
 
 
 def run_repro(prefix: list[str], env: dict | None, model: Path, runtime: str, resolver: str) -> dict:
-    cmd = prefix + [str(REPRO), str(model), "--runtime", runtime, "--resolver", resolver]
+    cmd = [*prefix, str(REPRO), str(model), "--runtime", runtime, "--resolver", resolver]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=300)
     stages = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("stage ")]
     last = stages[-1] if stages else "start"

@@ -36,10 +36,7 @@ def percentiles_us(samples_s) -> dict:
 
 
 def table(rows: list[dict], columns: list[str], title: str = "") -> str:
-    if title:
-        out = [title, "=" * len(title)]
-    else:
-        out = []
+    out = [title, "=" * len(title)] if title else []
     cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c)
               for i, c in enumerate(columns)]

@@ -36,11 +36,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "io"))
 
-from binned_counts import make_counts
+from binned_counts import make_counts  # noqa: E402 (after the sys.path entry above)
 
-from phosphene.dataset import Dataset
-from phosphene.metrics import balanced_accuracy, bootstrap_ci, paired_comparison
-from phosphene.signal import NormaliserConfig
+from phosphene.dataset import Dataset  # noqa: E402 (after the sys.path entry above)
+from phosphene.metrics import balanced_accuracy, bootstrap_ci, paired_comparison  # noqa: E402 (after the sys.path entry above)
+from phosphene.signal import NormaliserConfig  # noqa: E402 (after the sys.path entry above)
 
 
 def _probe(F: np.ndarray, y: np.ndarray, train: np.ndarray, trials, seed: int) -> np.ndarray:

@@ -22,10 +22,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, percentiles_us, save, table
-from phosphene.edge.health import InputHealth, calibration_stats
-from phosphene.firmware_bridge.protocol import quantize_uv, samples_to_uv
 
 from phosphene.cortex import VirtualCortex
+from phosphene.edge.health import InputHealth, calibration_stats
+from phosphene.firmware_bridge.protocol import quantize_uv, samples_to_uv
 
 FS, BLOCK, EVERY = 1000.0, 16, 16
 SCALE_UV = 0.02

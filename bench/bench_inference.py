@@ -75,6 +75,7 @@ def timed(fn, windows: np.ndarray, runs: int, warmup: int = 10, budget_s: float 
 # --------------------------------------------------------------------------------------
 def random_teacher(n_channels: int, spec, preset: str):
     import torch
+
     from phosphene.train.config import MAEConfig
     from phosphene.train.mae import build_model
 
@@ -84,6 +85,7 @@ def random_teacher(n_channels: int, spec, preset: str):
 
 def random_student(n_channels: int, spec, arch: str, preset: str, latent_dim: int):
     import torch
+
     from phosphene.train.student import build_student, student_config
 
     torch.manual_seed(0)
@@ -98,6 +100,7 @@ def random_student(n_channels: int, spec, arch: str, preset: str, latent_dim: in
 def converted(model, spec, n_channels: int, calib: np.ndarray) -> dict:
     """ONNX + onnx2tf float32 and full-int8 TFLite of a student, cached by weights and shape."""
     import torch
+
     from phosphene.quantize.convert import check_builtin_only, convert_int8, export_onnx
     from phosphene.train.student import export_ready
 
@@ -134,7 +137,6 @@ def bundle_from_int8(int8_path: Path, spec, n_channels: int, latent_dim: int, ou
         probes_to_json,
     )
     from phosphene.edge.interpreter import TFLiteModel
-
     from phosphene.geometry import map_for_channels
     from phosphene.signal import NormaliserConfig
 
@@ -167,6 +169,7 @@ def measure(teacher, student, bundle_dir: Path | None, spec, n_channels: int, *,
             label: str = "") -> dict:
     import onnxruntime as ort
     import torch
+
     from phosphene.edge.bundle import load_bundle
     from phosphene.edge.interpreter import Encoder, TFLiteModel
 
@@ -334,10 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         teacher = random_teacher(n_channels, spec, args.teacher_preset)
     windows = None
     if args.dataset:
-        from phosphene.train.distill import heldout_resting_windows
-
         from phosphene.dataset import Dataset
         from phosphene.signal import NormaliserConfig
+        from phosphene.train.distill import heldout_resting_windows
 
         norm = NormaliserConfig.from_dict(meta["normaliser"]) if args.student else NormaliserConfig()
         windows = heldout_resting_windows(Dataset.open(args.dataset), spec, norm, 256)

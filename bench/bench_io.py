@@ -23,15 +23,15 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "io"))
-from _common import save, table
-from nsx_writer import block_header, nsx_header
+from _common import save, table  # noqa: E402 (after the sys.path entry above)
+from nsx_writer import block_header, nsx_header  # noqa: E402 (after the sys.path entry above)
 
 N_CHANNELS = 96
 RATE_HZ = 30_000
 
 CHILD = r"""
-import json, resource, sys, time
-from phosphene.train.importers import import_blackrock
+import json, resource, sys, time  # noqa: E402 (after the sys.path entry above)
+from phosphene.train.importers import import_blackrock  # noqa: E402 (after the sys.path entry above)
 nsx, out = sys.argv[1], sys.argv[2]
 t0 = time.perf_counter()
 report = import_blackrock(nsx, out=out, log=lambda m: None)

@@ -3,8 +3,9 @@
 Times full optimizer steps (forward, masked loss, backward, AdamW) at each preset's batch
 size (paper: 32) on synthetic windows of the paper's shape (96 electrodes x 128 samples;
 the window sampler's memory-map copy, measured at ~40 us a window or 0.2% of a `small`
-step, is left out), and the unmasked `encode` the probes run. On CUDA it also times the `paper` preset (bf16 autocast) and projects the
-paper's 1M steps. The load average is recorded: on a shared machine it explains a lot.
+step, is left out), and the unmasked `encode` the probes run. On CUDA it also times the `paper`
+preset (bf16 autocast) and projects the paper's 1M steps. The load average is recorded: on
+a shared machine it explains a lot.
 
     python bench/bench_pretrain.py            # tiny + small, 1 and 2 threads (+ paper on CUDA)
     python bench/bench_pretrain.py --quick    # < 60 s
@@ -24,9 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, save, table
-
 import torch
+from _common import machine, save, table
 
 from phosphene.geometry import utah_96
 from phosphene.signal import WindowSpec

@@ -20,6 +20,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+
 from phosphene.firmware_bridge.protocol import (
     StatusFrame,
     StatusState,
@@ -27,7 +28,6 @@ from phosphene.firmware_bridge.protocol import (
     encode_samples,
     quantize_uv,
 )
-
 from phosphene.io import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -90,7 +90,7 @@ def throughput(quick: bool) -> dict:
     rows = []
     for chunk in (1 << 20, 1 << 16, 1 << 12):
         mb_s, d = time_decode(stream, chunk, repeats)
-        assert d.stats.frames_ok == n_frames and d.stats.seq_gaps == 0
+        assert d.stats.frames_ok == n_frames and d.stats.frames_lost == 0
         rows.append({"case": "valid", "chunk_bytes": chunk, "mb_per_s": mb_s,
                      "frames_per_s": mb_s * 1e6 / len(frames[0])})
     f16 = b"".join(make_frames(n_frames, sample_format="float16"))
@@ -105,10 +105,10 @@ def throughput(quick: bool) -> dict:
     # a one-bit error always fails a CRC (header or frame); each costs exactly its frame,
     # except a corrupted last frame, which no later frame can reveal as a gap
     assert s.frames_ok == n_frames - n_bad and s.crc_errors + s.header_errors == n_bad, s
-    assert s.seq_gaps == n_bad - (bad[-1] != frames[-1])
+    assert s.frames_lost == n_bad - (bad[-1] != frames[-1])
     rows.append({"case": "1% frames corrupted", "chunk_bytes": 1 << 16, "mb_per_s": mb_s,
                  "frames_per_s": mb_s * 1e6 / len(frames[0]), "corrupted_frames": n_bad,
-                 "reported_lost": s.seq_gaps})
+                 "reported_lost": s.frames_lost})
     # one byte at a time: the worst case for per-call overhead (a serial read of 1 byte)
     small = stream[: 200 * len(frames[0])]
     d = StreamDecoder()
@@ -167,20 +167,20 @@ def stream_over_pty(minutes: float, faults: bool) -> dict:
                         timeout_s=30.0)
         wall_s = time.monotonic() - t0
         c, s, r = sim.counts, reader.stats, reader.reader.stats
-    exact = {"frames_lost": (s.seq_gaps, c.expected_frames_lost),
+    exact = {"frames_lost": (s.frames_lost, c.expected_frames_lost),
              "duplicates": (s.duplicates, c.expected_duplicates),
              "reordered": (s.reordered, c.expected_reordered),
              "bytes_discarded": (s.bytes_discarded, c.expected_bytes_discarded)}
     return {"minutes": minutes, "faults": faults, "wall_s": wall_s,
             "frames_sent": c.frames_sent, "bytes_sent": c.bytes_sent,
-            "frames_received": s.frames_ok, "frames_lost": s.seq_gaps,
+            "frames_received": s.frames_ok, "frames_lost": s.frames_lost,
             "tx_overflow_frames": c.tx_overflow_frames, "max_late_ms": c.max_late_ms,
             "tx_blocked_s": c.tx_blocked_s, "reader_reads": r.reads,
             "mean_read_bytes": r.bytes_read / max(r.reads, 1),
             "injected": {k: getattr(c, k) for k in c.FAULTS},
             "reported_vs_expected": {k: list(v) for k, v in exact.items()},
             "exact": all(a == b for a, b in exact.values()),
-            "zero_loss": s.seq_gaps == 0 and c.expected_frames_lost == 0}
+            "zero_loss": s.frames_lost == 0 and c.expected_frames_lost == 0}
 
 
 def main() -> int:

@@ -14,10 +14,24 @@ Never imports torch, tensorflow, onnx, scikit-learn or scipy (tests/edge proves 
 from importlib import import_module
 
 __all__ = [
-    "load_bundle", "Bundle", "BundleError", "Encoder",
-    "Runtime", "RuntimeConfig", "DecisionSinks", "BundleDecoder", "SampleBlock", "StimOnset",
-    "StreamRestart", "EdgeNormaliser", "FrameAdapter", "run_live", "SimulatedArray",
-    "BenchConfig", "bench_bundle", "bench_stream",
+    "BenchConfig",
+    "Bundle",
+    "BundleDecoder",
+    "BundleError",
+    "DecisionSinks",
+    "EdgeNormaliser",
+    "Encoder",
+    "FrameAdapter",
+    "Runtime",
+    "RuntimeConfig",
+    "SampleBlock",
+    "SimulatedArray",
+    "StimOnset",
+    "StreamRestart",
+    "bench_bundle",
+    "bench_stream",
+    "load_bundle",
+    "run_live",
 ]
 
 _WHERE = {

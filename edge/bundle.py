@@ -15,8 +15,7 @@ specification):
 missing, added or differing from its recorded hash, whose digest is not the pinned one or
 whose signature does not verify with the required key, whose format version is newer than
 this code, or whose channel count disagrees with its own channel map; the message names
-the file. `check_stream` refuses a stream whose channel count or sample rate differs from
-the bundle's.
+the file. (A stream that does not fit the bundle is the runtime's `stream_mismatch`.)
 """
 
 from __future__ import annotations
@@ -51,7 +50,6 @@ __all__ = [
     "BundleError",
     "Probe",
     "QuantParams",
-    "check_stream",
     "file_sha256",
     "load_bundle",
     "probe_from_json",
@@ -433,16 +431,6 @@ def load_bundle(path: str | os.PathLike, *, key: str | os.PathLike | BundleKey |
     return Bundle(path=path, manifest=m, window_spec=spec, normaliser_config=norm,
                   channel_map=channel_map, input_quant=in_q, output_quant=out_q,
                   probes=probes, task=task, seal=seal)
-
-
-def check_stream(bundle: Bundle, n_channels: int, sample_rate_hz: float) -> None:
-    """Refuse a stream that does not fit the bundle (raises BundleError saying which)."""
-    if int(n_channels) != bundle.n_channels:
-        raise BundleError(f"the stream has {n_channels} channels but the bundle at {bundle.path} "
-                          f"was built for {bundle.n_channels}: use a bundle made for this array")
-    if abs(float(sample_rate_hz) - bundle.sample_rate_hz) > 1e-6:
-        raise BundleError(f"the stream runs at {sample_rate_hz:g} Hz but the bundle expects "
-                          f"{bundle.sample_rate_hz:g} Hz MUA")
 
 
 # --------------------------------------------------------------------------------------

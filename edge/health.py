@@ -332,7 +332,8 @@ class HealthReport:
         return "health: " + ", ".join(parts)
 
     def to_json(self) -> dict:
-        r = (lambda v: None if v is None else round(float(v), 3))
+        def r(v):
+            return (None if v is None else round(float(v), 3))
         return {
             "ok": self.ok, "warming_up": self.warming_up, "samples": self.samples,
             "dead": list(self.dead), "flat": list(self.flat), "saturated": list(self.saturated),
@@ -395,7 +396,8 @@ class InputHealth:
             sd = np.asarray(ch["robust_sd_uv"], np.float64)
             self._dead_cal[[int(c) for c in self.reference.get("dead_at_calibration", [])]] = True
             live = ~self._dead_cal
-            f32 = (lambda a: np.asarray(a, np.float32))
+            def f32(a):
+                return (np.asarray(a, np.float32))
             self._thr_hi = np.where(live, f32(step * t.scale_factor), inf)
             self._thr_lo = np.where(live, f32(step / t.scale_factor), -inf)
             self._thr_dead = np.where(live, f32(step * t.dead_step_ratio), -inf)
@@ -517,7 +519,7 @@ class InputHealth:
         steps = int(self._nsteps[valid].sum())
         common = {"time_s": now_s, "samples": N, "dead_at_calibration": cal_dead,
                   "has_reference": self.reference is not None, "refuse_faulty": t.refuse_faulty}
-        if N < t.min_fill * t.window_s * self.sample_rate_hz or steps == 0:
+        if t.min_fill * t.window_s * self.sample_rate_hz > N or steps == 0:
             return HealthReport(warming_up=True, **common)
         cnt = self._count_ring[valid].sum(axis=0)  # (7, C)
         vmax, vmin = self._vmax[valid], self._vmin[valid]

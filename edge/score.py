@@ -277,7 +277,8 @@ def _offline_agreement(bundle_path, probe: str | None, st: _SessionTrials,
 
 def format_score(result: dict) -> str:
     """A few readable lines."""
-    fmt = (lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}")
+    def fmt(v, d=3):
+        return ("n/a" if v is None else f"{v:.{d}f}")
     rec = result["records"]
     lines = [f"decision log {result['log']}: " + ", ".join(f"{v} {k}" for k, v in rec.items()),
              (f"dataset {result['dataset']}, session {result['session']} ({result['task']}, "

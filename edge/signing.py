@@ -31,8 +31,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import click
-from phosphene.edge.bundle import DIGEST_FILE, MANIFEST_FILE, BundleError, file_sha256
 
+from phosphene.edge.bundle import DIGEST_FILE, MANIFEST_FILE, BundleError, file_sha256
 from phosphene.io import atomic_path
 
 __all__ = [

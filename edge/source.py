@@ -11,6 +11,7 @@ queue hand-off, so the measured latency is the real one from the last byte read.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -104,7 +105,7 @@ class FrameAdapter:
     def counters(self) -> dict[str, int]:
         """The wire counters the status line and summary show."""
         s = self.decoder.stats
-        return {"frames_lost": int(s.seq_gaps), "crc_errors": int(s.crc_errors + s.header_errors),
+        return {"frames_lost": int(s.frames_lost), "crc_errors": int(s.crc_errors + s.header_errors),
                 "bytes_discarded": int(s.bytes_discarded), "duplicates": int(s.duplicates),
                 "reordered": int(s.reordered), "seq_restarts": int(s.seq_restarts),
                 "payload_errors": int(s.payload_errors), "frames_ok": int(s.frames_ok)}
@@ -142,10 +143,9 @@ def _restore_scheduling(saved) -> None:
 
     if saved is None:
         return
-    try:
+    # lowering one's own priority is always allowed; nothing else to do if it fails
+    with contextlib.suppress(OSError):
         os.sched_setscheduler(0, saved[0], saved[1])
-    except OSError:  # lowering one's own priority is always allowed; nothing else to do
-        pass
 
 
 @dataclass
@@ -283,7 +283,7 @@ class SimulatedArrayProcess:
         import sys
         import tempfile
 
-        self._map_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        self._map_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)  # noqa: SIM115
         json.dump(channel_map.to_json(), self._map_file)
         self._map_file.close()
         self.proc = subprocess.Popen(
@@ -304,10 +304,8 @@ class SimulatedArrayProcess:
         import os
 
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(OSError):
                 self.proc.stdin.close()  # the child stops its simulator when stdin closes
-            except OSError:
-                pass
             try:
                 self.proc.wait(timeout=10)
             except Exception:

@@ -39,7 +39,7 @@ class LatencyHistogram:
     def __init__(self, *, low_us: float = 1.0, high_us: float = 1e8, ratio: float = 1.01):
         self._log_low = math.log(low_us)
         self._log_ratio = math.log(ratio)
-        self.n_bins = int(math.ceil((math.log(high_us) - self._log_low) / self._log_ratio)) + 1
+        self.n_bins = math.ceil((math.log(high_us) - self._log_low) / self._log_ratio) + 1
         self._low_us, self._ratio = low_us, ratio
         self.counts = np.zeros(self.n_bins, dtype=np.int64)
         self.reset()

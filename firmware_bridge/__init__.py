@@ -17,13 +17,6 @@ from phosphene.firmware_bridge.capture import (
     describe_capture,
     replay_frames,
 )
-from phosphene.firmware_bridge.handler import (
-    HandlerOutput,
-    HandlerStats,
-    SampleAssembler,
-    SampleBlock,
-    StreamFormat,
-)
 from phosphene.firmware_bridge.protocol import (
     CRC_BYTES,
     DEFAULT_SAMPLE_FORMAT,
@@ -94,8 +87,6 @@ __all__ = [
     "Frame",
     "FrameReader",
     "FrameType",
-    "HandlerOutput",
-    "HandlerStats",
     "Packetizer",
     "PortError",
     "PtyPair",
@@ -103,8 +94,6 @@ __all__ = [
     "ReaderStats",
     "ReplayCounts",
     "Replayer",
-    "SampleAssembler",
-    "SampleBlock",
     "SampleFrame",
     "SequenceTracker",
     "SerialReader",
@@ -115,7 +104,6 @@ __all__ = [
     "StatusFrame",
     "StatusState",
     "StreamDecoder",
-    "StreamFormat",
     "__version__",
     "describe_capture",
     "encode_event_stim",

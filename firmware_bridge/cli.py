@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import click
@@ -238,10 +239,8 @@ def _open_target(port, use_pty: bool, baud, as_json: bool):
 
 def _close_quietly(target) -> None:
     """Close the port; one that vanished may fail to close, and is gone either way."""
-    try:
+    with contextlib.suppress(OSError):
         target.close()
-    except OSError:
-        pass
 
 
 def _report(runner, where: str, replay: str | None, source, as_json: bool) -> None:
@@ -273,9 +272,8 @@ def _report(runner, where: str, replay: str | None, source, as_json: bool) -> No
 
 
 def _open_source(dataset_path, session, kind, seed):
-    from phosphene.firmware_bridge.simulator import CortexSource, DatasetSource
-
     from phosphene.dataset import DatasetError
+    from phosphene.firmware_bridge.simulator import CortexSource, DatasetSource
 
     try:
         if dataset_path is not None:

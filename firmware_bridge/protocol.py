@@ -345,10 +345,7 @@ def _to_int16(x: np.ndarray, scale_uv: float, out: np.ndarray) -> int:
 def _to_float16(x: np.ndarray, scale_uv: float, out: np.ndarray) -> int:
     # float32 / float64 to binary16 is one correctly rounded (ties-to-even) cast in numpy;
     # float32 input at scale 1 is cast directly (the same result as through float64).
-    if scale_uv == 1.0 and x.dtype in (np.float32, np.float64):
-        v = x
-    else:
-        v = x.astype(np.float64) / scale_uv
+    v = x if scale_uv == 1.0 and x.dtype in (np.float32, np.float64) else x.astype(np.float64) / scale_uv
     n_clipped = 0
     if v.size and not (v.min() >= -MAX_FLOAT16 and v.max() <= MAX_FLOAT16):  # NaN fails too
         n_clipped = int(v.size - np.count_nonzero(np.abs(v) <= MAX_FLOAT16))
@@ -623,7 +620,7 @@ class DecoderStats:
     header_errors: int = 0
     crc_errors: int = 0
     oversize: int = 0
-    seq_gaps: int = 0  # frames lost (running balance; late arrivals are taken off)
+    frames_lost: int = 0  # frames lost (running balance; late arrivals are taken off)
     duplicates: int = 0
     reordered: int = 0  # frames that arrived after a later one (delivered unless deliver_late=False)
     seq_restarts: int = 0
@@ -688,6 +685,6 @@ class StreamDecoder:
         p, s = self.packetizer, self.sequence
         return DecoderStats(bytes_received=p.bytes_received, bytes_discarded=p.bytes_discarded,
                             frames_ok=p.frames_ok, header_errors=p.header_errors,
-                            crc_errors=p.crc_errors, oversize=p.oversize, seq_gaps=s.frames_lost,
+                            crc_errors=p.crc_errors, oversize=p.oversize, frames_lost=s.frames_lost,
                             duplicates=s.duplicates, reordered=s.reordered,
                             seq_restarts=s.restarts, **self._counts)

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
+
 from phosphene.firmware_bridge.protocol import (
     DEFAULT_SAMPLE_FORMAT,
     SAMPLE_FORMATS,

@@ -35,7 +35,7 @@ __all__ = [
     "CortexConfig",
     "DatasetPreset",
     "SessionStream",
-    "StimEvent",
+    "SimulatedTrial",
     "VirtualCortex",
     "generate_dataset",
     "ideal_balanced_accuracy",
@@ -89,7 +89,7 @@ class CortexConfig:
 
 
 @dataclass(frozen=True)
-class StimEvent:
+class SimulatedTrial:
     """A stimulation: onset sample (in its stream), electrode id, current, ground truth."""
 
     sample: int
@@ -183,7 +183,7 @@ class VirtualCortex:
 
 
 class SessionStream:
-    """Chunked generator of one session: read(n) -> ((n, C) float32 uV, [StimEvent])."""
+    """Chunked generator of one session: read(n) -> ((n, C) float32 uV, [SimulatedTrial])."""
 
     def __init__(self, cortex: VirtualCortex, kind: str, *, day: int, session_index: int,
                  electrodes: tuple[int, ...] | None, currents_ua: tuple[float, ...] | None):
@@ -205,7 +205,7 @@ class SessionStream:
         self._slow_prev: np.ndarray | None = None  # last slow sample, for interpolation
         self._slow_t = 0  # slow steps generated
         self._noise_tail = np.zeros((2, C))
-        self._active: list[tuple[StimEvent, float]] = []  # events whose response may still run
+        self._active: list[tuple[SimulatedTrial, float]] = []  # events whose response may still run
         # stimulation schedule
         ids = cortex.channel_map.ids
         if kind == "psychometric":
@@ -257,9 +257,9 @@ class SessionStream:
         self._slow_buf, self._slow_base = self._slow_prev, self._slow_base_prev
         return vals  # column 0: state g; columns 1..C: field
 
-    def _schedule(self) -> StimEvent | None:
+    def _schedule(self) -> SimulatedTrial | None:
         """Draw the next trial (balanced blocks over electrodes x currents)."""
-        cx, cfg = self.cortex, self.cortex.config
+        cx = self.cortex
         if not self._block:
             if self.kind == "psychometric":
                 self._block = [(e, c) for e in self.electrodes for c in self.currents]
@@ -269,7 +269,7 @@ class SessionStream:
         electrode, current = self._block.pop()
         return electrode, float(current)
 
-    def read(self, n_samples: int) -> tuple[np.ndarray, list[StimEvent]]:
+    def read(self, n_samples: int) -> tuple[np.ndarray, list[SimulatedTrial]]:
         """Generate the next n samples: ((n, C) float32 MUA in uV, events with onsets inside)."""
         if n_samples <= 0:
             return np.zeros((0, self.cortex.channel_map.n_channels), np.float32), []
@@ -284,7 +284,7 @@ class SessionStream:
         mua += (padded[2:] + padded[1:-1] + padded[:-2]) / np.sqrt(3.0)
         self._noise_tail = padded[-2:]
         # stimulation events starting in this chunk
-        events: list[StimEvent] = []
+        events: list[SimulatedTrial] = []
         while self._next_onset is not None and self._next_onset < self.t + n_samples:
             onset = self._next_onset
             electrode, current = self._schedule()
@@ -292,7 +292,7 @@ class SessionStream:
             eta = float(self.rng.normal(0.0, cfg.response_noise))
             r_norm, p_true = cx.perception_probability(electrode, current, state, eta)
             perceived = int(r_norm + self.rng.normal(0.0, cfg.decision_noise) > 0.5)
-            ev = StimEvent(int(onset), int(electrode), current, perceived, float(p_true))
+            ev = SimulatedTrial(int(onset), int(electrode), current, perceived, float(p_true))
             events.append(ev)
             self._active.append((ev, r_norm))
             self._next_onset = onset + int(self.rng.uniform(*cfg.trial_interval_s) * cfg.sample_rate_hz)
@@ -473,7 +473,7 @@ def _write_sessions(writer, cortex: VirtualCortex, preset: DatasetPreset, plan: 
         if kind != "resting":  # the lead-in lets the normaliser warm up before trial 1
             stream._next_onset = int(preset.lead_in_s * fs)
         arr = writer.add_session(sid, kind=kind, day=day, n_samples=n_samples)
-        events: list[StimEvent] = []
+        events: list[SimulatedTrial] = []
         for start in range(0, n_samples, chunk_samples):
             n = min(chunk_samples, n_samples - start)
             block, evs = stream.read(n)

@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -514,6 +513,3 @@ class DatasetWriter:
         self._ctx.__exit__(*(exc_info or (RuntimeError, RuntimeError("aborted"), None)))
 
 
-def iter_chunks(n: int, chunk: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, n, chunk):
-        yield start, min(n, start + chunk)

@@ -415,7 +415,7 @@ def _report_body(settings, ds, pretrain_summary, diagnostics, distill_summary, p
             "frames_sent": sim.get("frames_sent"),
             "frames_lost_expected": sim.get("expected_frames_lost"),
             "frames_received": frames_received,
-            "frames_lost": stream.get("seq_gaps", stream.get("frames_lost")),
+            "frames_lost": stream.get("frames_lost"),
             "crc_errors": stream.get("crc_errors"),
             "events": stream.get("events"),
             "decisions": stream.get("decisions"),

@@ -56,6 +56,7 @@ def distill(dataset, teacher_path, out_dir, arch, preset, steps, pool_windows, c
       phosphene distill data --teacher run --out student --compare --probe run/probe
     """
     import torch
+
     from phosphene.train.distill import DistillConfig
     from phosphene.train.distill import distill as run_distill
 

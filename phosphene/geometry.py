@@ -154,10 +154,7 @@ class ChannelMap:
             col, row, bank, pin = int(parts[0]), int(parts[1]), parts[2], int(parts[3])
             label = parts[4] if len(parts) > 4 else ""
             digits = "".join(ch for ch in label if ch.isdigit())
-            if digits:
-                electrode = int(digits)
-            else:
-                electrode = (ord(bank.upper()[0]) - ord("A")) * 32 + pin
+            electrode = int(digits) if digits else (ord(bank.upper()[0]) - ord("A")) * 32 + pin
             rows_out.append({"id": electrode, "row": row, "col": col,
                              "x_um": col * pitch_um, "y_um": row * pitch_um})
         if not rows_out:

@@ -120,3 +120,9 @@ def paired_comparison(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray
 def p_text(p: float) -> str:
     """'p 0.036', or 'p < 0.001' below what 2,000 bootstrap resamples can resolve."""
     return "p < 0.001" if p < 0.001 else f"p {p:.2g}" if p < 0.01 else f"p {p:.3g}"
+
+
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of a with the same row of b (N, D) -> (N,), float64."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)

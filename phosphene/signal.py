@@ -60,7 +60,7 @@ class WindowSpec:
 
     @property
     def offset_samples(self) -> int:
-        return int(round(self.offset_ms * self.sample_rate_hz / 1000.0))
+        return round(self.offset_ms * self.sample_rate_hz / 1000.0)
 
     @property
     def window_ms(self) -> float:
@@ -163,11 +163,11 @@ class NormaliserConfig:
 
     @property
     def window_samples(self) -> int:
-        return int(round(self.window_s * self.sample_rate_hz))
+        return round(self.window_s * self.sample_rate_hz)
 
     @property
     def refresh_samples(self) -> int:
-        return int(round(self.refresh_s * self.sample_rate_hz))
+        return round(self.refresh_s * self.sample_rate_hz)
 
     @property
     def warmup_samples(self) -> int:

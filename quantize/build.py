@@ -11,6 +11,7 @@ hashes, written atomically -> load_bundle(out) as the last check.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
@@ -50,6 +51,7 @@ from phosphene.quantize.convert import (
     export_onnx,
 )
 from phosphene.signal import NormaliserConfig, WindowSpec
+from phosphene.train.probe import PROBE_FORMAT as TEACHER_PROBE_FORMAT
 
 __all__ = [
     "ParityError",
@@ -141,10 +143,8 @@ def tool_versions() -> dict:
     out = {"python": platform.python_version(), "machine": platform.machine()}
     for dist in ("phosphene", "numpy", "torch", "onnx", "onnxruntime", "onnx2tf",
                  "tensorflow-cpu", "tensorflow", "ai-edge-litert", "tflite-runtime"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
     return out
 
 
@@ -153,15 +153,15 @@ def tool_versions() -> dict:
 # --------------------------------------------------------------------------------------
 def _teacher_probe(doc: dict, file: Path, latent_dim: int) -> Probe:
     """One train/probe.py probe.json (single task, standardisation folded) -> Probe."""
-    task = str(doc.get("task", ""))
+    from phosphene.train.probe import check_probe_doc
+
+    doc = check_probe_doc(doc, str(file))
+    task, weights = str(doc.get("task", "")), doc["weights"]
     if task not in TASKS:
         raise ValueError(f"{file}: probe task {task!r} is not one of {', '.join(TASKS)}")
-    weights = np.asarray(doc.get("weights", []), dtype=np.float64).reshape(-1)
     if weights.shape[0] != latent_dim:
         raise ValueError(f"{file}: the {task} probe has {weights.shape[0]} weights but the "
                          f"student's latent has {latent_dim} values (probe of another teacher?)")
-    if doc.get("threshold_on", "probability") != "probability":
-        raise ValueError(f"{file}: threshold_on {doc.get('threshold_on')!r} is not supported")
     return Probe(task=task, weights=weights, bias=float(doc["bias"]),
                  threshold=float(doc.get("threshold", 0.5)), source="teacher")
 
@@ -182,11 +182,9 @@ def load_probes(path: str | os.PathLike, latent_dim: int) -> dict[str, Probe]:
     for file, doc in docs:
         if isinstance(doc, dict) and doc.get("format") == PROBE_FORMAT:  # a bundle's probe.json
             probes.update(probe_from_json(doc, latent_dim=latent_dim, where=str(file))[1])
-        elif isinstance(doc, dict) and doc.get("format") == "phosphene-probe":
+        else:
             p = _teacher_probe(doc, file, latent_dim)
             probes[p.task] = p
-        else:
-            raise ValueError(f"{file} is not a phosphene probe file (from `phosphene probe`)")
     return probes
 
 
@@ -206,16 +204,12 @@ def fit_probe(z: np.ndarray, y: np.ndarray, task: str, *, folds: np.ndarray | No
 # --------------------------------------------------------------------------------------
 # Parity
 # --------------------------------------------------------------------------------------
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-
-
 def latent_parity(z_int8: np.ndarray, z_float: np.ndarray, center: np.ndarray) -> dict:
-    c = _cosines(z_int8, z_float)
-    cc = _cosines(z_int8 - center, z_float - center)
-    return {"cosine_mean": float(c.mean()), "cosine_min": float(c.min()),
-            "cosine_centred_mean": float(cc.mean()), "cosine_centred_min": float(cc.min()),
+    """The int8 latents against the float student's: train.distill's fidelity measures
+    (cosines raw and centred, R2) plus the largest error and the latent's range."""
+    from phosphene.train.distill import latent_fidelity
+
+    return {**latent_fidelity(z_int8, z_float, center),
             "max_abs_error": float(np.abs(z_int8 - z_float).max()),
             "latent_abs_max": float(np.abs(z_float).max()), "n_windows": len(z_int8)}
 
@@ -716,14 +710,14 @@ def teacher_evaluation(probe_path: str | os.PathLike) -> dict:
     out = {}
     for _, doc in _probe_docs(probe_path):
         ev = doc.get("evaluation") if isinstance(doc, dict) else None
-        if doc.get("format") == "phosphene-probe" and isinstance(ev, dict) and "p_teacher" in ev:
+        if doc.get("format") == TEACHER_PROBE_FORMAT and isinstance(ev, dict) and "p_teacher" in ev:
             out[str(doc["task"])] = ev
     return out
 
 
 def _check_readout(probe_path: str | os.PathLike, student_readout: str) -> None:
     for file, doc in _probe_docs(probe_path):
-        if doc.get("format") == "phosphene-probe":
+        if doc.get("format") == TEACHER_PROBE_FORMAT:
             readout = str(doc.get("readout", "mean" if int(doc.get("version", 1)) < 2 else "latent"))
             if readout not in (student_readout, "latent"):
                 raise ValueError(f"{file} reads the teacher's {readout!r} readout but the student "

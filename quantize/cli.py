@@ -57,8 +57,8 @@ __all__ = ["quantize"]
               help="Keep OUT.work/ (ONNX, onnx2tf output and log, calibration set).")
 @click.option("--json", "as_json", is_flag=True, help="Print the parity report as JSON.")
 def quantize(dataset, student_path, probe_path, out_dir, calib_windows, parity_windows, min_cosine,
-             min_agreement, wire_format, wire_scale_uv, min_wire_agreement, latency_budget_ms, quantizer, activations, task, probe_source,
-             runtime, seed, overwrite, keep_work, as_json):
+             min_agreement, wire_format, wire_scale_uv, min_wire_agreement, latency_budget_ms, quantizer,
+             activations, task, probe_source, runtime, seed, overwrite, keep_work, as_json):
     """Export the student to full-int8 TFLite and write a verified bundle.
 
     ONNX (opset 20, static shape) checked against torch; onnx2tf full int8 calibrated on
@@ -74,10 +74,9 @@ def quantize(dataset, student_path, probe_path, out_dir, calib_windows, parity_w
     Example:
       phosphene quantize data --student student --probe run/probe --out bundle
     """
+    from phosphene.metrics import p_text
     from phosphene.quantize.build import QuantizeConfig, build_bundle
     from phosphene.quantize.convert import ConversionError
-
-    from phosphene.metrics import p_text
 
     if probe_source == "teacher" and probe_path is None:
         raise click.UsageError("--probe is required unless --probe-source refit")

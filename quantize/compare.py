@@ -134,6 +134,7 @@ def compare_students(ds: Dataset, teacher_path, out_dir: str | os.PathLike, *, c
     """
     import json
 
+    from phosphene.metrics import balanced_accuracy
     from phosphene.quantize.build import (
         QuantizeConfig,
         _task_splits,
@@ -154,8 +155,6 @@ def compare_students(ds: Dataset, teacher_path, out_dir: str | os.PathLike, *, c
     )
     from phosphene.train.probe import blocked_folds
     from phosphene.train.student import ARCHS
-
-    from phosphene.metrics import balanced_accuracy
 
     say = progress or (lambda msg: log.info("%s", msg))
     cfg = config or DistillConfig.preset("small")

@@ -126,9 +126,8 @@ def convert_int8(onnx_path: str | os.PathLike, calib: np.ndarray, work_dir: str 
     log_path = work_dir / "onnx2tf.log"
     # Normalised windows are already zero-centred and unit-scaled: mean 0, std 1 leaves
     # them as they are (onnx2tf's default would apply ImageNet RGB statistics).
-    cmd = _onnx2tf_command() + [
-        "-i", str(onnx_path), "-o", str(out_dir), "-oiqt", "-qt", "per-channel",
-        "-kat", INPUT_NAME, "-cind", INPUT_NAME, str(calib_file), "[0.0]", "[1.0]"]
+    cmd = [*_onnx2tf_command(), "-i", str(onnx_path), "-o", str(out_dir), "-oiqt", "-qt", "per-channel",
+           "-kat", INPUT_NAME, "-cind", INPUT_NAME, str(calib_file), "[0.0]", "[1.0]"]
     # onnx2tf runs the `onnxsim` executable by name: without it on PATH (a venv that was not
     # activated) it silently skips simplification and emits a FlexMean the int8 step rejects.
     bin_dir = str(Path(sys.executable).parent)

@@ -18,11 +18,11 @@ import argparse
 import json
 
 import numpy as np
+
+from phosphene.dataset import Dataset
 from phosphene.edge.bundle import load_bundle
 from phosphene.edge.interpreter import Encoder
 from phosphene.firmware_bridge.protocol import wire_roundtrip_uv
-
-from phosphene.dataset import Dataset
 from phosphene.metrics import balanced_accuracy
 from phosphene.signal import Normaliser
 

@@ -12,12 +12,12 @@ import os
 from pathlib import Path
 
 import torch
-from phosphene.train.config import MAEConfig
-from phosphene.train.mae import MaskedAutoencoder, build_model
 
 from phosphene.dataset import Dataset
 from phosphene.io import atomic_path
 from phosphene.signal import NormaliserConfig, WindowSpec
+from phosphene.train.config import MAEConfig
+from phosphene.train.mae import MaskedAutoencoder, build_model
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -59,7 +59,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = resolve_checkpoint(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types (pickle, zip, runtime) for bad files
+    except Exception as exc:
         raise ValueError(f"{path} is not a phosphene teacher checkpoint "
                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:

@@ -129,6 +129,7 @@ def probe(dataset, checkpoint, task, as_json, out_dir, curve, plots, readout, se
       phosphene probe data --checkpoint run --task psychometric --readout mean --curve
     """
     import torch
+
     from phosphene.train.checkpoint import check_dataset_compatible, load_teacher
     from phosphene.train.probe import (
         format_paired,

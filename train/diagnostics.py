@@ -15,12 +15,12 @@ import os
 from pathlib import Path
 
 import numpy as np
-from phosphene.train.data import trial_windows
-from phosphene.train.probe import sklearn_threads
 
 from phosphene.dataset import Dataset
 from phosphene.io import atomic_path, write_json
 from phosphene.signal import NormaliserConfig, WindowSpec
+from phosphene.train.data import trial_windows
+from phosphene.train.probe import sklearn_threads
 
 __all__ = [
     "electrode_distance_test",

@@ -32,6 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from phosphene.dataset import Dataset, DatasetError
+from phosphene.io import atomic_path, sha256_file, write_json
+from phosphene.metrics import row_cosines
+from phosphene.signal import NormaliserConfig, WindowSpec
 from phosphene.train.data import Source, WindowSampler
 from phosphene.train.student import (
     ARCHS,
@@ -40,10 +45,6 @@ from phosphene.train.student import (
     count_parameters,
     student_config,
 )
-
-from phosphene.dataset import Dataset, DatasetError
-from phosphene.io import atomic_path, sha256_file, write_json
-from phosphene.signal import NormaliserConfig, WindowSpec
 
 __all__ = [
     "DISTILL_PRESETS",
@@ -252,12 +253,8 @@ def latent_fidelity(pred: np.ndarray, target: np.ndarray, center: np.ndarray | N
     target = np.asarray(target, np.float64)
     center = target.mean(0) if center is None else np.asarray(center, np.float64)
 
-    def cos(a, b):
-        na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-        return (a * b).sum(1) / np.maximum(na * nb, 1e-12)
-
-    c = cos(pred, target)
-    cc = cos(pred - center, target - center)
+    c = row_cosines(pred, target)
+    cc = row_cosines(pred - center, target - center)
     sse = ((pred - target) ** 2).sum()
     sst = ((target - target.mean(0)) ** 2).sum()
     return {"cosine_mean": float(c.mean()), "cosine_min": float(c.min()),
@@ -368,7 +365,7 @@ def load_student(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
         raise ValueError(f"no student checkpoint at {file}: run `phosphene distill` first")
     try:
         ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  (torch raises many types for a corrupt file)
+    except Exception as exc:
         raise ValueError(f"{file} is not a readable student checkpoint: {exc}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != STUDENT_FORMAT:
         raise ValueError(f"{file} is not a {STUDENT_FORMAT} checkpoint")

@@ -18,8 +18,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from phosphene.train.config import MAEConfig
 from torch import nn
+
+from phosphene.train.config import MAEConfig
 
 __all__ = ["MaskedAutoencoder", "build_model", "count_parameters"]
 
@@ -132,7 +133,7 @@ class MaskedAutoencoder(nn.Module):
         """x: (N, T, C) normalised window -> (N, L, P) patches, L = C * T / P, electrode-major."""
         N, T, C = x.shape  # batch, samples, electrodes
         cfg = self.config
-        if T != cfg.window_samples or C != cfg.n_channels:
+        if cfg.window_samples != T or cfg.n_channels != C:
             raise ValueError(f"expected windows of shape (N, {cfg.window_samples}, "
                              f"{cfg.n_channels}) (time, electrodes), got {tuple(x.shape)}")
         P, n_t = cfg.patch_samples, cfg.n_time_patches

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from phosphene.train.checkpoint import read_checkpoint, save_checkpoint
-from phosphene.train.config import MAEConfig, TrainConfig
-from phosphene.train.data import WindowSampler, split_sessions
-from phosphene.train.mae import MaskedAutoencoder, build_model, count_parameters
 
 from phosphene.dataset import Dataset
 from phosphene.io import atomic_path, write_json
 from phosphene.signal import NormaliserConfig, WindowSpec
+from phosphene.train.checkpoint import read_checkpoint, save_checkpoint
+from phosphene.train.config import MAEConfig, TrainConfig
+from phosphene.train.data import WindowSampler, split_sessions
+from phosphene.train.mae import MaskedAutoencoder, build_model, count_parameters
 
 __all__ = [
     "evaluate",

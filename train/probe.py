@@ -21,13 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from phosphene.train.data import trial_windows
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from phosphene.dataset import Dataset
 from phosphene.io import atomic_path, write_json
 from phosphene.metrics import balanced_accuracy, bootstrap_ci, p_text, paired_comparison
 from phosphene.signal import NormaliserConfig, WindowSpec
+from phosphene.train.data import trial_windows
 
 __all__ = [
     "BASELINES",
@@ -38,6 +38,7 @@ __all__ = [
     "RowSpace",
     "baseline_features",
     "blocked_folds",
+    "check_probe_doc",
     "choose_readout",
     "cross_validate_C",
     "fit_probe",
@@ -722,12 +723,24 @@ def load_probe(path: str | os.PathLike) -> dict:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"cannot read probe {path}: {exc}") from None
+    return check_probe_doc(doc, str(path))
+
+
+def check_probe_doc(doc, where: str) -> dict:
+    """The one reader of `phosphene probe`'s probe.json (also quantize's): the format, the
+    weights as a float64 array that fits `latent_dim`, a threshold on P(perceived)."""
     if not isinstance(doc, dict) or doc.get("format") != PROBE_FORMAT:
-        raise ValueError(f"{path} is not a phosphene probe file")
-    doc["weights"] = np.asarray(doc["weights"], dtype=np.float64)
-    if doc["weights"].shape != (int(doc["latent_dim"]),):
-        raise ValueError(f"{path}: {doc['weights'].shape[0]} weights for a "
-                         f"{doc['latent_dim']}-d latent")
+        raise ValueError(f"{where} is not a phosphene probe file (from `phosphene probe`)")
+    try:
+        doc["weights"] = np.asarray(doc["weights"], dtype=np.float64).reshape(-1)
+        latent_dim = int(doc.get("latent_dim", doc["weights"].shape[0]))
+        float(doc["bias"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: a probe needs numeric weights and bias ({exc})") from None
+    if doc["weights"].shape != (latent_dim,):
+        raise ValueError(f"{where}: {doc['weights'].shape[0]} weights for a {latent_dim}-d latent")
+    if doc.get("threshold_on", "probability") != "probability":
+        raise ValueError(f"{where}: threshold_on {doc.get('threshold_on')!r} is not supported")
     return doc
 
 

@@ -70,7 +70,7 @@ def pool_tokens(tokens: np.ndarray, *, n_registers: int, n_channels: int,
     Tokens are electrode-major after the registers (token l: electrode l // n_t).
     """
     N, L, D = tokens.shape  # windows, tokens, width
-    if L != n_registers + n_channels * n_time_patches:
+    if n_registers + n_channels * n_time_patches != L:
         raise ValueError(f"expected {n_registers} + {n_channels} x {n_time_patches} tokens, got {L}")
     per_electrode = tokens[:, n_registers:].reshape(N, n_channels, n_time_patches, D).mean(2)
     return {"mean": tokens.mean(1), "electrode": per_electrode}

@@ -84,7 +84,7 @@ class StudentConfig:
 
     @property
     def hidden_dim(self) -> int:
-        return max(1, int(round(self.mlp_ratio * self.d_model)))
+        return max(1, round(self.mlp_ratio * self.d_model))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -7,8 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from phosphene.cortex import (PRESETS, CortexConfig, VirtualCortex, generate_dataset,
-                              ideal_balanced_accuracy)
+from phosphene.cortex import PRESETS, CortexConfig, VirtualCortex, generate_dataset, ideal_balanced_accuracy
 from phosphene.geometry import grid_map
 
 

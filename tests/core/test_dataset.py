@@ -91,10 +91,9 @@ def test_nan_samples_are_found(copy_of):
 
 def test_writer_is_atomic(tmp_path):
     out = tmp_path / "ds"
-    with pytest.raises(RuntimeError):
-        with DatasetWriter(out, grid_map(2, 2)) as w:
-            w.add_session("a", kind="resting", day=0, n_samples=100)[:] = 1.0
-            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError), DatasetWriter(out, grid_map(2, 2)) as w:
+        w.add_session("a", kind="resting", day=0, n_samples=100)[:] = 1.0
+        raise RuntimeError("crash mid-write")
     assert not out.exists() and not list(tmp_path.iterdir())  # nothing half-written left
     with DatasetWriter(out, grid_map(2, 2)) as w:
         w.add_session("a", kind="resting", day=0, n_samples=100)[:] = 1.0
@@ -122,8 +121,8 @@ def test_recorded_normaliser_and_window_are_the_defaults(copy_of):
     assert summary["normaliser"]["scale_floor"] == "poisson"
     assert summary["window"] == {"offset_ms": 0.0, "window_ms": 400.0}
     _edit_json(copy_of, window={"offset_ms": 0.0, "window_samples": 100, "patch_samples": 16})
-    with pytest.raises(DatasetError, match="window .* is not valid: window \\(100 samples\\)"):
-        Dataset.open(copy_of).window_spec
+    with pytest.raises(DatasetError, match=r"window .* is not valid: window \(100 samples\)"):
+        _ = Dataset.open(copy_of).window_spec
 
 
 def test_trials_without_electrode_are_events(copy_of):

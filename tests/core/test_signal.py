@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phosphene.signal import (Normaliser, NormaliserConfig, WindowSpec, interpolate_blanked,
-                              normalise_recording)
+from phosphene.signal import (
+    Normaliser,
+    NormaliserConfig,
+    WindowSpec,
+    interpolate_blanked,
+    normalise_recording,
+)
 from phosphene.train.importers.mua import MuaExtractor
 
 
@@ -18,7 +25,7 @@ def _split_points(n: int, cuts: list[int]) -> list[int]:
 
 def _chunked(process, x: np.ndarray, cuts: list[int]) -> np.ndarray:
     points = _split_points(len(x), cuts)
-    return np.concatenate([process(x[a:b]) for a, b in zip(points[:-1], points[1:])])
+    return np.concatenate([process(x[a:b]) for a, b in itertools.pairwise(points)])
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +218,7 @@ def test_count_normaliser_is_chunk_invariant(cuts):
     cfg = NormaliserConfig.for_counts(50, window_s=2.0, refresh_s=0.5)
     whole = Normaliser(3, cfg).process(x)
     norm, parts, pos = Normaliser(3, cfg), [], 0
-    for c in sorted(set(cuts)) + [len(x)]:
+    for c in [*sorted(set(cuts)), len(x)]:
         if c > pos:
             parts.append(norm.process(x[pos:c]))
             pos = c

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # helper modules beside the tests
-from streams import record_stream  # noqa: E402
-from tiny_bundle import make_tiny_bundle  # noqa: E402
+from streams import record_stream
+from tiny_bundle import make_tiny_bundle
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,8 @@ from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
+
+from phosphene.cli import cli
 from phosphene.edge import signing
 from phosphene.edge.bundle import (
     BUNDLE_VERSION,
@@ -36,8 +38,6 @@ from phosphene.edge.signing import (
     sign_bundle,
     write_seal,
 )
-
-from phosphene.cli import cli
 
 ALL_FILES = (MANIFEST_FILE, MODEL_FILE, PROBE_FILE, DIGEST_FILE)
 NO_ENV = {"PHOSPHENE_BUNDLE_KEY": "", "PHOSPHENE_BUNDLE_PIN": ""}  # a caller's settings never leak in
@@ -190,7 +190,7 @@ def test_newer_versions_say_upgrade(bundle):
     m["version"] = BUNDLE_VERSION + 1
     (bundle / MANIFEST_FILE).write_text(json.dumps(m))
     seal_bundle(bundle)
-    with pytest.raises(BundleError, match="newer than this phosphene reads .*upgrade phosphene"):
+    with pytest.raises(BundleError, match=r"newer than this phosphene reads .*upgrade phosphene"):
         load_bundle(bundle)
     doc = json.loads((bundle / DIGEST_FILE).read_text())
     doc["version"] = signing.DIGEST_VERSION + 1

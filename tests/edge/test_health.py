@@ -8,6 +8,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
+
+from phosphene.cortex import VirtualCortex
 from phosphene.edge.health import (
     HEALTH_FORMAT,
     HealthThresholds,
@@ -17,8 +19,6 @@ from phosphene.edge.health import (
 )
 from phosphene.firmware_bridge.protocol import quantize_uv, samples_to_uv
 from phosphene.firmware_bridge.simulator import DEFAULT_SCALE_UV
-
-from phosphene.cortex import VirtualCortex
 
 FS = 1000.0
 BLOCK = 16  # the simulator's frame: what update() is called with

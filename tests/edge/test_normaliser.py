@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from phosphene.edge.normaliser import EdgeNormaliser
 
+from phosphene.edge.normaliser import EdgeNormaliser
 from phosphene.signal import Normaliser, NormaliserConfig
 
 

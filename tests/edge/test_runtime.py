@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 from streams import record_stream
+
 from phosphene.edge.interpreter import Encoder
 from phosphene.edge.runtime import (
     DecisionSinks,
@@ -20,7 +21,6 @@ from phosphene.edge.runtime import (
 )
 from phosphene.edge.source import FrameAdapter
 from phosphene.firmware_bridge.protocol import EventFrame, SampleFrame, StreamDecoder
-
 from phosphene.geometry import map_for_channels
 from phosphene.signal import normalise_recording
 

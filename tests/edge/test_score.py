@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from phosphene.edge.runtime import DecisionSinks, Runtime, RuntimeConfig
 from phosphene.edge.score import ScoreError, format_score, score, score_decisions
 from phosphene.edge.source import FrameAdapter
@@ -115,7 +116,8 @@ def test_the_matching_rule_on_a_hand_written_log(tiny_dataset, tmp_path):
     session = tiny_dataset.sessions_of("psychometric")[1]
     trials, T = session_trials(tiny_dataset.path, session.session)
     onsets = sorted(trials)
-    row = (lambda o: trials[o])
+    def row(o):
+        return (trials[o])
     recs, y, pred = [], [], []
     for k, o in enumerate(onsets[:6]):  # lap 0: four right, two wrong
         truth = int(row(o)["perceived"])

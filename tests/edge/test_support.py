@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import numpy as np
+
 from phosphene.edge.deploy.watchdog import Watchdog, sd_notify
 from phosphene.edge.stats import LatencyHistogram, summarise_us
 

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from phosphene.edge.bundle import (
     BUNDLE_FORMAT,
     BUNDLE_VERSION,
@@ -26,7 +27,6 @@ from phosphene.edge.bundle import (
     probes_to_json,
 )
 from phosphene.edge.signing import seal_bundle
-
 from phosphene.geometry import map_for_channels
 from phosphene.signal import NormaliserConfig, WindowSpec
 

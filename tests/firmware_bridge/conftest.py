@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from phosphene.firmware_bridge.protocol import (
     StatusFlag,
     StatusState,

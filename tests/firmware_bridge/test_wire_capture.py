@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+
 from phosphene.firmware_bridge.capture import (
     CaptureWriter,
     Replayer,
@@ -123,8 +124,8 @@ def test_replayer_over_a_real_pty_delivers_the_captured_frames(tmp_path):
         stats = reader.stats
     assert got == expected
     assert stats.bytes_received == len(data) == counts.bytes_sent
-    assert (stats.bytes_discarded, stats.seq_gaps) == (expected_decoder.stats.bytes_discarded,
-                                                       expected_decoder.stats.seq_gaps)
+    assert (stats.bytes_discarded, stats.frames_lost) == (expected_decoder.stats.bytes_discarded,
+                                                       expected_decoder.stats.frames_lost)
     # 2 s of stream at 4x: at least 0.5 s of wall time, not much more
     assert counts.stream_s == pytest.approx(2.0, abs=0.02) and 0.49 <= counts.elapsed_s < 1.5
     with pytest.raises(ValueError, match="speed"):

@@ -12,10 +12,10 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from phosphene.firmware_bridge.protocol import SampleFrame, StatusFrame, StatusState, StreamDecoder
-from phosphene.firmware_bridge.transport import FrameReader, PtyPair
 
 from phosphene.cli import cli
+from phosphene.firmware_bridge.protocol import SampleFrame, StatusFrame, StatusState, StreamDecoder
+from phosphene.firmware_bridge.transport import FrameReader, PtyPair
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_stream_to_a_port_json_counts_match_the_receiver(runner):
         assert fault in report
     assert report["frames_dropped"] > 0 and report["seq_restarts"] == 1
     s = decoder.stats
-    assert (s.seq_gaps, s.duplicates, s.bytes_discarded, s.seq_restarts) == (
+    assert (s.frames_lost, s.duplicates, s.bytes_discarded, s.seq_restarts) == (
         report["expected_frames_lost"], report["expected_duplicates"],
         report["expected_bytes_discarded"], 1)
 
@@ -97,7 +97,7 @@ def test_stream_a_dataset_session(runner, tiny_dataset):
         assert r.exit_code == 0, r.output
         assert done.wait(30)
     assert "expected at the receiver: frames lost 0" in r.output
-    assert decoder.stats.sample_frames == 2000 // 16 and decoder.stats.seq_gaps == 0
+    assert decoder.stats.sample_frames == 2000 // 16 and decoder.stats.frames_lost == 0
     r = runner.invoke(cli, ["simulate", "stream", "--pty", "--dataset", str(tiny_dataset.path),
                             "--session", "nope"])
     assert r.exit_code == 1 and r.output.strip().splitlines()[-1] == (
@@ -121,7 +121,7 @@ def test_pty_mode_in_a_real_process_prints_the_device_path():
     report = json.loads(out)
     assert report["port"] == first["pty"] and report["tx_overflow_frames"] == 0
     # the reader opened the pty a moment after the stream began; everything after is intact
-    assert stats.seq_gaps == 0 and stats.crc_errors == 0
+    assert stats.frames_lost == 0 and stats.crc_errors == 0
     assert frames[-1].seq == report["frames_generated"] - 1
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from phosphene.firmware_bridge.protocol import (
     DEFAULT_SAMPLE_FORMAT,
     HEADER_BYTES,
@@ -180,7 +181,7 @@ def test_a_non_finite_half_is_a_payload_error(bits):
     out = d.feed(bad + ok)
     assert [f.seq for f in out] == [1]
     s = d.stats
-    assert (s.payload_errors, s.seq_gaps, s.sample_frames, s.crc_errors) == (1, 0, 1, 0)
+    assert (s.payload_errors, s.frames_lost, s.sample_frames, s.crc_errors) == (1, 0, 1, 0)
 
 
 @settings(max_examples=80, deadline=None)
@@ -274,11 +275,11 @@ def test_any_split_of_a_valid_stream_decodes_to_the_same_frames(cuts, seed):
     points = sorted({c % (len(stream) + 1) for c in cuts})
     d = StreamDecoder()
     out = []
-    for a, b in zip([0] + points, points + [len(stream)]):
+    for a, b in zip([0, *points], [*points, len(stream)]):
         out += d.feed(stream[a:b])
     assert [encode_frame(f) for f in out] == frames
     s = d.stats
-    assert (s.seq_gaps, s.crc_errors, s.header_errors, s.bytes_discarded) == (0, 0, 0, 0)
+    assert (s.frames_lost, s.crc_errors, s.header_errors, s.bytes_discarded) == (0, 0, 0, 0)
 
 
 def _frame_spans(frames: list[bytes]) -> list[tuple[int, int]]:
@@ -322,7 +323,7 @@ def test_a_single_corruption_loses_only_the_frames_it_touches(seed, position, ki
         assert not missing
     # each loss is a counted sequence gap, except at the edges where no later (or no
     # earlier) frame can reveal it
-    assert d.stats.seq_gaps == len(missing - {0, len(frames) - 1})
+    assert d.stats.frames_lost == len(missing - {0, len(frames) - 1})
 
 
 @settings(max_examples=60, deadline=None)
@@ -385,7 +386,7 @@ def test_unknown_version_type_and_bad_payloads_are_skipped_and_counted():
                  + frame(1, 4, 3, bytes(13)) + good)
     assert [type(f) for f in out] == [EventFrame]
     s = d.stats
-    assert (s.unknown_frames, s.payload_errors, s.seq_gaps) == (2, 2, 0)
+    assert (s.unknown_frames, s.payload_errors, s.frames_lost) == (2, 2, 0)
 
 
 # --- sequence accounting -------------------------------------------------------------------------
@@ -405,7 +406,7 @@ def test_gaps_duplicates_reordering_and_wrap_are_counted_exactly():
     sent.append(sent[-1])  # duplicate at the end
     d = _decode_frames(sent)
     s = d.stats
-    assert (s.seq_gaps, s.duplicates, s.reordered, s.seq_restarts) == (4, 2, 1, 0)
+    assert (s.frames_lost, s.duplicates, s.reordered, s.seq_restarts) == (4, 2, 1, 0)
     assert s.frames_delivered == 36  # 40 - 4 lost, duplicates dropped, the late one delivered
     assert _decode_frames(sent, deliver_late=False).stats.frames_delivered == 35
 
@@ -415,11 +416,11 @@ def test_restart_by_boot_status_and_by_backward_jump():
     boot = encode_status(0, 0, state=StatusState.STREAMING, flags=StatusFlag.BOOT,
                          sample_rate_hz=1000, n_channels=8, frame_samples=4, boot_id=2)
     _, run2 = make_stream(10, seed=5)
-    d = _decode_frames(run1 + [boot] + run2[1:])
-    assert (d.stats.seq_restarts, d.stats.seq_gaps, d.stats.duplicates) == (1, 0, 0)
+    d = _decode_frames([*run1, boot, *run2[1:]])
+    assert (d.stats.seq_restarts, d.stats.frames_lost, d.stats.duplicates) == (1, 0, 0)
     # the boot frame lost: the backward jump still reveals the restart, and frame 0 is lost
     d = _decode_frames(run1 + run2[3:])
-    assert (d.stats.seq_restarts, d.stats.seq_gaps) == (1, 3)
+    assert (d.stats.seq_restarts, d.stats.frames_lost) == (1, 3)
 
 
 def test_sequence_tracker_window_bounds_memory():

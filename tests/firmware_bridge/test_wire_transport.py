@@ -10,6 +10,7 @@ import threading
 
 import pytest
 import serial
+
 from phosphene.firmware_bridge.protocol import SampleFrame, StatusFrame, StatusState
 from phosphene.firmware_bridge.simulator import (
     CortexSource,
@@ -45,7 +46,7 @@ def run_over_pty(config: SimulatorConfig, duration_s: float, *, kind: str = "psy
 def test_real_time_stream_over_a_pty_loses_nothing():
     counts, stats, frames, rstats = run_over_pty(SimulatorConfig(speed=1.0), 2.0)
     assert counts.tx_overflow_frames == 0 and counts.expected_frames_lost == 0
-    assert (stats.seq_gaps, stats.crc_errors, stats.bytes_discarded) == (0, 0, 0)
+    assert (stats.frames_lost, stats.crc_errors, stats.bytes_discarded) == (0, 0, 0)
     assert stats.frames_ok == counts.frames_sent == len(frames)
     assert sum(isinstance(f, SampleFrame) for f in frames) == 2000 // 16
     assert counts.elapsed_s >= 2.0  # real time: 2 s of stream took at least 2 s
@@ -59,7 +60,7 @@ def test_faults_over_a_pty_are_reported_exactly():
     counts, stats, _, _ = run_over_pty(SimulatorConfig(speed=5.0, seed=11, faults=faults), 4.0)
     assert counts.frames_dropped and counts.frames_corrupted and counts.stalls and counts.seq_restarts
     assert counts.tx_overflow_frames == 0
-    assert (stats.seq_gaps, stats.duplicates, stats.reordered, stats.bytes_discarded,
+    assert (stats.frames_lost, stats.duplicates, stats.reordered, stats.bytes_discarded,
             stats.seq_restarts) == (counts.expected_frames_lost, counts.expected_duplicates,
                                     counts.expected_reordered, counts.expected_bytes_discarded,
                                     counts.seq_restarts)
@@ -73,7 +74,7 @@ def test_loop_url_carries_a_stream_in_process():
         assert reader.reader.wait_connected(5.0)
         counts = sim.run(ser, 1.5)
         frames = reader.wait_for(is_stop, timeout_s=30.0)
-    assert len(frames) == counts.frames_sent and reader.stats.seq_gaps == 0
+    assert len(frames) == counts.frames_sent and reader.stats.frames_lost == 0
 
 
 def test_socket_url_reconnects_with_backoff_when_the_device_disappears():
@@ -110,7 +111,7 @@ def test_socket_url_reconnects_with_backoff_when_the_device_disappears():
     assert rstats.connects == 2 and rstats.reconnects == 1 and rstats.disconnects >= 1
     assert "socket disconnected" in rstats.last_error
     assert first[0].boot and second[0].boot and len(first) == len(second)
-    assert stats.seq_restarts == 1 and stats.seq_gaps == 0
+    assert stats.seq_restarts == 1 and stats.frames_lost == 0
 
 
 def test_pty_that_disappears_is_reported_and_retried():

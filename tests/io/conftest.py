@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from io_signals import UV_PER_BIT, expected_mua, make_broadband  # noqa: E402,F401
+from io_signals import UV_PER_BIT, expected_mua, make_broadband  # noqa: F401
 
 
 @pytest.fixture

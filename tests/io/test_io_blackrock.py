@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 from io_signals import UV_PER_BIT, expected_mua, make_broadband
 from nsx_writer import write_nev, write_nsx
-from phosphene.train.importers import RecordingError, import_blackrock, parse_stim_comment
 
 from phosphene.cli import cli
 from phosphene.dataset import Dataset
 from phosphene.geometry import ChannelMap
+from phosphene.train.importers import RecordingError, import_blackrock, parse_stim_comment
 
 RATE = 30_000.0
 
@@ -150,7 +150,7 @@ def test_append_sessions_and_refuse_other_arrays(tmp_path):
     ds = Dataset.open(tmp_path / "ds")
     assert [(s.session, s.day, s.n_samples) for s in ds.sessions] == [("a", 0, 400), ("b", 2, 600)]
     assert len(ds.meta["source"]["imports"]) == 2
-    with pytest.raises(RecordingError, match="cannot append: .* has 4 electrodes .* has 5"):
+    with pytest.raises(RecordingError, match=r"cannot append: .* has 4 electrodes .* has 5"):
         import_blackrock(tmp_path / "c.ns5", out=tmp_path / "ds", append=True, log=quiet)
     with pytest.raises(RecordingError, match="already has session"):
         import_blackrock(tmp_path / "a.ns5", out=tmp_path / "ds", append=True, log=quiet)

@@ -16,12 +16,12 @@ import pytest
 import scipy.io
 from binned_counts import make_counts
 from click.testing import CliRunner
-from phosphene.train.importers import RecordingError, export_nwb, import_array, import_nwb
-from phosphene.train.importers.common import read_trials_csv
 
 from phosphene.cli import cli
 from phosphene.dataset import NO_ELECTRODE, Dataset
 from phosphene.signal import NormaliserConfig, WindowSpec
+from phosphene.train.importers import RecordingError, export_nwb, import_array, import_nwb
+from phosphene.train.importers.common import read_trials_csv
 
 
 @pytest.fixture

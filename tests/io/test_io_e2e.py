@@ -43,11 +43,12 @@ def corr_per_channel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @pytest.mark.slow
 def test_blackrock_and_nwb_import_then_pretrain_and_probe(tmp_path):
+    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb.ecephys import ElectricalSeries
+
     from phosphene.train.checkpoint import load_teacher
     from phosphene.train.pretrain import pretrain
     from phosphene.train.probe import probe_task, teacher_encode_fn
-    from pynwb import NWBHDF5IO, NWBFile
-    from pynwb.ecephys import ElectricalSeries
 
     cmap = grid_map(4, 6, name="grid4x6")
     cmap.save(tmp_path / "array.csv")

@@ -8,18 +8,16 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from io_signals import UV_PER_BIT, expected_mua, make_broadband
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from phosphene.train.importers import RecordingError, export_nwb, import_array, import_nwb
+from io_signals import UV_PER_BIT, expected_mua, make_broadband
+from pynwb import NWBHDF5IO, NWBFile, TimeSeries
+from pynwb.ecephys import ElectricalSeries
 
 from phosphene.cli import cli
 from phosphene.dataset import Dataset, DatasetWriter
 from phosphene.geometry import ChannelMap
-
-import pynwb  # the io extra is part of `make test`: a missing pynwb must fail, not skip
-from pynwb import NWBHDF5IO, NWBFile, TimeSeries
-from pynwb.ecephys import ElectricalSeries
+from phosphene.train.importers import RecordingError, export_nwb, import_array, import_nwb
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ imports only numpy and phosphene.edge, like a board.
 import sys
 
 import numpy as np
+
 from phosphene.edge.bundle import load_bundle
 from phosphene.edge.interpreter import Encoder
 

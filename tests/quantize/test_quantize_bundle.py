@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
+from phosphene.cli import cli
 from phosphene.edge.bundle import (
     BUNDLE_VERSION,
     DIGEST_FILE,
@@ -16,13 +18,10 @@ from phosphene.edge.bundle import (
     MODEL_FILE,
     PROBE_FILE,
     BundleError,
-    check_stream,
     load_bundle,
 )
 from phosphene.edge.interpreter import Encoder
 from phosphene.edge.signing import read_seal, seal_bundle
-
-from phosphene.cli import cli
 
 pytestmark = pytest.mark.slow
 
@@ -137,13 +136,8 @@ def test_newer_format_version_is_refused(bundle_copy):
         load_bundle(bundle_copy)
 
 
-def test_channel_count_must_match_the_map_and_the_stream(bundle_copy, tiny_bundle):
-    bundle = load_bundle(tiny_bundle[0])
-    check_stream(bundle, bundle.n_channels, 1000.0)  # fits
-    with pytest.raises(BundleError, match="the stream has 95 channels but the bundle .* built for 96"):
-        check_stream(bundle, 95, 1000.0)
-    with pytest.raises(BundleError, match="2000 Hz"):
-        check_stream(bundle, 96, 2000.0)
+def test_channel_count_must_match_the_map(bundle_copy):
+    # (a stream that does not fit is the runtime's `stream_mismatch`: tests/reliability)
     m = _manifest(bundle_copy)
     m["n_channels"] = 95
     _write_manifest(bundle_copy, m)
@@ -155,7 +149,7 @@ def test_model_that_differs_from_manifest_quantisation_is_refused(bundle_copy):
     m = _manifest(bundle_copy)
     m["model"]["input"]["scale"] *= 1.5
     _write_manifest(bundle_copy, m)
-    with pytest.raises(BundleError, match="input tensor .* differs from the manifest"):
+    with pytest.raises(BundleError, match=r"input tensor .* differs from the manifest"):
         Encoder(load_bundle(bundle_copy))
 
 
@@ -163,6 +157,7 @@ def test_flex_ops_fail_loudly(tiny_bundle, tmp_path):
     """A model using a non-builtin op (as onnx2tf emits for Erf) is rejected by name."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
+
     from phosphene.quantize.convert import ConversionError, check_builtin_only, tflite_operators
 
     src = tiny_bundle[0] / MODEL_FILE

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from phosphene.edge.bundle import BundleError, Probe, QuantParams, probe_from_json, probes_to_json
 
 

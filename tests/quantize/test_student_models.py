@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
+from phosphene.signal import NormaliserConfig, WindowSpec
 from phosphene.train.student import (
     ARCHS,
     StudentConfig,
@@ -12,8 +14,6 @@ from phosphene.train.student import (
     export_ready,
     student_config,
 )
-
-from phosphene.signal import NormaliserConfig, WindowSpec
 
 
 @pytest.mark.parametrize("arch", ARCHS)

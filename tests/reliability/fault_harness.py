@@ -6,6 +6,7 @@ the current pty, so a test can make the device disappear and come back as a new 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from phosphene.edge.bundle import load_bundle
 from phosphene.edge.runtime import BundleDecoder, DecisionSinks, Runtime, RuntimeConfig
 from phosphene.edge.source import run_live
@@ -150,10 +152,8 @@ def _opened(device: str, pid: int | str = "self") -> int:
     """How many file descriptors of a process have `device` open."""
     n = 0
     for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
+        with contextlib.suppress(OSError):
             n += os.readlink(f"/proc/{pid}/fd/{fd}") == device
-        except OSError:
-            pass
     return n
 
 

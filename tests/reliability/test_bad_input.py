@@ -4,7 +4,6 @@ a non-zero exit, no traceback, and never a half-written output."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess

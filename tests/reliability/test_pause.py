@@ -20,11 +20,12 @@ import threading
 import time
 
 import pytest
+from tiny_bundle import make_tiny_bundle
+
 from phosphene.edge.bundle import load_bundle
 from phosphene.firmware_bridge.protocol import FrameType
 from phosphene.firmware_bridge.simulator import CortexSource, Simulator, SimulatorConfig
 from phosphene.firmware_bridge.transport import PtyPair
-from tiny_bundle import make_tiny_bundle
 
 STREAM_S = 13.0
 WRITER_PAUSE = (3.0, 5.5)  # the device is silent over these stream seconds, then bursts

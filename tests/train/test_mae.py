@@ -29,10 +29,10 @@ def test_patchify_is_electrode_major_and_inverts(model):
     patches = model.patchify(x)
     cfg = model.config
     assert patches.shape == (3, cfg.n_patches, cfg.patch_samples)
-    # token l = (electrode l // n_t, time patch l % n_t)
-    l = 5 * cfg.n_time_patches + 2
+    # token k = (electrode k // n_t, time patch k % n_t)
+    k = 5 * cfg.n_time_patches + 2
     P = cfg.patch_samples
-    assert torch.equal(patches[1, l], x[1, 2 * P:3 * P, 5])
+    assert torch.equal(patches[1, k], x[1, 2 * P:3 * P, 5])
     assert torch.equal(model.unpatchify(patches), x)
 
 

@@ -5,22 +5,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from phosphene.cortex import ideal_balanced_accuracy
 from phosphene.train.diagnostics import mantel_test, run_diagnostics
 from phosphene.train.probe import (
     blocked_folds,
     cross_validate_C,
     fit_probe,
-    logit_scale,
     fold_probe,
     format_table,
     load_probe,
+    logit_scale,
     on_grid_edge,
     plot_label_efficiency,
     probe_task,
     save_probe,
 )
-
-from phosphene.cortex import ideal_balanced_accuracy
 
 
 def _data(n=80, d=20, seed=0):
@@ -46,10 +46,11 @@ def test_folded_probe_gives_sklearn_probabilities(d, n_components):
 
 
 def test_row_space_projection_is_exact():
-    from phosphene.train.probe import RowSpace
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
+    from phosphene.train.probe import RowSpace
 
     X, y = _data(n=40, d=500)
     X_new, _ = _data(n=25, d=500, seed=2)

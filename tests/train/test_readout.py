@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from phosphene.train.readout import (READOUTS, fit_readouts, load_chosen_readout, load_readouts,
-                                     pool_tokens, save_chosen_readout, save_readouts, whitening)
+from phosphene.train.readout import (
+    READOUTS,
+    fit_readouts,
+    load_chosen_readout,
+    load_readouts,
+    pool_tokens,
+    save_chosen_readout,
+    save_readouts,
+    whitening,
+)
 
 GEOMETRY = {"n_registers": 2, "n_channels": 6, "n_time_patches": 4}
 

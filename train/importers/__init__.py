@@ -12,8 +12,8 @@ from phosphene.train.importers.cli import export_group, import_group
 from phosphene.train.importers.common import (
     DEFAULT_BLANK_MS,
     ImportReport,
+    RecordedEvent,
     RecordingError,
-    StimEvent,
     parse_stim_comment,
     read_trials_csv,
 )
@@ -22,8 +22,8 @@ from phosphene.train.importers.nwb import export_nwb, import_nwb
 __all__ = [
     "DEFAULT_BLANK_MS",
     "ImportReport",
+    "RecordedEvent",
     "RecordingError",
-    "StimEvent",
     "export_group",
     "export_nwb",
     "import_array",

@@ -19,6 +19,8 @@ import re
 from pathlib import Path
 
 import numpy as np
+
+from phosphene.signal import NormaliserConfig
 from phosphene.train.importers.common import (
     DEFAULT_BLANK_MS,
     DEFAULT_CHUNK_S,
@@ -36,8 +38,6 @@ from phosphene.train.importers.common import (
     window_from_options,
     write_import,
 )
-
-from phosphene.signal import NormaliserConfig
 
 __all__ = ["ARRAY_SUFFIXES", "LAYOUTS", "NORMALISER_CHOICES", "import_array", "load_array"]
 
@@ -167,7 +167,7 @@ def _npz_header(npz, key: str):
             read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
             shape, _, dtype = read(f)
         return _Shaped(shape, dtype)
-    except Exception:  # noqa: BLE001 - an unusual member: read it whole
+    except Exception:
         a = npz[key]
         return _Shaped(a.shape, a.dtype)
 

@@ -14,14 +14,15 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
 from phosphene.train.importers.common import (
     DEFAULT_BLANK_MS,
     DEFAULT_CHUNK_S,
     ImportReport,
     Log,
+    RecordedEvent,
     RecordingError,
     SessionSpec,
-    StimEvent,
     assign_events,
     collecting,
     decode_digital_word,
@@ -166,10 +167,10 @@ def check_nev_file(path: Path) -> str:
     return f"{major}.{minor}"
 
 
-def _neo_events(rawio, seg: int, source: str, log: Log) -> list[StimEvent]:
+def _neo_events(rawio, seg: int, source: str, log: Log) -> list[RecordedEvent]:
     """Stimulations in one segment from NEV comments, else digital words (see docs/dataset.md)."""
     names = [str(n) for n in rawio.header["event_channels"]["name"]]
-    found: dict[str, list[StimEvent]] = {"comments": [], "digital": []}
+    found: dict[str, list[RecordedEvent]] = {"comments": [], "digital": []}
     if source in ("auto", "comments") and "comments" in names:
         i = names.index("comments")
         ts, _, labels = rawio.get_event_timestamps(block_index=0, seg_index=seg, event_channel_index=i)
@@ -180,7 +181,7 @@ def _neo_events(rawio, seg: int, source: str, log: Log) -> list[StimEvent]:
             if stim is None:
                 skipped += 1
                 continue
-            found["comments"].append(StimEvent(float(t), **stim))
+            found["comments"].append(RecordedEvent(float(t), **stim))
         if skipped:
             log(f"note: {skipped} NEV comment(s) are not stimulations (no electrode= and "
                 "current_ua=) and were ignored")
@@ -193,7 +194,7 @@ def _neo_events(rawio, seg: int, source: str, log: Log) -> list[StimEvent]:
         for t, word in zip(times, labels):
             decoded = decode_digital_word(int(word))
             if decoded is not None:
-                found["digital"].append(StimEvent(float(t), decoded[0], decoded[1], -1))
+                found["digital"].append(RecordedEvent(float(t), decoded[0], decoded[1], -1))
         if found["digital"]:
             log(f"note: {len(found['digital'])} stimulations read from NEV digital words "
                 "(low byte electrode, high byte current in uA); their perception is unknown "
@@ -251,7 +252,7 @@ def import_blackrock(nsx: str | Path, *, out: str | Path, nev: str | Path | None
         except (ValueError, OSError, KeyError, IndexError, TypeError, struct.error) as exc:
             raise RecordingError(f"Neo {neo.__version__} could not read {nsx}"
                                  f"{' with ' + str(nev) if nev else ''}: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - Neo's own NeoReadWriteError and friends
+        except Exception as exc:
             raise RecordingError(f"Neo {neo.__version__} could not read {nsx}: {exc}") from None
     neo_warnings = [f"Neo: {w.message}" for w in caught]
     stream_id = str(int(nsx.suffix[-1]))

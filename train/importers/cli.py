@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import click
-from phosphene.train.importers.common import DEFAULT_BLANK_MS, ImportReport
 
 from phosphene.dataset import SESSION_KINDS, DatasetError
+from phosphene.train.importers.common import DEFAULT_BLANK_MS, ImportReport
 
 __all__ = ["export_group", "import_group"]
 

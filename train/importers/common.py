@@ -35,9 +35,9 @@ __all__ = [
     "INPUT_KINDS",
     "ImportReport",
     "Log",
+    "RecordedEvent",
     "RecordingError",
     "SessionSpec",
-    "StimEvent",
     "collecting",
     "convert_session",
     "decode_digital_word",
@@ -71,7 +71,7 @@ class RecordingError(PhospheneError, ValueError):
 
 
 @dataclass(frozen=True)
-class StimEvent:
+class RecordedEvent:
     """One stimulation on the recording's clock (before conversion to 1 kHz samples)."""
 
     time_s: float  # seconds on the file's clock
@@ -100,7 +100,7 @@ class SessionSpec:
     rate_hz: float
     input_kind: str  # broadband | mua | binned
     t0_s: float = 0.0
-    events: list[StimEvent] = field(default_factory=list)
+    events: list[RecordedEvent] = field(default_factory=list)
     source: dict = field(default_factory=dict)
 
 
@@ -189,7 +189,7 @@ parse_label = _perceived  # a 0/1 label cell (0/1, true/false, hit/miss, empty =
 
 
 def read_trials_csv(path: str | Path, *, label_column: str | None = None,
-                    log: Log = logger.info) -> list[StimEvent]:
+                    log: Log = logger.info) -> list[RecordedEvent]:
     """Read a trials table: one row a trial (a stimulation or any labelled event).
 
     Columns: time_s (seconds on the recording's clock; aliases in _ALIASES), the label
@@ -250,7 +250,7 @@ def read_trials_csv(path: str | Path, *, label_column: str | None = None,
         perceived = _perceived(row.get(label) if label else None, where,
                                f"label column {label!r}" if label else "perceived")
         session = (row.get(cols["session"]) or "").strip() if cols["session"] else ""
-        events.append(StimEvent(time_s, electrode, current, perceived, session))
+        events.append(RecordedEvent(time_s, electrode, current, perceived, session))
     if not events:
         raise RecordingError(f"{path}: trials table has a header but no rows")
     if label is not None and all(e.perceived < 0 for e in events):
@@ -792,15 +792,15 @@ def _copy_sessions(old: Dataset, w: DatasetWriter, block: int = 1 << 18) -> None
             w.meta[key] = old.meta[key]
 
 
-def assign_events(events: list[StimEvent], spans: list[tuple[str, float, float]],
-                  where: str) -> dict[str, list[StimEvent]]:
+def assign_events(events: list[RecordedEvent], spans: list[tuple[str, float, float]],
+                  where: str) -> dict[str, list[RecordedEvent]]:
     """Give each event to the session named in it, else to the session whose [t0, t1) holds it.
 
     spans: [(session, t0_s, t1_s)]. Events naming a session not in `spans` are dropped
     when some event names an imported session (a table covering many recordings), and
     are an error when none does.
     """
-    out: dict[str, list[StimEvent]] = {sid: [] for sid, _, _ in spans}
+    out: dict[str, list[RecordedEvent]] = {sid: [] for sid, _, _ in spans}
     named = [e for e in events if e.session]
     if named and not any(e.session in out for e in named):
         raise RecordingError(f"{where}: no trial names an imported session "

@@ -43,7 +43,7 @@ class MuaExtractor:
         self.config = config
         self.n_channels = n_channels
         self.input_rate_hz = float(input_rate_hz)
-        self.pool = int(round(ratio))
+        self.pool = round(ratio)
         self.band_sos = sps.butter(config.band_order, [low, high], btype="bandpass",
                                    fs=input_rate_hz, output="sos")
         self.low_sos = sps.butter(config.lowpass_order, config.lowpass_hz, btype="lowpass",

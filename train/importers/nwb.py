@@ -17,15 +17,20 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+
+from phosphene.dataset import NO_ELECTRODE, Dataset, DatasetError
+from phosphene.geometry import ChannelMap
+from phosphene.io import atomic_path
+from phosphene.signal import MUA_RATE_HZ, MuaConfig, NormaliserConfig, WindowSpec
 from phosphene.train.importers.common import (
     DEFAULT_BLANK_MS,
     DEFAULT_CHUNK_S,
     INPUT_KINDS,
     ImportReport,
     Log,
+    RecordedEvent,
     RecordingError,
     SessionSpec,
-    StimEvent,
     assign_events,
     collecting,
     grid_from_positions,
@@ -37,11 +42,6 @@ from phosphene.train.importers.common import (
     window_from_options,
     write_import,
 )
-
-from phosphene.dataset import NO_ELECTRODE, Dataset, DatasetError
-from phosphene.geometry import ChannelMap
-from phosphene.io import atomic_path
-from phosphene.signal import MUA_RATE_HZ, MuaConfig, NormaliserConfig, WindowSpec
 
 __all__ = ["MARKER", "export_nwb", "import_nwb"]
 
@@ -231,7 +231,7 @@ def _scale_to_uv(series, input_kind: str, label: str, log: Log) -> tuple[np.ndar
     return conversion, offset
 
 
-def _nwb_events(nwbfile, path: Path, log: Log, label_column: str | None = None) -> list[StimEvent]:
+def _nwb_events(nwbfile, path: Path, log: Log, label_column: str | None = None) -> list[RecordedEvent]:
     """Stimulation trials from the trials table or another intervals table with electrodes.
 
     With `label_column`, the first table holding that column gives the trials, with or
@@ -302,7 +302,7 @@ def _nwb_events(nwbfile, path: Path, log: Log, label_column: str | None = None) 
             if not (math.isfinite(start[i]) and math.isfinite(current[i])):
                 raise RecordingError(f"{path}: table {name} row {i}: start_time and current must "
                                      "be finite")
-            events.append(StimEvent(float(start[i]), int(electrode[i]), float(current[i]), int(p),
+            events.append(RecordedEvent(float(start[i]), int(electrode[i]), float(current[i]), int(p),
                                     session[i], None if onset is None else int(onset[i]),
                                     float(p_true[i])))
         if not events:
@@ -314,7 +314,7 @@ def _nwb_events(nwbfile, path: Path, log: Log, label_column: str | None = None) 
     return []
 
 
-def _behaviour_events(table, name: str, col_label: str, path: Path) -> list[StimEvent]:
+def _behaviour_events(table, name: str, col_label: str, path: Path) -> list[RecordedEvent]:
     """Events of an intervals table without electrodes: onset start_time, label `col_label`."""
     start = np.asarray(table["start_time"].data[:], dtype=np.float64)
     values = list(table[col_label].data[:])
@@ -328,7 +328,7 @@ def _behaviour_events(table, name: str, col_label: str, path: Path) -> list[Stim
         v = v.decode() if isinstance(v, bytes) else v
         v = int(v) if isinstance(v, (bool, np.bool_)) else v
         label = parse_label(v, f"{path}: table {name} row {i}", f"column {col_label!r}")
-        events.append(StimEvent(float(t), NO_ELECTRODE, 0.0, label, session[i]))
+        events.append(RecordedEvent(float(t), NO_ELECTRODE, 0.0, label, session[i]))
     return events
 
 
@@ -346,9 +346,10 @@ def import_nwb(path: str | Path, *, out: str | Path, series: list[str] | None = 
     input_kind: auto (an ElectricalSeries at >= 2 kHz is broadband, any other series MUA),
     broadband, mua, or binned (spike counts per bin of `bin_ms`, default 1000 / rate).
     Binned counts record the counts normaliser (normaliser auto/counts: rolling z-score
-    with the Poisson scale floor) or the paper's MUA one (mua). label_column: the trials table's label column (a behavioural
-    table without electrodes then imports too). split_at: seconds on the file's clock
-    where the resting part `<session>-rest` of a single series ends.
+    with the Poisson scale floor) or the paper's MUA one (mua). label_column: the trials
+    table's label column (a behavioural table without electrodes then imports too).
+    split_at: seconds on the file's clock where the resting part `<session>-rest` of a
+    single series ends.
     """
     notes, log = collecting(log)
     window = window_from_options(window_offset_ms, window_ms)
@@ -361,18 +362,18 @@ def import_nwb(path: str | Path, *, out: str | Path, series: list[str] | None = 
     from pynwb.ecephys import ElectricalSeries
 
     path = Path(path)
-    if input_kind not in ("auto",) + INPUT_KINDS:
+    if input_kind not in ("auto", *INPUT_KINDS):
         raise RecordingError(f"input kind must be auto, {', '.join(INPUT_KINDS)}; got {input_kind!r}")
     if not path.is_file():
         raise RecordingError(f"NWB file not found: {path}")
     try:
         io = pynwb.NWBHDF5IO(str(path), "r", load_namespaces=True)
-    except Exception as exc:  # noqa: BLE001 - h5py/hdmf raise OSError, ValueError and their own types
+    except Exception as exc:
         raise RecordingError(f"{path} is not a readable NWB (HDF5) file: {exc}") from None
     with io:
         try:
             nwbfile = io.read()
-        except Exception as exc:  # noqa: BLE001 - any failure to read is the file's
+        except Exception as exc:
             raise RecordingError(f"pynwb {pynwb.__version__} could not read {path}: {exc}") from None
         found = _all_series(nwbfile)
         picked = _pick_series(found, series, path)
@@ -439,7 +440,7 @@ def import_nwb(path: str | Path, *, out: str | Path, series: list[str] | None = 
         for sp in specs:
             sp.events = by_session[sp.session]
         if split_at is not None:
-            if len(specs) != 1 or specs[0].events and specs[0].events[0].onset_sample is not None:
+            if len(specs) != 1 or (specs[0].events and specs[0].events[0].onset_sample is not None):
                 raise RecordingError("--split-at cuts one recorded series; pick one with --series "
                                      "(a phosphene export already holds its sessions)")
             specs = split_session(specs[0], split_at, log=log)
@@ -452,10 +453,8 @@ def import_nwb(path: str | Path, *, out: str | Path, series: list[str] | None = 
                        if v is not None})
         norm_config = None
         if signal == "binned-rate" and widths:
-            if normaliser == "mua":
-                norm_config = NormaliserConfig()
-            else:
-                norm_config = NormaliserConfig.for_counts(next(iter(widths)))
+            norm_config = (NormaliserConfig() if normaliser == "mua"
+                           else NormaliserConfig.for_counts(next(iter(widths))))
         elif normaliser == "counts":
             raise RecordingError("--normaliser counts is for binned counts (--input-kind binned)")
         extra = {}
