@@ -31,13 +31,15 @@ __all__ = ["distill"]
               help="Resting windows with cached teacher latents [preset: small 4096].")
 @click.option("--compare", is_flag=True,
               help="Train every design, measure fidelity, probe accuracy and int8 latency, keep "
-                   "the winner as OUT/student.pt and write the table to docs/results.md.")
+                   "the winner as OUT/student.pt and write the table to OUT/compare.md "
+                   "(and to --results-md when given).")
 @click.option("--probe", "probe_path", type=click.Path(path_type=Path), default=None,
               help="The teacher's probes (`phosphene probe --out DIR`): the student learns the "
                    "readout chosen there (default: the paper's mean latent); --compare also "
                    "scores the candidates with them.")
 @click.option("--results-md", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="With --compare: the results file to update [docs/results.md of this checkout].")
+              help="With --compare: also replace the student-designs section of this markdown "
+                   "file (e.g. docs/results.md); nothing outside OUT changes without it.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for windows and init.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")

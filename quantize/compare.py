@@ -29,7 +29,6 @@ __all__ = [
     "STUDENTS_BEGIN",
     "STUDENTS_END",
     "compare_students",
-    "default_results_md",
     "replace_section",
 ]
 
@@ -44,10 +43,6 @@ RULE = ("among designs whose int8 model passes quantize's default parity (mean c
         "decision agreement >= 0.98), whose float latents are within 0.005 centred cosine of the "
         "most faithful design on the trial windows and whose mean int8 balanced accuracy is "
         "within 2 points of the best, the one with the fastest int8 decision (timed round-robin)")
-
-
-def default_results_md() -> Path:
-    return Path(__file__).resolve().parents[1] / "docs" / "results.md"
 
 
 def replace_section(path: str | os.PathLike, begin: str, end: str, body: str,
@@ -242,9 +237,11 @@ def compare_students(ds: Dataset, teacher_path, out_dir: str | os.PathLike, *, c
     table = format_comparison(designs, winner, cfg=cfg, ds=ds)
     result = {"designs": designs, "winner": winner, "table": table, "rule": RULE}
     write_json(out_dir / "compare.json", result)
-    md = Path(results_md) if results_md else default_results_md()
-    replace_section(md, STUDENTS_BEGIN, STUDENTS_END, table)
-    say(f"winner: {winner}; table written to {md}")
+    write_text(out_dir / "compare.md", table + "\n")
+    if results_md:  # a docs file changes only when asked
+        replace_section(results_md, STUDENTS_BEGIN, STUDENTS_END, table)
+    say(f"winner: {winner}; table in {out_dir / 'compare.md'}"
+        + (f" and {results_md}" if results_md else ""))
     return result
 
 

@@ -30,3 +30,4 @@ def test_compare_keeps_a_design_and_writes_its_section(tiny_dataset, tiny_teache
     assert STUDENTS_BEGIN in text and STUDENTS_END in text and "evaluation set" in text
     saved = json.loads((tmp_path / "out" / "compare.json").read_text())
     assert saved["winner"] == result["winner"]
+    assert (tmp_path / "out" / "compare.md").read_text().strip() == result["table"].strip()
