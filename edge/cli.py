@@ -60,6 +60,24 @@ def _stderr_logging() -> None:
         root.setLevel(logging.WARNING)
 
 
+def _check_cpu(cpu: int) -> None:
+    """One `Error:` line for a CPU this process may not run on."""
+    from phosphene.edge.benchmark import check_cpu
+
+    try:
+        check_cpu(cpu)
+    except ValueError as exc:
+        raise click.ClickException(f"--cpu {cpu}: {exc}") from None
+
+
+def _pin_cpu(cpu: int) -> None:
+    """This process, and every thread it starts from here on, on `cpu` only."""
+    import os
+
+    _check_cpu(cpu)
+    os.sched_setaffinity(0, {cpu})
+
+
 class _Signals:
     """SIGINT/SIGTERM set a stop event (the loop then ends cleanly); restored on exit."""
 
@@ -130,6 +148,10 @@ class _Signals:
 @click.option("--task", help="Which of the bundle's probes to apply (default: the bundle's).")
 @click.option("--realtime", type=click.IntRange(1, 99), metavar="PRIO",
               help="Run the deciding thread at SCHED_FIFO priority PRIO (root or CAP_SYS_NICE).")
+@click.option("--cpu", type=click.IntRange(min=0), metavar="N",
+              help="Pin the runtime (its deciding thread and helpers) to CPU N, e.g. one the "
+                   "board's other work is kept off; with --realtime a busy neighbour then "
+                   "cannot delay a decision.")
 @click.option("--sim-kind", type=click.Choice(_SIM_KINDS), default="psychometric", show_default=True,
               help="With --pty-from-simulator: the session kind streamed.")
 @click.option("--sim-speed", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
@@ -147,8 +169,9 @@ class _Signals:
 @_key_option
 @_pin_option
 def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, capture, duration, budget_ms, threads,
-        runtime_name, stall_ms, stale_ms, max_lost_samples, refuse_unhealthy, status_s, task, realtime, sim_kind, sim_speed, sim_seed,
-        sim_channels, sim_drop_frames, sim_stall_ms, sim_stall_every_s, key_file, pin):
+        runtime_name, stall_ms, stale_ms, max_lost_samples, refuse_unhealthy, status_s, task, realtime, cpu,
+        sim_kind, sim_speed, sim_seed, sim_channels, sim_drop_frames, sim_stall_ms, sim_stall_every_s,
+        key_file, pin):
     """Decode a live serial stream on the bedside device.
 
     Reads the array's frames, normalises them with the bundle's normaliser, runs the
@@ -167,6 +190,8 @@ def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, capture, dur
 
     if bool(port) == bool(pty_from_simulator):
         raise click.UsageError("give exactly one input: --port DEV or --pty-from-simulator")
+    if cpu is not None:  # before any thread starts: the reader and the helpers inherit it
+        _pin_cpu(cpu)
     _stderr_logging()
     b = _load_bundle(bundle, key_file, pin)
     decoder = _make_decoder(b, threads=threads, runtime=runtime_name, task=task)
@@ -310,7 +335,6 @@ def _stop_after(array, stop: threading.Event, done: threading.Event, drain_s: fl
 def _simulated_array(b, kind, speed, seed, channels, drop_frames, stall_ms, stall_every_s):
     from phosphene.edge.source import SimulatedArray
     from phosphene.firmware_bridge.simulator import FaultConfig
-
     from phosphene.geometry import map_for_channels
 
     channel_map = b.channel_map if channels in (None, b.n_channels) else map_for_channels(channels)
@@ -343,32 +367,44 @@ def _simulated_array(b, kind, speed, seed, channels, drop_frames, stall_ms, stal
 @click.option("--realtime", type=click.IntRange(1, 99), metavar="PRIO",
               help="Measure at SCHED_FIFO priority PRIO, as a dedicated board would run (root or "
                    "CAP_SYS_NICE).")
+@click.option("--cpu", type=click.IntRange(min=0), metavar="N",
+              help="Pin the measuring process to CPU N while measuring (with --stream: the "
+                   "runtime; the simulator, a stand-in for the array, is not pinned).")
+@click.option("--load", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Keep N busy processes running while measuring (ended when the benchmark "
+                   "ends, and by themselves after a time bound), to measure the tail under load.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (stable keys).")
 @_key_option
 @_pin_option
-def bench(bundle, threads, runs, warmup, runtime_name, budget_ms, stream, duration, realtime, as_json,
-          key_file, pin):
+def bench(bundle, threads, runs, warmup, runtime_name, budget_ms, stream, duration, realtime, cpu, load,
+          as_json, key_file, pin):
     """Benchmark a bundle's decision latency on this device.
 
     Like TFLite's benchmark_model: interpreter and version, init time, first inference,
-    then mean/std/p50/p90/p99/max of the interpreter alone (invoke_us) and of the whole
-    decision (normalise + invoke + probe, decision_us), peak RSS, and whether the budget
-    holds. --stream adds end-to-end latency through a pseudo-terminal at real time.
+    then mean/std/p50/p90/p99/max of the interpreter alone (invoke_us), of the whole
+    decision (decision_us) and of its stages (stages_us: ring = normalise + quantise the
+    new patch into the int8 ring, gather, invoke, probe), the same for the float path the
+    int8 ring replaced (float_path), decision/invoke ratios, peak RSS, and whether the
+    budget holds. --stream adds end-to-end latency through a pseudo-terminal at real time,
+    with its stages (read_parse, ring, decision, write).
 
     \b
     Examples:
       phosphene bench bundle
       phosphene bench bundle --threads 1 --runs 5000 --json
+      phosphene bench bundle --runs 3000 --load 1 --json
       phosphene bench bundle --stream --duration 60
-      phosphene bench bundle --stream --duration 600 --realtime 50
+      phosphene bench bundle --stream --duration 600 --realtime 50 --cpu 1 --load 1
     """
     from phosphene.edge.benchmark import BenchConfig, bench_bundle, format_bench
 
     _stderr_logging()
+    if cpu is not None:
+        _check_cpu(cpu)
     b = _load_bundle(bundle, key_file, pin)
     _make_decoder(b, threads=threads, runtime=runtime_name)  # clear errors before measuring
     config = BenchConfig(threads=threads, runs=runs, warmup=warmup, runtime=runtime_name,
-                         latency_budget_ms=budget_ms, realtime_priority=realtime)
+                         latency_budget_ms=budget_ms, realtime_priority=realtime, cpu=cpu, load=load)
     try:
         result = bench_bundle(bundle, config, key=key_file, pin=pin)
         if stream:
@@ -376,7 +412,7 @@ def bench(bundle, threads, runs, warmup, runtime_name, budget_ms, stream, durati
 
             result["stream"] = bench_stream(b, duration_s=duration, threads=threads,
                                             runtime=runtime_name, latency_budget_ms=result["budget_ms"],
-                                            realtime_priority=realtime)
+                                            realtime_priority=realtime, cpu=cpu, load=load)
             result["budget_ok"] = bool(result["budget_ok"] and result["stream"]["budget_ok"])
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None

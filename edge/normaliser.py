@@ -1,17 +1,33 @@
-"""The core Normaliser with its robust refresh taken off the decision path (same bytes out).
+"""The core Normaliser with its robust refresh taken off the decision path (same bytes out),
+and the quantiser folded in: samples go in as uV and come out as the model's int8 input.
 
 The one signal definition (phosphene.signal.Normaliser) recomputes median and MAD over the
-trailing window every `refresh_s`, on the first sample of each refresh period. On a board
-that is a few ms once a second, and it falls on whichever decision needs that sample: the
-decision p99 would be the refresh. EdgeNormaliser computes the same statistics in two
-parts: most of the window (every decimated sample that has arrived by `lead_samples` before
-the boundary) is copied and sorted ahead of time in a worker thread; at the boundary only
-the few decimated samples that arrived since are merged in, by selection on the sorted
-rows (O(log n) per channel). The result is bit-identical to Normaliser's (np.median of
-float32, mean of the two middle values, the same float32 arithmetic);
-tests/edge/test_normaliser.py checks it over random streams and chunkings, and any case the
-fast path does not cover (z-score method, non-finite input, preparation not finished) falls
-back to the core refresh itself.
+trailing window every `refresh_s`, on the first sample of each refresh period. Inline, that
+is a few ms once a second on a board, on whichever decision needs that sample: the
+decision p99 would be the refresh. EdgeNormaliser computes the same statistics ahead of
+time in a helper thread (prepare(), called in idle time after each batch):
+
+- once the boundary is `lead_samples` away, the helper copies and sorts every decimated
+  sample known so far; after the last block before the boundary it does so again, so at
+  most the few decimated samples of the block that crosses the boundary are unknown;
+- a block that ends exactly on the boundary leaves nothing unknown: the helper computes
+  the final statistics with the core's own formula, and the refresh is an assignment;
+- otherwise the refresh merges the m unknown samples into the prepared rows: the median
+  from m + 2 candidates, the MAD from a band of candidates cut around where it was
+  expected, with a check that every value outside the band lies on the right side of
+  the answer (a channel the check cannot confirm is computed directly). About 25 small
+  numpy operations over all channels at once, not a sort of the window.
+
+The result is bit-identical to Normaliser's (np.median of float32, mean of the two middle
+values, the same float32 arithmetic); tests/edge/test_normaliser.py checks it over random
+streams and chunkings, and any case the prepared path does not cover (z-score method,
+non-finite input, preparation not finished) falls back to the core refresh itself.
+
+process_int8(x, out) is process() followed by the model's input quantisation
+(QuantParams.quantize: divide by the scale, add the zero point, round half to even, clip)
+in one pass of preallocated float32 operations, with the normaliser's +-clip and the int8
+range merged into one clip (exact: every step is monotone, see _merged_bounds). It writes
+int8 rows straight into the caller's ring and allocates nothing per call.
 """
 
 from __future__ import annotations
@@ -22,126 +38,388 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from phosphene.signal import Normaliser
+from phosphene.signal import Normaliser, NormaliserConfig, inverse_scale
 
 __all__ = ["EdgeNormaliser"]
 
 log = logging.getLogger(__name__)
 
+try:  # the ufunc itself: np.clip is a Python wrapper around it (twice the call cost)
+    from numpy._core.umath import clip as _clip_ufunc
+except ImportError:  # numpy < 2 (tflite-runtime 2.14 environments)
+    from numpy.core.umath import clip as _clip_ufunc
+
+_TILE_ROWS = 64  # blocks up to this many samples use per-row copies of center / 1/scale
+
 
 @dataclass
 class _Prepared:
     boundary: int  # samples_seen at which these statistics are due
-    prepared_at: int  # samples_seen when the sorted part was copied: it holds t < prepared_at
-    future: concurrent.futures.Future  # -> _Known
-
-
-_BAND = 384  # sorted values kept, per row, around each place the refresh will look
-
-
-@dataclass
-class _Band:
-    """A contiguous slice of each sorted row: values[i] = rows[i, start[i] : start[i] + width]."""
-
-    start: np.ndarray  # (C,) int64
-    values: np.ndarray  # (C, width) float32
-    n: int  # full row length
-
-    @classmethod
-    def around(cls, rows: np.ndarray, index: np.ndarray, *, before: float = 0.5) -> _Band:
-        """The slice holding `index`, with `before` of its width below it."""
-        C, n = rows.shape
-        width = min(n, _BAND)
-        start = np.clip(index - int(width * before), 0, n - width).astype(np.int64)
-        values = np.ascontiguousarray(rows[np.arange(C)[:, None], start[:, None] + np.arange(width)])
-        return cls(start, values, n)
-
-    def count_below(self, values: np.ndarray, *, inclusive: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Per row: elements < values (<= when inclusive), and whether the band could tell."""
-        v = values.astype(np.float32)[:, None]
-        count = ((self.values <= v) if inclusive else (self.values < v)).sum(axis=1)
-        width = self.values.shape[1]
-        sure = (((count > 0) | (self.start == 0))
-                & ((count < width) | (self.start + width == self.n)))
-        return self.start + count, sure
-
-    def take(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """rows[i, index[i, :]] from the band, and whether each was inside it."""
-        local = index - self.start[:, None]
-        held = (local >= 0) & (local < self.values.shape[1])
-        rows = np.arange(self.values.shape[0])[:, None]
-        return self.values[rows, np.clip(local, 0, self.values.shape[1] - 1)], held
+    prepared_at: int  # samples_seen when prepared: the helper saw the samples t < prepared_at
+    future: concurrent.futures.Future | None = None  # -> the same as `work`
+    # set by the helper when done (read without taking the future's lock):
+    work: _Exact | _Sorted | str | None = None  # str: why it cannot be used
 
 
 @dataclass
-class _Known:
-    """The part of the next refresh's window known ahead of time, worked up in the helper.
+class _Exact:
+    """Every sample of the refresh window was known: the final statistics, as the core makes them
+    (and their per-row copies for blocks of the last block's size, so the refresh is an
+    assignment and the next block's operands are ready)."""
 
-    The refresh reads only compact slices (a few hundred KB, contiguous): the full sorted
-    rows are kept for the rare row a slice cannot answer.
+    center: np.ndarray
+    inv_scale: np.ndarray
+    center_rows: np.ndarray | None = None
+    inv_rows: np.ndarray | None = None
+
+
+@dataclass
+class _Sorted:
+    """All but the last `m` decimated samples of the refresh window, sorted and cut up so that
+    the refresh only merges those m samples in (see _merge_recent)."""
+
+    rows: np.ndarray  # (C, nA) sorted rows: for a channel the band cannot confirm
+    m: int
+    recent_slots: np.ndarray  # (m,) ring slots of the samples still to come
+    r1: int  # middle ranks of the full window (nA + m values)
+    r2: int
+    mbuf: np.ndarray  # (C, wM + m): rows[:, mlo:mhi] then room for the recent values
+    wM: int
+    i1: int  # ranks r1, r2 within sorted mbuf
+    i2: int
+    xbuf: np.ndarray  # (C, L + 4): band values, room for the recent ones, padding, 4 edge values
+    dbuf: np.ndarray  # (C, L + 4): their distances to the new center
+    Bw: int  # band width
+    L: int  # candidates per row: band, recent, padding
+    J: int  # the answer's rank among every row's candidates (padded)
+    pad_mask: np.ndarray  # (C, L - Bw - m) 0: a padding distance of 0, 1: of about 3e38
+    edge_lo: np.ndarray  # (C, 4) clip bounds of the edge distances (missing edges pass)
+    edge_hi: np.ndarray
+    check: np.ndarray  # (C, 4) scratch
+    sure: np.ndarray  # (C,) False: the band cannot answer this channel
+    all_sure: bool
+
+
+def _core_stats(data: np.ndarray, config: NormaliserConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Normaliser._refresh's arithmetic (robust), on data: (n, C) float32; the scale floor
+    is the core's own (phosphene.signal.inverse_scale: MUA constant or the count floor)."""
+    center = np.median(data, axis=0)
+    scale = 1.4826 * np.median(np.abs(data - center), axis=0)
+    center = center.astype(np.float32)
+    return center, inverse_scale(scale, center, config)
+
+
+def _prepare_into(prepared: _Prepared, *args) -> _Exact | _Sorted | str:
+    try:
+        work = _prepare_stats(*args)
+    except Exception as exc:  # reported by the refresh, which then runs inline
+        work = f"preparation failed: {exc!r}"
+    prepared.work = work
+    return work
+
+
+def _prepare_stats(ring: np.ndarray, slots: np.ndarray, m: int, recent_slots: np.ndarray,
+                   config: NormaliserConfig, rows_n: int) -> _Exact | _Sorted | str:
+    """The helper's work: copy the known samples out of the ring (their slots are not
+    written again before the boundary) and work them up. Never on the decision path."""
+    known = ring[slots]  # (nA, C)
+    if not np.isfinite(known).all():
+        return "non-finite samples in the window"  # the core refresh propagates them
+    if m == 0:
+        center, inv_scale = _core_stats(known, config)
+        if 0 < rows_n <= _TILE_ROWS:
+            return _Exact(center, inv_scale, np.repeat(center[None], rows_n, axis=0),
+                          np.repeat(inv_scale[None], rows_n, axis=0))
+        return _Exact(center, inv_scale)
+    rows = np.ascontiguousarray(known.T)
+    rows.sort(axis=1)
+    return _build_sorted(rows, m, recent_slots)
+
+
+_FAR = np.float32(3e38)  # the x of a padding candidate: its distance is huge (or, masked, 0)
+
+
+def _build_sorted(rows: np.ndarray, m: int, recent_slots: np.ndarray) -> _Sorted:
+    C, nA = rows.shape
+    n = nA + m
+    r1, r2 = (n - 1) // 2, n // 2
+    # the union's rank-r value has rank r - m .. r among the rows: the median's candidates
+    mlo, mhi = max(0, r1 - m), min(nA, r2 + 1)
+    wM = mhi - mlo
+    mbuf = np.empty((C, wM + m), dtype=np.float32)
+    mbuf[:, :wM] = rows[:, mlo:mhi]
+    ch = np.arange(C)
+    # where the MAD will land: around center +- MAD of the known rows alone
+    a1, a2 = (nA - 1) // 2, nA // 2
+    c0 = ((rows[:, a1] + rows[:, a2]) / np.float32(2)).astype(np.float32)
+    t0 = np.partition(np.abs(rows - c0[:, None]), a2, axis=1)[:, a2]
+    p_lo = (rows < (c0 - t0)[:, None]).sum(axis=1)
+    p_hi = (rows <= (c0 + t0)[:, None]).sum(axis=1)
+    # candidates each side of each expected edge: the m new values move the MAD's rank by
+    # at most m and the center by at most m / 2 ranks (a miss is caught, see _merge_recent)
+    half = 12 + (3 * m) // 2
+    part = 2 * half
+    zeros = np.zeros(C, dtype=np.int64)
+    if nA <= 2 * part + 2:  # a short window: every value is a candidate, nothing to check
+        Bw, band = nA, rows
+        inner_count = zeros
+        s_lo, s_hi, part = zeros, zeros + nA, nA  # one part covering the row
+        edges_idx = np.zeros((C, 4), dtype=np.int64)
+        has = np.zeros((C, 4), dtype=bool)
+    else:
+        s_lo = np.clip(p_lo - half, 0, nA - 2 * part)
+        s_hi = np.clip(p_hi - half, s_lo + part, nA - part)  # after the low part: K >= 0
+        Bw = 2 * part
+        idx = np.concatenate([s_lo[:, None] + np.arange(part), s_hi[:, None] + np.arange(part)], axis=1)
+        band = rows[ch[:, None], idx]
+        inner_count = s_hi - (s_lo + part)
+        # the inner run's two ends, the nearest outer value on each side
+        edges_idx = np.stack([s_lo + part, s_hi - 1, s_lo - 1, s_hi + part], axis=1)
+        has = np.stack([inner_count > 0, inner_count > 0, s_lo > 0, s_hi + part < nA], axis=1)
+    j1 = r1 - inner_count  # the answer's rank among a channel's candidates
+    # one column for every channel: pad each row with (J - j1) zero distances, so that its
+    # answer has the same rank J in all rows (the padding is usually empty)
+    J = int(np.clip(j1, 0, None).max())
+    pad = int(J - np.clip(j1, 0, None).min())
+    L = Bw + m + pad
+    xbuf = np.full((C, L + 4), _FAR, dtype=np.float32)  # band | recent | padding | 4 edges
+    xbuf[:, :Bw] = band
+    xbuf[:, L:] = np.where(has, rows[ch[:, None], np.clip(edges_idx, 0, nA - 1)], 0)
+    pad_mask = (np.arange(pad)[None, :] >= (J - j1)[:, None]).astype(np.float32)  # 0: a zero
+    # the edge distances' check (_merge_recent): inner ends no farther than the answer,
+    # outer values no nearer; a missing one is clipped to where it always passes
+    inf = np.float32(np.inf)
+    edge_lo = np.where(has, np.float32(0), np.array([-inf, -inf, inf, inf], np.float32)).astype(np.float32)
+    edge_hi = np.where(has, inf, np.array([-inf, -inf, inf, inf], np.float32)).astype(np.float32)
+    # the new center lies in [rows[mlo], rows[mhi - 1]]: the outer values must lie beyond it
+    # on their side, so that the nearest one is the closest of its side
+    sure = ((j1 >= 0) & (r2 - inner_count < Bw + m)
+            & ((s_lo == 0) | (s_lo <= mlo + 1) & (mlo == r1 - m))
+            & ((s_hi + part >= nA) | (s_hi + part >= mhi - 1) & (mhi == r2 + 1)))
+    return _Sorted(rows=rows, m=m, recent_slots=recent_slots, r1=r1, r2=r2, mbuf=mbuf, wM=wM,
+                   i1=r1 - mlo, i2=r2 - mlo, xbuf=xbuf, dbuf=np.empty_like(xbuf), Bw=Bw, L=L, J=J,
+                   pad_mask=pad_mask, edge_lo=edge_lo, edge_hi=edge_hi,
+                   check=np.empty((C, 4), dtype=np.float32), sure=sure, all_sure=bool(sure.all()))
+
+
+def _merge_recent(s: _Sorted, recent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(center, mad) of the rows plus `recent` (m, C), exactly as np.median gives them.
+
+    Median: the union's middle ranks lie among rows[:, r1 - m : r2 + 1] and the recent
+    values. MAD: distances to the new center of the band values, the recent values and the
+    four edge values. With K rows strictly inside the band (nearer the center), the rank-r
+    distance is the (r - K)-th candidate, provided every inner row is no farther than it
+    and every outer row no nearer; distance is V-shaped along a sorted row, so the inner
+    run's two ends and the outer value next to each band part decide that. About 20
+    numpy operations on (C, ~100) arrays, all channels at once, none allocating much.
     """
+    m, Bw, L, J = s.m, s.Bw, s.L, s.J
+    M = s.mbuf
+    M[:, s.wM:] = recent.T
+    M.sort(axis=1)  # (sorting rows this short beats np.partition's per-row cost)
+    # np.median of float32: the middle value, or the two middle values summed and halved
+    center = M[:, s.i1].copy() if s.i1 == s.i2 else (M[:, s.i1] + M[:, s.i2]) / np.float32(2)
+    X, D = s.xbuf, s.dbuf
+    X[:, Bw:Bw + m] = recent.T
+    np.subtract(X, center[:, None], out=D)
+    np.abs(D, out=D)
+    if s.pad_mask.shape[1]:
+        np.multiply(D[:, Bw + m:L], s.pad_mask, out=D[:, Bw + m:L])
+    candidates = D[:, :L]
+    J2 = J + (s.r2 - s.r1)
+    candidates.sort(axis=1)
+    v1, v2 = candidates[:, J], candidates[:, J2]
+    mad = v1.copy() if s.r1 == s.r2 else (v1 + v2) / np.float32(2)
+    E = s.check
+    _clip_ufunc(D[:, L:], s.edge_lo, s.edge_hi, E)  # missing edges -> -inf / +inf
+    np.subtract(E[:, :2], v1[:, None], out=E[:, :2])  # inner - answer: <= 0
+    np.subtract(v2[:, None], E[:, 2:], out=E[:, 2:])  # answer - outer: <= 0
+    if not (s.all_sure and E.max() <= 0):
+        ok = (E.max(axis=1) <= 0) & s.sure
+        for i in np.flatnonzero(~ok):  # as the core does it, for that channel alone
+            data = np.concatenate([s.rows[i], recent[:, i]])
+            mad[i] = np.median(np.abs(data - center[i]))
+    return center, mad
 
-    rows: np.ndarray  # (C, nA) float32, each row sorted
-    center: np.ndarray  # (C,) median of the rows alone
-    radius: np.ndarray  # (C,) float64: >= r2 + 1 distances (to `center`) are within it
-    n_recent: int  # decimated samples still to come before the boundary
-    middle: np.ndarray  # (C, m) rows[:, middle_lo : middle_lo + m]: where the final median lies
-    middle_lo: int
-    lowest: np.ndarray  # (C,) rows[:, 0]
-    highest: np.ndarray  # (C,) rows[:, -1]
-    # slices around where the MAD search lands: center - radius, center, center + radius
-    band_lo: _Band
-    band_center: _Band
-    band_hi: _Band
 
+def _merged_bounds(scale: float, zero_point: int, qmin: int, qmax: int,
+                   clip: float) -> tuple[np.float32, np.float32] | None:
+    """One clip for the normaliser's +-clip and the integer range, or None if they do not meet.
 
-def _work_up(known: np.ndarray, n_recent: int) -> _Known:
-    """Off the decision path: sort, bound the MAD, and cut the slices the refresh will read."""
-    C, nA = known.shape
-    rows = np.sort(known, axis=1)
-    r1, r2 = _middle_ranks(nA)
-    center = ((rows[:, r1] + rows[:, r2]) / np.float32(2)).astype(np.float32)
-    rank = min(nA - 1, (nA + n_recent) // 2)  # the final MAD's upper rank, within these rows
-    distances = np.abs(rows - center[:, None])
-    radius = np.partition(distances, rank, axis=1)[:, rank].astype(np.float64)
-    r32 = radius.astype(np.float32)
-    guesses = [np.array([np.searchsorted(row, v, side=side)
-                         for row, v in zip(rows, values, strict=True)])
-               for values, side in ((center - r32, "left"), (center, "left"), (center + r32, "right"))]
-    f1, f2 = _middle_ranks(nA + n_recent)
-    middle_lo, middle_hi = max(0, f1 - n_recent), min(nA, f2 + 1)
-    return _Known(rows, center, radius, n_recent,
-                  np.ascontiguousarray(rows[:, middle_lo:middle_hi]), middle_lo,
-                  rows[:, 0].copy(), rows[:, -1].copy(),
-                  # the MAD's candidates run from each radius edge toward the center
-                  _Band.around(rows, guesses[0], before=0.25), _Band.around(rows, guesses[1]),
-                  _Band.around(rows, guesses[2], before=0.75))
+    QuantParams.quantize(z) = clip(rint(h(z)), qmin, qmax) with h(z) = z / scale + zero_point
+    in float32, and the normaliser gives z = clip(z', -clip, clip). h and rint never
+    decrease, so G = rint o h satisfies G(clip(z', a, b)) = clip(G(z'), G(a), G(b)), and
+    rint(clip(y, lo, hi)) = clip(rint(y), lo, hi) for whole lo, hi: the result is
+    rint(clip(h(z'), lo, hi)) with lo = max(G(-clip), qmin), hi = min(G(clip), qmax).
+    """
+    z = np.array([-clip, clip], dtype=np.float32)
+    g = np.rint(np.add(np.divide(z, np.float32(scale)), np.float32(zero_point)))
+    lo, hi = max(float(g[0]), qmin), min(float(g[1]), qmax)
+    return (np.float32(lo), np.float32(hi)) if lo <= hi else None
 
 
 @dataclass
 class EdgeNormaliser(Normaliser):
-    """Normaliser(n_channels, config) whose robust refresh costs a fraction of a ms at the boundary.
+    """Normaliser(n_channels, config) whose robust refresh is prepared off the decision path.
 
     Call prepare() in idle time (after a batch's decisions are written); process() is
-    unchanged. `fast_refreshes` / `slow_refreshes` count which path each refresh took.
+    unchanged. `fast_refreshes` / `slow_refreshes` count which path each refresh took
+    (`exact_refreshes`: prepared completely, nothing left to merge at the boundary).
     """
 
     lead_samples: int = 64  # prepare once the boundary is at most this many samples ahead
     fast_refreshes: int = field(default=0, init=False)
     slow_refreshes: int = field(default=0, init=False)
+    exact_refreshes: int = field(default=0, init=False)
     inline_reasons: dict = field(default_factory=dict, init=False)  # why a refresh ran inline
 
     def __post_init__(self) -> None:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="normaliser-prepare", initializer=_below_caller_priority)
+        self._quant: tuple | None = None
+        self._last_n = 0  # size of the last block processed
+        C = self.n_channels
+        self._scratch = np.zeros((_TILE_ROWS, C), dtype=np.float32)
+        self._center_rows = np.zeros((_TILE_ROWS, C), dtype=np.float32)
+        self._inv_rows = np.zeros((_TILE_ROWS, C), dtype=np.float32)
+        self._rows_of: tuple = (None, None)  # the (center, inv_scale) the row copies hold
+        self._n_rows, self._n_views = 0, ()
+        self._tiles, self._rows_filled = (self._center_rows, self._inv_rows), 0
+        self._unstored = None  # (slot, block) not yet in the statistics' ring
+        self._fast_from, self._fast_to = 1, 0  # process_int8's fast path holds for t in here
+        self._R, self._W = self.config.refresh_samples, self.config.window_samples
         super().__post_init__()
 
     def reset(self) -> None:
         super().reset()
+        self._ring.fill(0)  # touch every page now, not on the decision path 10 s from here
+        self._fast_from, self._fast_to = 1, 0
+        self._unstored = None
         self._prepared: _Prepared | None = None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ---- the quantised output ----------------------------------------------------------
+    def set_output_quant(self, quant) -> None:
+        """Quantise to `quant` (a QuantParams: the model's input tensor) in process_int8()."""
+        scale, zp = np.float32(quant.scale), np.float32(quant.zero_point)
+        merged = _merged_bounds(quant.scale, quant.zero_point, quant.qmin, quant.qmax,
+                                self.config.clip)
+        clip = np.float32(self.config.clip)
+        self._quant = (np.array(scale), np.array(zp),
+                       np.array(merged[0] if merged else np.float32(quant.qmin)),
+                       np.array(merged[1] if merged else np.float32(quant.qmax)),
+                       None if merged else (np.array(-clip), np.array(clip)))
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        self.flush()
+        self._last_n = len(x)
+        self._fast_from, self._fast_to = 1, 0
+        return super().process(x)
+
+    def process_int8(self, x: np.ndarray, out: np.ndarray) -> None:
+        """x: (n, C) float32 uV -> out: (n, C) int8, equal to quant.quantize(self.process(x))
+        bit for bit (+-inf as the core clips it; NaN has no int8 value: the caller keeps it
+        out). A block of up to 64 samples inside one refresh period allocates nothing."""
+        n = x.shape[0]
+        self._last_n = n
+        t = self.samples_seen
+        if self._fast_from <= t and t + n <= self._fast_to and n == self._n_rows:
+            # the steady state: inside one refresh period, no wrap of the statistics' ring,
+            # operands already cut for n rows and current (_cut_rows resets _fast_to)
+            buf, center, inv = self._n_views
+            scale, zp, lo, hi, zclip = self._quant
+            np.subtract(x, center, buf)
+            np.multiply(buf, inv, buf)
+            if zclip is not None:
+                _clip_ufunc(buf, zclip[0], zclip[1], buf)
+            np.divide(buf, scale, buf)
+            np.add(buf, zp, buf)
+            _clip_ufunc(buf, lo, hi, buf)
+            np.rint(buf, buf)
+            out[:] = buf  # whole numbers in range: the cast is exact
+            # the statistics' ring (as the core keeps it) is only read at a refresh or by
+            # the helper: this block is stored there in idle time (prepare(), flush())
+            if self._unstored is not None:
+                self.flush()
+            self._unstored = (t % self._W, x)
+            self.samples_seen = t + n
+            return
+        self.flush()
+        R, W = self._R, self._W
+        pos = 0
+        while pos < n:  # the core's loop: a refresh at each boundary inside the block
+            t = self.samples_seen
+            if t > 0 and t % R == 0:
+                self._refresh()
+            take = min(n - pos, (t // R + 1) * R - t)
+            seg = x[pos:pos + take]
+            if t < R:  # warming up: no statistics yet (NaN in the core), never decided on
+                out[pos:pos + take] = 0
+            else:
+                if take <= _TILE_ROWS:
+                    self._cut_rows(take)
+                    buf, center, inv = self._n_views
+                else:  # a long block (start-up, a filled gap): broadcast, allocate
+                    buf, center, inv = np.empty_like(seg), self.center, self.inv_scale
+                scale, zp, lo, hi, zclip = self._quant
+                np.subtract(seg, center, buf)
+                np.multiply(buf, inv, buf)
+                if zclip is not None:
+                    _clip_ufunc(buf, zclip[0], zclip[1], buf)
+                np.divide(buf, scale, buf)
+                np.add(buf, zp, buf)
+                _clip_ufunc(buf, lo, hi, buf)
+                np.rint(buf, buf)
+                out[pos:pos + take] = buf
+            slot = t % W
+            first = min(take, W - slot)
+            self._ring[slot:slot + first] = seg[:first]
+            if first < take:
+                self._ring[: take - first] = seg[first:]
+            self.samples_seen = t + take
+            pos += take
+        t = self.samples_seen
+        if 0 < n <= _TILE_ROWS and t >= R:  # where the next blocks of n can take the fast path
+            self._cut_rows(n)
+            k = t // R
+            self._fast_from = k * R + 1 if t % R else t + 1  # a refresh is due at k * R
+            self._fast_to = min((k + 1) * R, (t // W + 1) * W)
+
+    def flush(self) -> None:
+        """Store the block process_int8 left for idle time in the statistics' ring.
+
+        The block's array is held until then, not copied: it must not change before the
+        next process call, prepare() or flush() (SampleBlock data never does)."""
+        if self._unstored is not None:
+            slot, x = self._unstored
+            self._unstored = None
+            self._ring[slot:slot + len(x)] = x
+
+    def _cut_rows(self, n: int) -> None:
+        """Views of n rows of the scratch and of per-row copies of center and 1/scale
+        (same-shape operands: a ufunc on them costs half a broadcasting one)."""
+        self._fast_from, self._fast_to = 1, 0  # until process_int8 says where it holds
+        current = self._rows_of[0] is self.center and self._rows_of[1] is self.inv_scale
+        if current and n == self._n_rows:
+            return
+        if not current or n > self._rows_filled:
+            tiles = self._tiles = (self._center_rows, self._inv_rows)
+            tiles[0][:n] = self.center
+            tiles[1][:n] = self.inv_scale
+            self._rows_of, self._rows_filled = (self.center, self.inv_scale), n
+        c, i = self._tiles
+        self._n_rows = n
+        self._n_views = (self._scratch[:n], c[:n], i[:n])
+
+    def _adopt_rows(self, center_rows: np.ndarray, inv_rows: np.ndarray) -> None:
+        """Take per-row copies the helper made of the statistics just assigned."""
+        n = len(center_rows)
+        self._tiles = (center_rows, inv_rows)
+        self._rows_of, self._rows_filled = (self.center, self.inv_scale), n
+        self._n_rows = n
+        self._n_views = (self._scratch[:n], center_rows, inv_rows)
 
     # ---- ahead of the boundary -------------------------------------------------------------
     def _decimated_times(self, boundary: int, stop: int) -> np.ndarray:
@@ -152,26 +430,57 @@ class EdgeNormaliser(Normaliser):
         return np.arange(first, stop, k)
 
     def prepare(self) -> bool:
-        """Start sorting the next refresh's known samples if the boundary is near; True if started."""
+        """Start preparing the next refresh if its boundary is near; True if started.
+
+        The helper sorts the window's known samples once the boundary is `lead_samples`
+        ahead. If a block then ends exactly on the boundary, every sample is known: the
+        statistics are finished here (a merge of the few samples that came since, this
+        thread, idle time), and the refresh itself is an assignment.
+        """
+        self.flush()
         cfg = self.config
         if cfg.method != "robust":
             return False
         t = self.samples_seen
-        R = cfg.refresh_samples
+        R = self._R
         # a boundary reached exactly is refreshed at the start of the next process() call
         boundary = t if t > 0 and t % R == 0 else (t // R + 1) * R
         if boundary - t > self.lead_samples:
             return False
-        if self._prepared is not None and self._prepared.boundary == boundary:
+        p = self._prepared
+        if p is not None and p.boundary == boundary:
+            if t == boundary and isinstance(p.work, _Sorted):
+                self._finish(p)
             return False
-        times = self._decimated_times(boundary, t)
-        n_recent = len(self._decimated_times(boundary, boundary)) - len(times)
-        # copy now: these ring slots are not overwritten before the boundary (window >= refresh)
-        known = np.ascontiguousarray(self._ring[times % cfg.window_samples].T)
-        if not np.isfinite(known).all():
-            return False  # the core refresh will handle (and propagate) non-finite input
-        self._prepared = _Prepared(boundary, t, self._pool.submit(_work_up, known, n_recent))
+        W = cfg.window_samples
+        known = self._decimated_times(boundary, t) % W
+        recent = self._decimated_times(boundary, boundary)[len(known):] % W
+        # the helper reads these slots while this thread writes later samples: they are not
+        # overwritten before the boundary (window >= refresh), and the refresh uses the
+        # result only if the helper finished before the boundary's first sample was written
+        prepared = self._prepared = _Prepared(boundary, t)
+        prepared.future = self._pool.submit(_prepare_into, prepared, self._ring, known, len(recent),
+                                            recent, cfg, self._last_n)
         return True
+
+    def _finish(self, p: _Prepared) -> None:
+        """Every sample of p's window has arrived: its final statistics, now (idle time)."""
+        work = p.work
+        recent = self._ring[work.recent_slots]
+        if not np.isfinite(recent).all():
+            p.work = "non-finite samples in the window"
+            return
+        center, inv_scale = self._stats_from(*_merge_recent(work, recent))
+        n = self._last_n
+        rows = ((np.repeat(center[None], n, axis=0), np.repeat(inv_scale[None], n, axis=0))
+                if 0 < n <= _TILE_ROWS else (None, None))
+        p.work = _Exact(center, inv_scale, *rows)
+
+    def _stats_from(self, center: np.ndarray, mad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(center, 1 / scale) from the median and MAD: exactly the core's arithmetic (float32)."""
+        scale = 1.4826 * mad
+        center = center.astype(np.float32)
+        return center, inverse_scale(scale, center, self.config)  # the core's floor
 
     def wait_prepared(self, timeout_s: float | None = None) -> None:
         """Block until the preparation started by prepare() is done (benchmarks, tests)."""
@@ -185,27 +494,30 @@ class EdgeNormaliser(Normaliser):
         super()._refresh()
 
     def _refresh(self) -> None:
-        prepared, self._prepared = self._prepared, None
-        T = self.samples_seen
-        reason = ("not prepared" if prepared is None or prepared.boundary != T
-                  else "preparation not finished" if not prepared.future.done()
-                  else f"preparation failed: {prepared.future.exception()!r}"
-                  if prepared.future.exception() is not None else None)
-        if reason is not None:
-            return self._inline_refresh(reason)
-        cfg = self.config
-        known: _Known = prepared.future.result()
-        times = self._decimated_times(T, T)
-        recent = np.ascontiguousarray(self._ring[times[times >= prepared.prepared_at] % cfg.window_samples].T)
-        if recent.shape[1] != known.n_recent or not np.isfinite(recent).all():
-            return self._inline_refresh("recent samples differ from the preparation")
-        center = _median_merge_prepared(known, recent)
-        mad = _mad_merge(known, recent, center)
-        # exactly the core's arithmetic from here on (float32 throughout)
-        scale = 1.4826 * mad
-        self.center = center.astype(np.float32)
-        self.inv_scale = (1.0 / np.maximum(scale, cfg.floor_uv)).astype(np.float32)
+        p, self._prepared = self._prepared, None
+        why = self._apply(p) if p is not None and p.boundary == self.samples_seen else "not prepared"
+        if why is not None:
+            self._inline_refresh(why)
+
+    def _apply(self, p: _Prepared) -> str | None:
+        """Take the prepared statistics (None), or say why they cannot be used."""
+        work = p.work  # set by the helper as its last step
+        if work is None:
+            return "preparation not finished"
+        if isinstance(work, str):
+            return work
+        if isinstance(work, _Exact):  # an assignment: everything was done in idle time
+            self.center, self.inv_scale = work.center, work.inv_scale
+            if work.center_rows is not None:  # the next block's operands, made ahead too
+                self._adopt_rows(work.center_rows, work.inv_rows)
+            self.exact_refreshes += 1
+        else:
+            recent = self._ring[work.recent_slots]
+            if not np.isfinite(recent).all():
+                return "non-finite samples in the window"
+            self.center, self.inv_scale = self._stats_from(*_merge_recent(work, recent))
         self.fast_refreshes += 1
+        return None
 
 
 def _below_caller_priority() -> None:
@@ -226,127 +538,3 @@ def _below_caller_priority() -> None:
                 os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     except (AttributeError, OSError):  # not Linux, or not allowed: keep what it has
         pass
-
-
-# --------------------------------------------------------------------------------------
-# selection on sorted rows plus a few extra values (all vectorised over channels)
-# --------------------------------------------------------------------------------------
-def _middle_ranks(n: int) -> tuple[int, int]:
-    """0-based ranks np.median averages: equal for odd n."""
-    return (n - 1) // 2, n // 2
-
-
-def _finish_median(candidates: np.ndarray, r1: int, r2: int, lo: int) -> np.ndarray:
-    """Sort candidates (C, m) and take np.median's value at global ranks r1, r2."""
-    c = np.sort(candidates, axis=1)
-    a, b = c[:, r1 - lo], c[:, r2 - lo]
-    if r1 == r2:
-        return a.astype(np.float32)
-    # np.median of float32: mean of the two middle values, summed and divided in float32
-    return ((a + b) / np.float32(2)).astype(np.float32)
-
-
-def _median_merge_prepared(known: _Known, recent: np.ndarray) -> np.ndarray:
-    """Median per row of (known.rows ∪ recent), exactly as np.median gives it.
-
-    The rank-r value of the union has rank in [r - nB, r] among the sorted rows, so only
-    rows[:, r1 - nB : r2 + 1] (the prepared middle slice) and the recent values can hold it.
-    """
-    nA, nB = known.rows.shape[1], recent.shape[1]
-    r1, r2 = _middle_ranks(nA + nB)
-    return _finish_median(np.concatenate([known.middle, recent], axis=1), r1, r2, known.middle_lo)
-
-
-def _mad_merge(known: _Known, recent: np.ndarray, center: np.ndarray) -> np.ndarray:
-    """Median of |x - center| per row over (known.rows ∪ recent), float32, as np.median gives.
-
-    Distances over a sorted row form two sorted runs (left of the center read backwards,
-    right of it forwards). The helper bounded the answer by a radius t: the first i_a left
-    and j_a right distances are <= t, at least r2 + 1 of them. So the answer is among the
-    last (i_a + j_a - lo) of each run below t and the recent values, and the first
-    (i_a + j_a - lo) of each counted run are below it. Float rounding is respected: the run
-    boundaries are found on fl(|x - c|) itself, not on c +- t. A row the prepared slices
-    cannot answer (long runs of tied values, as on a dead channel) is computed directly.
-    """
-    rows, n_recent = known.rows, recent.shape[1]
-    C, nA = rows.shape
-    r1, r2 = _middle_ranks(nA + n_recent)
-    lo = max(0, r1 - n_recent)
-    c = center.astype(np.float32)
-    # the radius for this center: distances to c are within |c - c_known| of those to c_known
-    shift = np.abs(c.astype(np.float64) - known.center.astype(np.float64))
-    t = np.nextafter((known.radius + shift).astype(np.float32), np.float32(np.inf))
-    p, sure_p = known.band_center.count_below(c, inclusive=False)  # left run: rows[:, :p] (x < c)
-    # smallest x with fl(c - x) <= t, and largest x with fl(x - c) <= t, exactly in float32
-    x_lo, found_lo = _edge(c, t, toward=-np.inf)
-    x_hi, found_hi = _edge(c, t, toward=np.inf)
-    # a radius reaching past a row's extreme takes the whole run (the edge search near zero
-    # can need more floats than it tests; the extreme itself answers exactly)
-    all_left = np.abs(known.lowest - c) <= t
-    all_right = np.abs(known.highest - c) <= t
-    x_lo, found_lo = np.where(all_left, known.lowest, x_lo), found_lo | all_left
-    x_hi, found_hi = np.where(all_right, known.highest, x_hi), found_hi | all_right
-    below_lo, sure_lo = known.band_lo.count_below(x_lo, inclusive=False)
-    upto_hi, sure_hi = known.band_hi.count_below(x_hi, inclusive=True)
-    i_a, j_a = p - below_lo, upto_hi - p
-    total = i_a + j_a
-    sure = sure_p & sure_lo & sure_hi & found_lo & found_hi & (total >= r2 + 1)
-    width = int(np.where(sure, total - lo, 0).max()) if sure.any() else 0
-    start_l = np.maximum(0, i_a - width)
-    start_r = np.maximum(0, j_a - width)
-    k = np.arange(width)[None, :]
-    kl = start_l[:, None] + k  # k-th smallest left distance lives at rows[p - 1 - k]
-    kr = start_r[:, None] + k  # k-th smallest right distance lives at rows[p + k]
-    use_l, use_r = kl < i_a[:, None], kr < j_a[:, None]
-    # both runs end at the radius: their last elements sit in the bands cut around it
-    left_x, held_l = known.band_lo.take(p[:, None] - 1 - kl)
-    right_x, held_r = known.band_hi.take(p[:, None] + kr)
-    sure &= (held_l | ~use_l).all(axis=1) & (held_r | ~use_r).all(axis=1)
-    inf = np.float32(np.inf)
-    left = np.where(use_l, np.abs(left_x - c[:, None]), inf)
-    right = np.where(use_r, np.abs(right_x - c[:, None]), inf)
-    candidates = np.sort(np.concatenate([left, right, np.abs(recent - c[:, None])], axis=1), axis=1)
-    base = np.where(sure, start_l + start_r, 0)  # distances excluded below, all <= the answer
-    idx = np.arange(C)
-    top = candidates.shape[1] - 1
-    a = candidates[idx, np.clip(r1 - base, 0, top)]
-    mad = a if r1 == r2 else (a + candidates[idx, np.clip(r2 - base, 0, top)]) / np.float32(2)
-    mad = mad.astype(np.float32)
-    for i in np.flatnonzero(~sure):  # directly, as the core does for that column
-        data = np.concatenate([rows[i], recent[i]])
-        mad[i] = np.median(np.abs(data - c[i]))
-    return mad
-
-
-_EDGE_STEPS = 16  # floats tested on each side of fl(c +- t)
-
-
-def _ordered(x: np.ndarray) -> np.ndarray:
-    """float32 -> int64 that orders like the value (adjacent floats differ by 1)."""
-    bits = (x + np.float32(0.0)).view(np.int32).astype(np.int64)
-    return np.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
-
-
-def _from_ordered(k: np.ndarray) -> np.ndarray:
-    bits = np.where(k >= 0, k, k ^ 0x7FFFFFFF).astype(np.int32)
-    return bits.view(np.float32)
-
-
-def _edge(c: np.ndarray, t: np.ndarray, *, toward: float) -> tuple[np.ndarray, np.ndarray]:
-    """The float32 x furthest from c toward `toward` with fl(|x - c|) <= t, per row.
-
-    fl(c +- t) lands a few floats from that edge (one or two where x > c / 2, the MUA
-    case); 2 * 16 + 1 neighbouring floats are tested at once. Returns (x, found): `found`
-    is False for a row whose edge lies beyond them (the caller then takes the core's
-    refresh, so the result is exact always).
-    """
-    sign = 1 if toward > 0 else -1
-    x0 = (c + np.float32(sign) * t).astype(np.float32)
-    steps = np.arange(-_EDGE_STEPS, _EDGE_STEPS + 1)[:, None] * sign  # inside -> outside
-    candidates = _from_ordered(_ordered(x0)[None, :] + steps)
-    # never past c: beyond it the distance grows again (a tiny t puts x0 within ulps of c)
-    candidates = np.maximum(candidates, c) if sign > 0 else np.minimum(candidates, c)
-    inside = np.abs(candidates - c) <= t  # true on a prefix: the distance grows outward
-    n_inside = inside.sum(axis=0)
-    found = (n_inside >= 1) & (n_inside < candidates.shape[0])
-    return candidates[np.clip(n_inside - 1, 0, None), np.arange(c.shape[0])], found

@@ -1,7 +1,12 @@
 """The bedside decision loop: frames in, normalised ring buffer, int8 encoder + probe, decisions out.
 
-Map: SampleRing (recent normalised MUA + validity) <- StreamIngest (gaps, restarts, the one
-Normaliser) <- Runtime.process_batch (one read's frames) -> decide / no-decision -> DecisionSinks.
+Map: Int8Ring (recent samples, normalised and quantised to the model's int8 input on
+arrival, + lost runs; SampleRing: the float32 ring for any other WindowDecoder) <-
+StreamIngest (gaps, restarts, the one Normaliser) <- Runtime.process_batch (one read's
+frames) -> decide (a view of the ring's rows into the interpreter, the probe on its int8
+output) / no-decision -> DecisionSinks. No allocation, garbage collection or inline
+statistics refresh on the way: collections run between batches (collect_in_idle), the
+normaliser's refresh is prepared in idle time (edge/normaliser.py).
 
 Latency of a decision runs from the moment the read that delivered the last byte the window
 needs returned (`t_read_ns` of that batch) to the moment its line has been written, split
@@ -13,6 +18,7 @@ due longer than `stale_ms` ago is not decided, however quickly it could be. Impo
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -24,10 +30,10 @@ from pathlib import Path
 from typing import IO, Protocol
 
 import numpy as np
+
 from phosphene.edge.health import HealthReport, InputHealth
 from phosphene.edge.normaliser import EdgeNormaliser
 from phosphene.edge.stats import LatencyHistogram, peak_rss_mb, rss_mb
-
 from phosphene.signal import NormaliserConfig, WindowSpec
 
 __all__ = [
@@ -35,6 +41,7 @@ __all__ = [
     "NO_DECISION_REASONS",
     "BundleDecoder",
     "DecisionSinks",
+    "Int8Ring",
     "Runtime",
     "RuntimeConfig",
     "SampleBlock",
@@ -44,6 +51,7 @@ __all__ = [
     "StreamIngest",
     "StreamRestart",
     "WindowDecoder",
+    "collect_in_idle",
 ]
 
 log = logging.getLogger(__name__)
@@ -207,6 +215,134 @@ class SampleRing:
         return invalid
 
 
+class Int8Ring:
+    """The last `capacity` samples as the model's int8 input rows, any window one contiguous view.
+
+    rows: (capacity + window, C) int8; sample s lives in row s % capacity, and rows
+    [capacity, capacity + window) repeat rows [0, window), so the rows of any window of up
+    to `window` samples are contiguous: view(start, stop) is the (1, n, C) input tensor
+    itself, without a copy. Same addressing and API as SampleRing (head, oldest, holds,
+    seq_at, clear); lost samples are kept as a short list of runs instead of a flag per
+    sample, and the wire sequence number per block instead of per sample, so a block costs
+    one write of its rows and no per-sample bookkeeping.
+    """
+
+    def __init__(self, n_channels: int, capacity: int, window: int):
+        if capacity <= 0 or n_channels <= 0 or not 0 < window <= capacity:
+            raise ValueError("ring capacity, window and channel count must be positive "
+                             "(window <= capacity)")
+        self.capacity, self.n_channels, self.window_samples = int(capacity), int(n_channels), int(window)
+        self.values = np.zeros((1, self.capacity + self.window_samples, self.n_channels), dtype=np.int8)
+        self.values.fill(0)  # every page touched now, not during a decision
+        self.rows = self.values[0]
+        self._views: list[np.ndarray | None] = [None] * self.capacity  # window views by first slot
+        self._lost: deque[list[int]] = deque()  # [start, stop) runs of lost samples, oldest first
+        self._blocks: deque[tuple[int, int]] = deque()  # (first sample, seq) per block, oldest first
+        self.clear(0)
+
+    def clear(self, next_sample: int) -> None:
+        """Forget everything; the next write is expected at `next_sample`."""
+        self._lost.clear()
+        self._blocks.clear()
+        self.first = int(next_sample)
+        self.head = int(next_sample)
+
+    @property
+    def oldest(self) -> int:
+        return max(self.first, self.head - self.capacity)
+
+    def holds(self, start: int, stop: int) -> bool:
+        return self.oldest <= start and stop <= self.head
+
+    def slot_rows(self, sample: int, n: int) -> np.ndarray | None:
+        """The rows that samples [sample, sample + n) go to, if contiguous (else None)."""
+        slot = sample % self.capacity
+        return self.rows[slot:slot + n] if slot + n <= self.capacity else None
+
+    def commit(self, sample: int, n: int, valid: bool, seq: int = -1,
+               rows: np.ndarray | None = None) -> None:
+        """Samples [sample, sample + n) are written: into slot_rows() already (rows None), or
+        given here as int8 rows (n, C) to be stored (the newest `capacity` of them)."""
+        assert sample == self.head, "ring writes are contiguous; gaps are filled by the caller"
+        cap, W = self.capacity, self.window_samples
+        if rows is not None:
+            if n > cap:
+                rows, sample, n = rows[n - cap:], sample + n - cap, cap
+            slot = sample % cap
+            first = min(n, cap - slot)
+            self.rows[slot:slot + first] = rows[:first]
+            if first < n:
+                self.rows[: n - first] = rows[first:]
+        slot = sample % cap
+        end = slot + n
+        if slot < W:  # rows [0, window) are mirrored after the ring
+            top = end if end < W else W
+            self.rows[cap + slot:cap + top] = self.rows[slot:top]
+        if end > cap:  # wrapped: the rows written at the ring's start too
+            top = min(end - cap, W)
+            self.rows[cap:cap + top] = self.rows[:top]
+        head = self.head = sample + n
+        oldest = head - cap if head - cap > self.first else self.first
+        lost = self._lost
+        if not valid:
+            if lost and lost[-1][1] == sample:
+                lost[-1][1] = head
+            else:
+                lost.append([sample, head])
+        while lost and lost[0][1] <= oldest:
+            lost.popleft()
+        blocks = self._blocks
+        blocks.append((sample, seq))
+        while blocks[0][0] < oldest and len(blocks) > 1 and blocks[1][0] <= oldest:
+            blocks.popleft()
+
+    def append(self, slot: int, sample: int, n: int, seq: int) -> None:
+        """commit() of the steady state: a valid block already in rows [slot, slot + n),
+        no wrap (slot = sample % capacity, slot + n <= capacity)."""
+        if slot < self.window_samples:  # rows [0, window) are mirrored after the ring
+            top = min(slot + n, self.window_samples)
+            self.rows[self.capacity + slot:self.capacity + top] = self.rows[slot:top]
+        head = self.head = sample + n
+        oldest = head - self.capacity
+        blocks = self._blocks
+        blocks.append((sample, seq))
+        if oldest > self.first:
+            if self._lost and self._lost[0][1] <= oldest:
+                self._lost.popleft()
+            while len(blocks) > 1 and blocks[1][0] <= oldest:
+                blocks.popleft()
+
+    def view(self, start: int, stop: int) -> np.ndarray:
+        """(1, stop - start, C) int8 rows of samples [start, stop): a view, no copy."""
+        slot = start % self.capacity
+        if stop - start == self.window_samples:  # made once per slot, then reused
+            v = self._views[slot]
+            if v is None:
+                v = self._views[slot] = self.values[:, slot:slot + self.window_samples]
+            return v
+        return self.values[:, slot:slot + (stop - start)]
+
+    def lost_in(self, start: int, stop: int) -> int:
+        """How many samples in [start, stop) were lost (filled)."""
+        lost = self._lost
+        if not lost or lost[-1][1] <= start:
+            return 0
+        return sum(max(0, min(b, stop) - max(a, start)) for a, b in lost)
+
+    def seq_at(self, sample: int) -> int:
+        """Wire sequence number of the frame that carried `sample` (-1: a filled gap)."""
+        for first, seq in reversed(self._blocks):
+            if first <= sample:
+                return seq
+        return -1
+
+    def window(self, start: int, stop: int, out: np.ndarray) -> int:
+        """Copy the int8 rows of [start, stop) into out; return how many are lost (as SampleRing)."""
+        assert self.holds(start, stop), "caller checks holds() first"
+        out[...] = self.view(start, stop)[0]
+        return self.lost_in(start, stop)
+
+
 # --------------------------------------------------------------------------------------
 # When was a sample due? The device's sample counter mapped onto the local clock
 # --------------------------------------------------------------------------------------
@@ -282,10 +418,14 @@ class StreamClock:
 # Ingest: device samples -> normaliser -> ring, with gaps, late frames and restarts
 # --------------------------------------------------------------------------------------
 class StreamIngest:
-    """Feeds sample blocks through the bundle's Normaliser into a SampleRing.
+    """Feeds sample blocks through the bundle's Normaliser into a ring.
 
     The normaliser is EdgeNormaliser: the core Normaliser with its periodic statistics
     refresh prepared in idle time (call prepare() after decisions), same output bytes.
+    With `quant` (the model's input quantisation) each sample is normalised and quantised
+    once, on arrival, into an Int8Ring: a window is then a view of int8 rows, bit-identical
+    to quant.quantize(normalise(x)), and deciding needs no gather or quantise. Without it
+    the ring is a SampleRing of float32 normalised samples (any WindowDecoder).
 
     The normaliser sees one sample per device sample counter, in order, exactly as the
     offline `normalise_recording` sees a recording, so a window decoded here equals the
@@ -293,13 +433,26 @@ class StreamIngest:
     last received sample (so the normaliser's refresh grid stays on the device counter)
     and marked invalid. A gap longer than the ring, or a counter that jumps back by more
     than the ring (device restart), resets the normaliser: decisions wait for a new
-    warm-up. Frames that arrive late or twice are dropped and counted.
+    warm-up. Frames that arrive late or twice are dropped and counted. On the int8 path a
+    block holding a non-finite sample (the wire rejects those; a direct caller might not)
+    is counted and stored as lost, like a gap, instead of poisoning the statistics.
     """
 
-    def __init__(self, n_channels: int, normaliser_config: NormaliserConfig, capacity: int):
+    def __init__(self, n_channels: int, normaliser_config: NormaliserConfig, capacity: int,
+                 *, quant=None, window_samples: int | None = None):
         self.n_channels = n_channels
         self.normaliser = EdgeNormaliser(n_channels, normaliser_config)
-        self.ring = SampleRing(n_channels, capacity)
+        self.int8 = quant is not None
+        if self.int8:
+            self.normaliser.set_output_quant(quant)
+            self.ring = Int8Ring(n_channels, capacity, window_samples or capacity)
+            self._rows8 = np.zeros((64, n_channels), dtype=np.int8)  # a block that wraps the ring
+            self._ones = np.ones(64 * n_channels, dtype=np.float32)
+            self._ones_by_size = {k * n_channels: self._ones[:k * n_channels] for k in range(1, 65)}
+            self._rows, self._capacity = self.ring.rows, self.ring.capacity
+        else:
+            self.ring = SampleRing(n_channels, capacity)
+        self.nonfinite_blocks = 0
         self.started = False
         self.next_sample = 0
         self.warm_from = 0  # first sample counter with finite normalised values
@@ -337,6 +490,18 @@ class StreamIngest:
         """Ingest one block; returns "ok", "gap", "reset" or "late"."""
         data = block.data
         n = data.shape[0]
+        sample = block.sample
+        if self.int8 and sample == self.next_sample and self.started:
+            # the steady state: the next block in order, float32, no NaN, not wrapping the ring
+            ones = self._ones_by_size.get(data.size)
+            slot = sample % self._capacity
+            if (ones is not None and slot + n <= self._capacity and data.dtype == np.float32
+                    and not math.isnan(data.reshape(-1).dot(ones))):
+                self.normaliser.process_int8(data, self._rows[slot:slot + n])
+                self.ring.append(slot, sample, n, block.seq)
+                self.next_sample = sample + n
+                self.samples_received += n
+                return "ok"
         status = "ok"
         if not self.started:
             status = "reset" if self.samples_received else "ok"
@@ -357,16 +522,70 @@ class StreamIngest:
                 self._reset(block.sample)
                 status = "reset"
             else:
-                filler = np.broadcast_to(self._hold, (gap, self.n_channels))
-                self.ring.write(self.next_sample, self.normaliser.process(filler), valid=False)
+                self._store(self.next_sample, self._filler(gap), False, -1)
                 self.next_sample = block.sample
                 status = "gap"
-        self.ring.write(block.sample, self.normaliser.process(data), valid=True, seq=block.seq)
+        if self.int8 and n and self._has_nan(data):
+            self.nonfinite_blocks += 1
+            self.samples_lost += n
+            self._store(block.sample, self._filler(n), False, block.seq)
+            self.next_sample = block.sample + n
+            self.samples_received += n
+            return "gap" if status == "ok" else status
+        self._store(block.sample, data, True, block.seq)
         self.next_sample = block.sample + n
         self.samples_received += n
-        if n:
-            self._hold = data[-1:].astype(np.float32, copy=True)
         return status
+
+    def _filler(self, n: int) -> np.ndarray:
+        """n copies of the last sample the normaliser saw (the last received, or a filler of it)."""
+        norm = self.normaliser
+        norm.flush()
+        if norm.samples_seen:  # its ring keeps every raw sample: no copy per block needed
+            np.copyto(self._hold, norm._ring[(norm.samples_seen - 1) % norm.config.window_samples])
+        return np.broadcast_to(self._hold, (n, self.n_channels))
+
+    def _has_nan(self, data: np.ndarray) -> bool:
+        """Any NaN? One dot product with ones (NaN, or +inf and -inf together, give NaN).
+        +-inf needs no check: the normaliser clips it exactly as the core does."""
+        if data.size <= self._ones.size and data.flags.c_contiguous:
+            return math.isnan(data.reshape(-1).dot(self._ones[:data.size]))
+        return bool(np.isnan(data).any())
+
+    def _store(self, sample: int, data: np.ndarray, valid: bool, seq: int) -> None:
+        """Normalise [sample, sample + n) into the ring (quantised on the int8 path)."""
+        if not self.int8:
+            self.ring.write(sample, self.normaliser.process(data), valid=valid, seq=seq)
+            return
+        n = data.shape[0]
+        if data.dtype != np.float32:
+            data = data.astype(np.float32)
+        rows = self.ring.slot_rows(sample, n)
+        if rows is not None:
+            self.normaliser.process_int8(data, rows)
+            self.ring.commit(sample, n, valid, seq)
+            return
+        if n > self._rows8.shape[0]:
+            self._rows8 = np.zeros((n, self.n_channels), dtype=np.int8)
+        rows = self._rows8[:n]
+        self.normaliser.process_int8(data, rows)
+        self.ring.commit(sample, n, valid, seq, rows=rows)
+
+
+def collect_in_idle() -> int:
+    """Run the garbage collection the next allocations would trigger, now (idle time).
+
+    CPython collects generation 0 when its count passes the threshold, during whatever
+    allocation gets there: with this called after every batch at half the threshold, that
+    is never a decision. Returns the generation collected (-1: none).
+    """
+    c0, c1, c2 = gc.get_count()
+    t0, t1, t2 = gc.get_threshold()
+    if t0 == 0 or c0 < t0 // 2:
+        return -1
+    generation = 2 if c1 + 1 >= t1 and c2 + 1 >= t2 else 1 if c1 + 1 >= t1 else 0
+    gc.collect(generation)
+    return generation
 
 
 # --------------------------------------------------------------------------------------
@@ -423,8 +642,10 @@ class DecisionSinks:
 class BundleDecoder:
     """A bundle's int8 encoder + probe behind the WindowDecoder protocol.
 
-    The "invoke" stage holds quantise + set_tensor + invoke + get_tensor; "probe" holds
-    dequantise + the probe's dot product and logistic.
+    decode(window): float32 normalised window; the "invoke" stage holds quantise +
+    set_tensor + invoke, "probe" the output -> P(perceived). decode_int8(rows): the int8
+    input tensor itself (a view of the runtime's Int8Ring; `input_quant` is what the ring
+    quantises with): "invoke" is set_tensor + invoke, nothing else. Same P either way.
     """
 
     def __init__(self, bundle, *, threads: int = 1, runtime: str = "auto", task: str | None = None):
@@ -433,6 +654,8 @@ class BundleDecoder:
         self.bundle = bundle
         self.encoder = Encoder(bundle, threads=threads, runtime=runtime, task=task)
         self.threshold = float(self.encoder.probe.threshold)
+        # rows: (1, T, C) int8 input tensor -> (p, invoke ns, probe ns); bound, no wrapper call
+        self.decode_int8 = self.encoder.run_int8
 
     @property
     def runtime_name(self) -> str:
@@ -441,6 +664,11 @@ class BundleDecoder:
     @property
     def runtime_version(self) -> str:
         return self.encoder.model.runtime_version
+
+    @property
+    def input_quant(self):
+        """The model's input quantisation (the int8 ring's)."""
+        return self.encoder.input_quant
 
     def decode(self, window: np.ndarray) -> tuple[float, int, int]:
         d = self.encoder.decide(window)
@@ -489,7 +717,14 @@ class Runtime:
         self.status_stream = status_stream
         self.clock_ns = clock_ns
         capacity = spec.offset_samples + spec.window_samples + int(config.ring_extra_s * spec.sample_rate_hz)
-        self.ingest = StreamIngest(self.n_channels, normaliser_config, capacity)
+        # a decoder that takes the int8 input tensor gets an int8 ring: each sample is
+        # normalised and quantised once, on arrival, and a decision copies nothing
+        quant = getattr(decoder, "input_quant", None) if hasattr(decoder, "decode_int8") else None
+        self._int8 = quant is not None
+        if self._int8:  # whole patches per ring cycle: frames of a patch never wrap it
+            capacity = -(-capacity // spec.patch_samples) * spec.patch_samples
+        self.ingest = StreamIngest(self.n_channels, normaliser_config, capacity, quant=quant,
+                                   window_samples=spec.window_samples)
         self._window = np.zeros((spec.window_samples, self.n_channels), dtype=np.float32)
         self._pending: deque[_Pending] = deque()
         self._stale_ns = int(config.stale_ms * 1e6)
@@ -498,6 +733,9 @@ class Runtime:
         self.counters = RuntimeCounters()
         self.latency = LatencyHistogram()
         self.stage_latency = {s: LatencyHistogram() for s in STAGES}
+        # the decision itself (window rows + invoke + probe), and normalise + quantise of
+        # the batch into the ring: end-to-end stages read, parse, ring, decision, write
+        self.stage_latency["decision"] = LatencyHistogram()
         self.external: dict[str, int] = {}  # counters from the wire decoder (frames lost, CRC ...)
         now = clock_ns()
         self.t_start_ns = now
@@ -587,6 +825,7 @@ class Runtime:
         for block in self._health_blocks:
             self.health.update(block)
         self._health_blocks.clear()
+        collect_in_idle()  # so that no collection ever starts inside a decision
 
     def poll(self, now_ns: int | None = None) -> None:
         """Stall detection, mismatch reminders and the periodic status line."""
@@ -736,14 +975,20 @@ class Runtime:
                 return age
             self._stale_line(onset, (start, stop, age))
             return None
-        invalid = ring.window(start, stop, self._window)
+        # int8: lost samples counted from their runs; float: the window copied out, counted
+        invalid = ring.lost_in(start, stop) if self._int8 else ring.window(start, stop, self._window)
         if invalid > self.config.max_lost_samples:
             self._no_decision("lost_samples", t0, onset=onset, window=window, lost=invalid)
             return None
         self._flush_stale_run()
         gather_ns = self.clock_ns() - t0
-        p, invoke_ns, probe_ns = self.decoder.decode(self._window)
-        age = self.stream_clock.age_ns(stop, self.clock_ns())
+        if self._int8:
+            p, invoke_ns, probe_ns = self.decoder.decode_int8(ring.view(start, stop))
+        else:
+            p, invoke_ns, probe_ns = self.decoder.decode(self._window)
+        t_decided = self.clock_ns()
+        decide_ns = t_decided - t0  # checks, window rows, invoke, probe
+        age = self.stream_clock.age_ns(stop, t_decided)
         if age > self._stale_ns:  # the decoder itself was held up (a pause, a busy CPU)
             self._stale_line(onset, (start, stop, age))
             return None
@@ -775,6 +1020,7 @@ class Runtime:
         stages["write"] = t_end - t_format
         for k, v in stages.items():
             self.stage_latency[k].add(max(v, 1) / 1e3)
+        self.stage_latency["decision"].add(max(decide_ns, 1) / 1e3)
         if total_ns > self._budget_ns:
             self.counters.budget_misses += 1
         return None
@@ -800,7 +1046,7 @@ class Runtime:
     def _stream_matches(self, block: SampleBlock) -> bool:
         C = block.data.shape[1] if block.data.ndim == 2 else -1
         rate = block.sample_rate_hz
-        if C == self.n_channels and (rate is None or abs(rate - self.spec.sample_rate_hz) < 1e-6):
+        if self.n_channels == C and (rate is None or abs(rate - self.spec.sample_rate_hz) < 1e-6):
             return True
         self.counters.mismatched_blocks += 1
         now = self.clock_ns()
@@ -854,13 +1100,14 @@ class Runtime:
             # no decisions yet: null, never NaN (not JSON)
             "latency_us": {k: (round(v, 1) if math.isfinite(v) else None) if isinstance(v, float) else v
                            for k, v in lat.items()},
-            "stages_us": {k: {q: round(h.summary()[q], 1) for q in ("p50", "p99", "max")}
+            "stages_us": {k: {q: round(h.summary()[q], 1) for q in ("p50", "p90", "p99", "max")}
                           for k, h in self.stage_latency.items() if h.count},
             "budget_ms": self.config.latency_budget_ms,
             "budget_misses": self.counters.budget_misses,
             "samples_received": self.ingest.samples_received,
             "samples_lost": self.ingest.samples_lost,
             "late_blocks": self.ingest.late_blocks,
+            "nonfinite_blocks": self.ingest.nonfinite_blocks,  # NaN samples: stored as lost
             "mismatched_blocks": self.counters.mismatched_blocks,
             "stale_windows": self.counters.stale_windows,
             "input_health": self.health_report.to_json() if self.health_report else None,
@@ -868,6 +1115,7 @@ class Runtime:
             "clock_reanchors": self.stream_clock.reanchors,
             "resets": self.ingest.resets,
             "normaliser_refreshes": {"prepared": self.ingest.normaliser.fast_refreshes,
+                                     "exact": self.ingest.normaliser.exact_refreshes,
                                      "inline": self.ingest.normaliser.slow_refreshes,
                                      "inline_reasons": dict(self.ingest.normaliser.inline_reasons)},
             "input_rate_hz": round(self.ingest.samples_received / duration_s, 1) if duration_s > 0 else 0.0,
@@ -882,7 +1130,8 @@ def format_summary(summary: dict) -> str:
     """A few readable lines for stderr."""
     lat = summary["latency_us"]
     nd = ", ".join(f"{k} {v}" for k, v in sorted(summary["no_decisions"].items())) or "none"
-    fmt = (lambda v: f"{v / 1e3:.3f} ms" if isinstance(v, float) and math.isfinite(v) else "n/a")
+    def fmt(v):
+        return (f"{v / 1e3:.3f} ms" if isinstance(v, float) and math.isfinite(v) else "n/a")
     lines = [
         f"summary: {summary['duration_s']:.1f} s, {summary['mode']} mode",
         f"  decisions {summary['decisions']}; no-decision: {nd}",
