@@ -107,22 +107,34 @@ size_t pw_samples_frame_size(uint16_t n_channels, uint16_t n_samples)
     return PW_FRAME_OVERHEAD + payload;
 }
 
-size_t pw_encode_samples(uint8_t *out, size_t out_cap, uint32_t seq, uint64_t sample_counter,
-                         uint16_t n_channels, uint16_t n_samples, uint32_t sample_rate_hz,
-                         float scale_uv, const int16_t *data)
+/* The payload head both sample encodings share; returns where the samples go, or NULL
+ * when the frame cannot be written (then *size is 0). */
+static uint8_t *samples_head(uint8_t *out, size_t out_cap, uint16_t n_channels, uint16_t n_samples,
+                             uint32_t sample_rate_hz, float scale_uv, const void *data, size_t *size)
 {
-    size_t size = pw_samples_frame_size(n_channels, n_samples);
-    size_t i, count = (size_t)n_channels * (size_t)n_samples;
     uint8_t *p;
-    if (size == 0 || out == NULL || data == NULL || out_cap < size || !(scale_uv > 0.0f)) {
-        return 0;
+    *size = pw_samples_frame_size(n_channels, n_samples);
+    if (*size == 0 || out == NULL || data == NULL || out_cap < *size || !(scale_uv > 0.0f)) {
+        *size = 0;
+        return NULL;
     }
     p = out + PW_HEADER_BYTES;
     put16(p, n_channels);
     put16(p + 2, n_samples);
     put32(p + 4, sample_rate_hz);
     put32(p + 8, float_bits(scale_uv));
-    p += PW_SAMPLES_HEAD_BYTES;
+    return p + PW_SAMPLES_HEAD_BYTES;
+}
+
+size_t pw_encode_samples(uint8_t *out, size_t out_cap, uint32_t seq, uint64_t sample_counter,
+                         uint16_t n_channels, uint16_t n_samples, uint32_t sample_rate_hz,
+                         float scale_uv, const int16_t *data)
+{
+    size_t size, i, count = (size_t)n_channels * (size_t)n_samples;
+    uint8_t *p = samples_head(out, out_cap, n_channels, n_samples, sample_rate_hz, scale_uv, data, &size);
+    if (p == NULL) {
+        return 0;
+    }
     for (i = 0; i < count; i++) {
         put16(p + 2 * i, (uint16_t)data[i]); /* two's complement, little-endian */
     }
@@ -194,18 +206,11 @@ size_t pw_encode_samples_f16(uint8_t *out, size_t out_cap, uint32_t seq, uint64_
                              uint16_t n_channels, uint16_t n_samples, uint32_t sample_rate_hz,
                              float scale_uv, const float *data)
 {
-    size_t size = pw_samples_frame_size(n_channels, n_samples);
-    size_t i, count = (size_t)n_channels * (size_t)n_samples;
-    uint8_t *p;
-    if (size == 0 || out == NULL || data == NULL || out_cap < size || !(scale_uv > 0.0f)) {
+    size_t size, i, count = (size_t)n_channels * (size_t)n_samples;
+    uint8_t *p = samples_head(out, out_cap, n_channels, n_samples, sample_rate_hz, scale_uv, data, &size);
+    if (p == NULL) {
         return 0;
     }
-    p = out + PW_HEADER_BYTES;
-    put16(p, n_channels);
-    put16(p + 2, n_samples);
-    put32(p + 4, sample_rate_hz);
-    put32(p + 8, float_bits(scale_uv));
-    p += PW_SAMPLES_HEAD_BYTES;
     for (i = 0; i < count; i++) {
         if ((float_bits(data[i]) & 0x7FFFFFFFu) > 0x7F800000u) {
             return 0; /* NaN: the receiver would reject the frame */
