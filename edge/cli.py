@@ -319,6 +319,9 @@ def _warn_if_baud_too_low(baud: int | None, bundle) -> None:
                    "frames (USB CDC devices ignore the baud rate)", err=True)
 
 
+BUDGET_FAILED = 3  # `bench`'s exit status when its own check fails (errors exit 1)
+
+
 # after the simulated array's last frame, before the runtime stops (under the stall bound,
 # so the drain never reads as a stall)
 SIMULATOR_DRAIN_S = 0.5
@@ -386,7 +389,9 @@ def bench(bundle, threads, runs, warmup, runtime_name, budget_ms, stream, durati
     new patch into the int8 ring, gather, invoke, probe), the same for the float path the
     int8 ring replaced (float_path), decision/invoke ratios, peak RSS, and whether the
     budget holds. --stream adds end-to-end latency through a pseudo-terminal at real time,
-    with its stages (read_parse, ring, decision, write).
+    with its stages (read_parse, ring, decision, write). Exit status 3 (after the full
+    report) when the budget does not hold: decision p99 above it, or with --stream any
+    miss or an end-to-end p99 above it.
 
     \b
     Examples:
@@ -420,6 +425,10 @@ def bench(bundle, threads, runs, warmup, runtime_name, budget_ms, stream, durati
         click.echo(json.dumps(result, indent=2))
     else:
         click.echo(format_bench(result))
+    if not result["budget_ok"]:
+        click.echo(f"Error: the {result['budget_ms']:g} ms latency budget does not hold on this "
+                   "device (see the report above)", err=True)
+        sys.exit(BUDGET_FAILED)
 
 
 # --------------------------------------------------------------------------------------

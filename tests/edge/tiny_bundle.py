@@ -80,8 +80,12 @@ def _health_reference(channel_map, spec: WindowSpec, seed: int) -> dict:
 
 def make_tiny_bundle(out: str | Path, *, n_channels: int = 96, spec: WindowSpec = WindowSpec(),
                      normaliser: NormaliserConfig = TEST_NORMALISER, latent_dim: int = 16,
-                     latency_budget_ms: float = 5.0, seed: int = 0) -> Path:
-    """Write a bundle directory at `out` (created) and return its path."""
+                     latency_budget_ms: float = 50.0, seed: int = 0) -> Path:
+    """Write a bundle directory at `out` (created) and return its path.
+
+    The budget is generous (50 ms): `bench` exits 3 when its p99 exceeds it, and a test of
+    behaviour must not fail on a shared machine's pause; budget checks set --budget-ms.
+    """
     from ai_edge_litert.interpreter import Interpreter
 
     out = Path(out)
