@@ -260,22 +260,9 @@ class Replayer:
         """run() in a daemon thread; errors land in `.error`. duration_s must be None."""
         if duration_s is not None:
             raise ValueError("a replay sends the whole capture; it takes no duration")
-        if self._thread is not None:
-            raise RuntimeError("this Replayer already ran; make a new one")
+        from phosphene.firmware_bridge.simulator import _run_in_thread
 
-        def target() -> None:
-            try:
-                self.run(port)
-            except OSError as exc:  # the port failed (device gone): the owner reports .error
-                self.error = exc
-                log.info("replay stopped: %s", exc)
-            except BaseException as exc:  # a bug: reported via .error and the log
-                self.error = exc
-                log.exception("replay stopped with an error")
-
-        self._thread = threading.Thread(target=target, name="phosphene-replay", daemon=True)
-        self._thread.start()
-        return self._thread
+        return _run_in_thread(self, "replay", lambda: self.run(port))
 
     def run(self, port: Any) -> ReplayCounts:
         from phosphene.firmware_bridge.simulator import _make_sink

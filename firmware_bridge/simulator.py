@@ -404,22 +404,7 @@ class Simulator:
 
     def start(self, port: Any, duration_s: float | None = None) -> threading.Thread:
         """run() in a daemon thread; errors land in `.error` (and are logged)."""
-        if self._thread is not None:
-            raise RuntimeError("this Simulator already ran; make a new one")
-
-        def target() -> None:
-            try:
-                self.run(port, duration_s)
-            except OSError as exc:  # the port failed (device gone): the owner reports .error
-                self.error = exc
-                log.info("simulator stopped: %s", exc)
-            except BaseException as exc:  # a bug: reported via .error and the log
-                self.error = exc
-                log.exception("simulator stopped with an error")
-
-        self._thread = threading.Thread(target=target, name="phosphene-simulator", daemon=True)
-        self._thread.start()
-        return self._thread
+        return _run_in_thread(self, "simulator", lambda: self.run(port, duration_s))
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Wait until the stream has ended (closing frame written); True if it has."""
@@ -694,3 +679,24 @@ class Simulator:
             self._counts.garbage_bytes += written
             self._counts.expected_bytes_discarded += written
 
+
+def _run_in_thread(owner, what: str, run) -> threading.Thread:
+    """Start run() in a daemon thread for a Simulator or Replayer (`owner`, run once): a
+    failed port lands in owner.error (the owner reports it), any other exception too,
+    logged with its traceback as the bug it is."""
+    if owner._thread is not None:
+        raise RuntimeError(f"this {type(owner).__name__} already ran; make a new one")
+
+    def target() -> None:
+        try:
+            run()
+        except OSError as exc:  # the port failed (device gone): the owner reports .error
+            owner.error = exc
+            log.info("%s stopped: %s", what, exc)
+        except BaseException as exc:  # a bug: reported via .error and the log
+            owner.error = exc
+            log.exception("%s stopped with an error", what)
+
+    owner._thread = threading.Thread(target=target, name=f"phosphene-{what}", daemon=True)
+    owner._thread.start()
+    return owner._thread
