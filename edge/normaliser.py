@@ -318,6 +318,20 @@ class EdgeNormaliser(Normaliser):
         self._fast_from, self._fast_to = 1, 0
         return super().process(x)
 
+    def _quantised(self, x: np.ndarray, buf: np.ndarray, center, inv, out: np.ndarray) -> None:
+        """out = the model's int8 of the normalised x, computed in buf (no allocation): the
+        core's (x - center) * inv_scale and clip, then quantise as QuantParams does."""
+        scale, zp, lo, hi, zclip = self._quant
+        np.subtract(x, center, buf)
+        np.multiply(buf, inv, buf)
+        if zclip is not None:
+            _clip_ufunc(buf, zclip[0], zclip[1], buf)
+        np.divide(buf, scale, buf)
+        np.add(buf, zp, buf)
+        _clip_ufunc(buf, lo, hi, buf)
+        np.rint(buf, buf)
+        out[:] = buf  # whole numbers in range: the cast is exact
+
     def process_int8(self, x: np.ndarray, out: np.ndarray) -> None:
         """x: (n, C) float32 uV -> out: (n, C) int8, equal to quant.quantize(self.process(x))
         bit for bit (+-inf as the core clips it; NaN has no int8 value: the caller keeps it
@@ -329,16 +343,7 @@ class EdgeNormaliser(Normaliser):
             # the steady state: inside one refresh period, no wrap of the statistics' ring,
             # operands already cut for n rows and current (_cut_rows resets _fast_to)
             buf, center, inv = self._n_views
-            scale, zp, lo, hi, zclip = self._quant
-            np.subtract(x, center, buf)
-            np.multiply(buf, inv, buf)
-            if zclip is not None:
-                _clip_ufunc(buf, zclip[0], zclip[1], buf)
-            np.divide(buf, scale, buf)
-            np.add(buf, zp, buf)
-            _clip_ufunc(buf, lo, hi, buf)
-            np.rint(buf, buf)
-            out[:] = buf  # whole numbers in range: the cast is exact
+            self._quantised(x, buf, center, inv, out)
             # the statistics' ring (as the core keeps it) is only read at a refresh or by
             # the helper: this block is stored there in idle time (prepare(), flush())
             if self._unstored is not None:
@@ -363,16 +368,7 @@ class EdgeNormaliser(Normaliser):
                     buf, center, inv = self._n_views
                 else:  # a long block (start-up, a filled gap): broadcast, allocate
                     buf, center, inv = np.empty_like(seg), self.center, self.inv_scale
-                scale, zp, lo, hi, zclip = self._quant
-                np.subtract(seg, center, buf)
-                np.multiply(buf, inv, buf)
-                if zclip is not None:
-                    _clip_ufunc(buf, zclip[0], zclip[1], buf)
-                np.divide(buf, scale, buf)
-                np.add(buf, zp, buf)
-                _clip_ufunc(buf, lo, hi, buf)
-                np.rint(buf, buf)
-                out[pos:pos + take] = buf
+                self._quantised(seg, buf, center, inv, out[pos:pos + take])
             slot = t % W
             first = min(take, W - slot)
             self._ring[slot:slot + first] = seg[:first]
