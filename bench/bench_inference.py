@@ -126,38 +126,18 @@ def converted(model, spec, n_channels: int, calib: np.ndarray) -> dict:
 
 def bundle_from_int8(int8_path: Path, spec, n_channels: int, latent_dim: int, out: Path) -> Path:
     """A minimal bundle around an int8 model (random-weight mode), for the edge Encoder."""
-    from phosphene.edge.bundle import (
-        BUNDLE_FORMAT,
-        BUNDLE_VERSION,
-        MANIFEST_FILE,
-        MODEL_FILE,
-        PROBE_FILE,
-        Probe,
-        file_sha256,
-        probes_to_json,
-    )
+    from phosphene.edge.bundle import BundleSpec, Probe, write_bundle
     from phosphene.edge.interpreter import TFLiteModel
     from phosphene.geometry import map_for_channels
     from phosphene.signal import NormaliserConfig
 
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(int8_path, out / MODEL_FILE)
-    m = TFLiteModel(out / MODEL_FILE, runtime="litert")
+    m = TFLiteModel(int8_path, runtime="litert")
     w = np.random.default_rng(0).normal(0, 1 / np.sqrt(latent_dim), latent_dim)
-    (out / PROBE_FILE).write_text(json.dumps(probes_to_json(
-        {"psychometric": Probe("psychometric", w, 0.0)}, task="psychometric", latent_dim=latent_dim)))
-    manifest = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION,
-                "files": {n: {"sha256": file_sha256(out / n)} for n in (MODEL_FILE, PROBE_FILE)},
-                "model": {"file": MODEL_FILE, "input": m.input_quant.to_dict(),
-                          "output": m.output_quant.to_dict()},
-                "probe": {"file": PROBE_FILE}, "n_channels": n_channels,
-                "channel_map": map_for_channels(n_channels).to_json(),
-                "sample_rate_hz": spec.sample_rate_hz, "window": spec.to_dict(),
-                "normaliser": NormaliserConfig().to_dict(), "latency_budget_ms": 16.0}
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest))
-    from phosphene.edge.signing import seal_bundle
-
-    seal_bundle(out)
+    write_bundle(out, BundleSpec(
+        model=int8_path.read_bytes(), probes={"psychometric": Probe("psychometric", w, 0.0)},
+        task="psychometric", channel_map=map_for_channels(n_channels), window=spec,
+        normaliser=NormaliserConfig(), input_quant=m.input_quant, output_quant=m.output_quant,
+        latency_budget_ms=16.0), overwrite=True)
     return out
 
 

@@ -32,7 +32,7 @@ import numpy as np
 from phosphene.errors import PhospheneError
 from phosphene.geometry import ChannelMap
 from phosphene.io import sha256_file as file_sha256  # re-exported: the one file hash
-from phosphene.signal import NormaliserConfig, WindowSpec
+from phosphene.signal import NormaliserConfig, WindowSpec, task_window
 
 if TYPE_CHECKING:
     from phosphene.edge.signing import BundleKey, Seal
@@ -48,12 +48,14 @@ __all__ = [
     "PROBE_VERSION",
     "Bundle",
     "BundleError",
+    "BundleSpec",
     "Probe",
     "QuantParams",
     "file_sha256",
     "load_bundle",
     "probe_from_json",
     "probes_to_json",
+    "write_bundle",
 ]
 
 BUNDLE_FORMAT = "phosphene-bundle"
@@ -244,6 +246,10 @@ class Bundle:
         """The probe the runtime applies by default."""
         return self.probes[self.task]
 
+    def window_for(self, task: str | None = None) -> WindowSpec:
+        """The window a probe reads (a task named *_pre ends at onset: signal.task_window)."""
+        return task_window(task or self.task, self.window_spec)[1]
+
     @property
     def model_path(self) -> Path:
         return self.path / self.manifest["model"]["file"]
@@ -288,7 +294,8 @@ class Bundle:
             "window": self.window_spec.to_dict(),
             "normaliser": self.normaliser_config.to_dict(),
             "model": {k: v for k, v in m["model"].items() if k not in ("student_config",)},
-            "probe": {"task": self.task, "tasks": {t: {"source": p.source, "threshold": p.threshold}
+            "probe": {"task": self.task, "tasks": {t: {"source": p.source, "threshold": p.threshold,
+                                                       "offset_ms": self.window_for(t).offset_ms}
                                                    for t, p in self.probes.items()}},
             "parity": m.get("parity", {}),
             "calibration": m.get("calibration", {}),
@@ -434,6 +441,83 @@ def load_bundle(path: str | os.PathLike, *, key: str | os.PathLike | BundleKey |
 
 
 # --------------------------------------------------------------------------------------
+# Writing a bundle: the one place a manifest is made
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BundleSpec:
+    """Everything a bundle holds, as `write_bundle` turns it into files (the manifest type).
+
+    The fields `load_bundle` checks are typed; `model_info` adds to the manifest's "model"
+    entry (architecture, operators, quantizer) and `records` adds top-level entries that
+    are reports for people and tools, never read by the runtime (parity, calibration,
+    training, tools).
+    """
+
+    model: bytes  # the int8 .tflite flatbuffer
+    probes: dict[str, Probe]
+    task: str  # the probe the runtime applies by default
+    channel_map: ChannelMap
+    window: WindowSpec
+    normaliser: NormaliserConfig
+    input_quant: QuantParams
+    output_quant: QuantParams
+    latency_budget_ms: float
+    wire: dict | None = None  # the sample format parity was measured through
+    input_health: dict | None = None  # edge/health.py's calibration statistics
+    model_info: dict = field(default_factory=dict)
+    records: dict = field(default_factory=dict)
+
+    def manifest(self, files: dict[str, dict]) -> dict:
+        """manifest.json for this bundle, given the written files' hashes and sizes."""
+        import datetime as _dt
+
+        probe = self.probes[self.task]
+        return {
+            "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION,
+            "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "files": files,
+            "n_channels": self.channel_map.n_channels,
+            "channel_map": self.channel_map.to_json(),
+            "sample_rate_hz": self.window.sample_rate_hz,
+            "window": self.window.to_dict(),
+            "normaliser": self.normaliser.to_dict(),
+            "model": {"file": MODEL_FILE, **self.model_info,
+                      "latent_dim": int(self.output_quant.shape[-1]),
+                      "input": self.input_quant.to_dict(), "output": self.output_quant.to_dict()},
+            "probe": {"file": PROBE_FILE, "task": self.task, "source": probe.source,
+                      "decision": "P(perceived) = sigmoid(weights . latent + bias) >= threshold"},
+            "latency_budget_ms": float(self.latency_budget_ms),
+            **({"wire": self.wire} if self.wire is not None else {}),
+            **({"input_health": self.input_health} if self.input_health is not None else {}),
+            **self.records,
+        }
+
+
+def write_bundle(out: str | os.PathLike, spec: BundleSpec, *, overwrite: bool = False) -> Bundle:
+    """Write `spec` as a sealed bundle directory, atomically, and load it back as the edge does.
+
+    model.tflite, probe.json and manifest.json go into a temporary directory beside `out`,
+    bundle.sig seals all three, and only then does the directory take the name `out`
+    (replacing an old one only with `overwrite`). Returns `load_bundle(out)`: a bundle
+    this code writes is one this code reads.
+    """
+    from phosphene.edge.signing import seal_bundle
+    from phosphene.io import atomic_dir, write_json
+
+    if spec.task not in spec.probes:
+        raise BundleError(f"no probe for the default task {spec.task!r}; have {', '.join(spec.probes)}")
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        (tmp / MODEL_FILE).write_bytes(spec.model)
+        write_json(tmp / PROBE_FILE, probes_to_json(spec.probes, task=spec.task,
+                                                    latent_dim=int(spec.output_quant.shape[-1])))
+        files = {name: {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+                 for name in (MODEL_FILE, PROBE_FILE)}
+        write_json(tmp / MANIFEST_FILE, spec.manifest(files))
+        seal_bundle(tmp)  # bundle.sig: the digest of every file, the manifest included
+    return load_bundle(out)
+
+
+# --------------------------------------------------------------------------------------
 # What `phosphene verify` does (kept here so the CLI stays a thin wrapper)
 # --------------------------------------------------------------------------------------
 def verify_bundle(path: str | os.PathLike, *, runtime: str = "auto",
@@ -503,7 +587,8 @@ def format_verify(report: dict) -> str:
         f"zero {m['output']['zero_point']})",
         f"operators   {', '.join(m.get('operators', []))}",
         f"probe       {b['probe']['task']} (default); tasks: "
-        + ", ".join(f"{t} [{v['source']}, threshold {v['threshold']:g}]"
+        + ", ".join(f"{t} [{v['source']}, threshold {v['threshold']:g}"
+                    + (f", window from {v['offset_ms']:+g} ms" if "offset_ms" in v else "") + "]"
                     for t, v in b["probe"]["tasks"].items()),
     ]
     lat = p.get("latent", {})
@@ -511,10 +596,11 @@ def format_verify(report: dict) -> str:
         lines.append(f"parity      cosine mean {lat['cosine_mean']:.4f} min {lat['cosine_min']:.4f}, "
                      f"max abs error {lat['max_abs_error']:.4g}, decision agreement "
                      f"{p.get('decision_agreement', float('nan')):.4f}")
+    width = max((len(t) for t in p.get("tasks", {})), default=12)
     for task, e in p.get("tasks", {}).items():
         cells = [f"{k.removeprefix('ba_')} {100 * v:.1f}%" for k, v in e.items()
                  if k.startswith("ba_") and isinstance(v, (int, float))]
-        lines.append(f"  {task:<12} balanced accuracy: " + ", ".join(cells))
+        lines.append(f"  {task:<{width}} balanced accuracy: " + ", ".join(cells))
     cal = b.get("calibration", {})
     if cal:
         lines.append(f"calibration {cal.get('n_windows')} windows, sha256 {str(cal.get('sha256'))[:12]}...")

@@ -10,6 +10,7 @@ import click
 
 from phosphene.cli import SIMULATE_COMMANDS, LazyGroup
 from phosphene.commands import ProgressLine, dataset_argument, echo_json, open_dataset
+from phosphene.errors import PhospheneError
 
 __all__ = ["info", "simulate", "simulate_dataset"]
 
@@ -81,7 +82,7 @@ def simulate_dataset(out, preset, seed, channels, map_file, resting_hours, eval_
     try:
         channel_map = ChannelMap.load(map_file) if map_file else (
             map_for_channels(channels) if channels else None)
-    except (OSError, ValueError) as exc:
+    except (OSError, PhospheneError) as exc:
         raise click.ClickException(str(exc)) from None
     bar = ProgressLine("simulate")
     try:

@@ -19,8 +19,10 @@ from pathlib import Path
 import click
 import numpy as np
 
+from phosphene.errors import PhospheneError
 from phosphene.io import write_json, write_text
 from phosphene.metrics import p_text
+from phosphene.signal import PRE_STIMULUS
 
 __all__ = ["DemoSettings", "demo", "run_demo"]
 
@@ -86,7 +88,7 @@ class _Stages:
             result = func(*args, **kwargs)
         except click.ClickException as exc:
             raise StageFailed(f"stage '{name}' failed: {exc.format_message()}") from None
-        except (ValueError, OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+        except (PhospheneError, OSError, subprocess.CalledProcessError) as exc:
             raise StageFailed(f"stage '{name}' failed: {_one_line(exc)}") from None
         self.timings[name] = round(time.perf_counter() - t0, 1)
         click.echo(f"    done in {self.timings[name]:.1f} s", err=True)
@@ -146,7 +148,7 @@ def run_demo(settings: DemoSettings) -> dict:
     plots.mkdir(exist_ok=True)
     stages = _Stages(["dataset", "pretrain", "probe", "distill", "quantize", "verify", "stream",
                       "bench", "report"])
-    tasks = ("psychometric", "threshold")
+    tasks = ("psychometric", "threshold", "threshold_pre")  # _pre: the window before onset (closed loop)
 
     # 1. dataset ------------------------------------------------------------------------
     def make_dataset():
@@ -348,7 +350,10 @@ def accuracy_table(probe_results: dict, readout_choice: dict, parity: dict) -> d
             a[key] = _ba(tp.get(f"ba_{src}"))
             if tp.get(f"ci95_{src}"):
                 ci[key] = _ci(tp[f"ci95_{src}"])
-        a["ideal"] = _ba(r.get("ideal_observer"))
+        # before onset the ideal observer (it knows the evoked response) is no ceiling: the
+        # state oracle is (train.probe.pre_stimulus_ceiling_of)
+        a["ideal"] = _ba(r.get("ideal_observer") if r.get("ideal_observer") is not None
+                         else r.get("pre_stimulus_ceiling"))
         if r.get("ideal_ci95"):
             ci["ideal"] = _ci(r["ideal_ci95"])
         a.update(n_eval=r["n_eval"], n_train=r["n_train"], evaluation=r["evaluation"],
@@ -474,6 +479,11 @@ def render_markdown(report: dict, plots: Path, out: Path) -> str:
              "|---|" + "---|" * len(_COLUMNS)]
     for task, a in acc.items():
         lines.append(f"| {task} | " + " | ".join(_cell(a, k) for k, _ in _COLUMNS) + " |")
+    if any(t.endswith(PRE_STIMULUS) for t in acc):
+        lines += ["", f"A task ending in `{PRE_STIMULUS}` decodes the 128 ms before onset: would a "
+                  "stimulation now be perceived (what a closed loop gates on). Its ideal column is "
+                  "the state oracle, which knows the cortical state at onset and nothing after it; "
+                  "the ideal observer after onset also knows the evoked response."]
     lines += ["", "Paired differences on the same evaluation trials (points, 95% CI, p):", ""]
     for task, a in acc.items():
         for key, c in a.get("paired", {}).items():

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from phosphene.commands import dataset_argument, echo_json, open_dataset
+from phosphene.errors import PhospheneError
 
 __all__ = ["distill"]
 
@@ -84,7 +85,7 @@ def distill(dataset, teacher_path, out_dir, arch, preset, steps, pool_windows, c
         else:
             result = run_distill(ds, teacher_path, out_dir, arch=arch, config=cfg,
                                  probe_dir=probe_path, progress=say)
-    except (ValueError, OSError, RuntimeError, ImportError) as exc:
+    except (PhospheneError, OSError, ImportError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         echo_json(result)

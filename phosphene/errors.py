@@ -9,8 +9,17 @@ traceback of expected errors too.
 
 from __future__ import annotations
 
-__all__ = ["PhospheneError"]
+__all__ = ["ConfigError", "InputError", "PhospheneError"]
 
 
 class PhospheneError(Exception):
     """An expected failure whose message tells the user what to do."""
+
+
+class ConfigError(PhospheneError, ValueError):
+    """A setting that cannot work: an option out of range, a preset that does not exist."""
+
+
+class InputError(PhospheneError, ValueError):
+    """Data, a file or a model that does not fit what was asked: a checkpoint of another
+    kind, a probe of another teacher, trials too few to fit or split."""

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from phosphene.errors import InputError
+
 __all__ = ["ChannelMap", "utah_96"]
 
 UTAH_PITCH_UM = 400.0  # Blackrock Utah array inter-electrode spacing
@@ -40,16 +42,16 @@ class ChannelMap:
     def __post_init__(self) -> None:
         n = len(self.ids)
         if n == 0:
-            raise ValueError("a channel map needs at least one electrode")
+            raise InputError("a channel map needs at least one electrode")
         for field in ("rows", "cols", "x_um", "y_um"):
             if len(getattr(self, field)) != n:
-                raise ValueError(f"channel map column {field!r} has {len(getattr(self, field))} "
+                raise InputError(f"channel map column {field!r} has {len(getattr(self, field))} "
                                  f"entries but there are {n} electrode ids")
         if len(set(self.ids)) != n:
             dup = sorted({i for i in self.ids if self.ids.count(i) > 1})
-            raise ValueError(f"channel map has duplicate electrode ids: {dup[:10]}")
+            raise InputError(f"channel map has duplicate electrode ids: {dup[:10]}")
         if not all(np.isfinite(self.x_um)) or not all(np.isfinite(self.y_um)):
-            raise ValueError("channel map positions must be finite numbers (x_um, y_um)")
+            raise InputError("channel map positions must be finite numbers (x_um, y_um)")
 
     @property
     def n_channels(self) -> int:
@@ -60,7 +62,7 @@ class ChannelMap:
         try:
             return self.ids.index(int(electrode_id))
         except ValueError:
-            raise ValueError(f"electrode {electrode_id} is not on the channel map "
+            raise InputError(f"electrode {electrode_id} is not on the channel map "
                              f"({self.n_channels} electrodes, ids {min(self.ids)}..{max(self.ids)})"
                              ) from None
 
@@ -94,7 +96,7 @@ class ChannelMap:
     @classmethod
     def from_rows(cls, rows: list[dict], *, name: str = "custom") -> ChannelMap:
         if not rows:
-            raise ValueError("channel map has no electrodes")
+            raise InputError("channel map has no electrodes")
         try:
             return cls(
                 ids=tuple(int(r["id"]) for r in rows),
@@ -105,19 +107,19 @@ class ChannelMap:
                 name=name,
             )
         except KeyError as missing:
-            raise ValueError(f"channel map is missing column {missing}; expected "
+            raise InputError(f"channel map is missing column {missing}; expected "
                              "id,row,col,x_um,y_um") from None
         except (TypeError, ValueError) as bad:
             if isinstance(bad, ValueError) and "channel map" in str(bad):
                 raise
-            raise ValueError(f"channel map has a value that is not a number: {bad}") from None
+            raise InputError(f"channel map has a value that is not a number: {bad}") from None
 
     @classmethod
     def from_json(cls, obj: dict | list) -> ChannelMap:
         if isinstance(obj, list):
             return cls.from_rows(obj)
         if not isinstance(obj, dict) or "electrodes" not in obj:
-            raise ValueError("a JSON channel map is a list of electrodes or "
+            raise InputError("a JSON channel map is a list of electrodes or "
                              '{"name": ..., "electrodes": [...]}')
         return cls.from_rows(obj["electrodes"], name=str(obj.get("name", "custom")))
 
@@ -133,7 +135,7 @@ class ChannelMap:
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path} is not valid JSON: {exc}") from None
+                raise InputError(f"{path} is not valid JSON: {exc}") from None
             return cls.from_json(obj)
         if suffix == ".cmp":
             return cls.from_cmp(text, name=path.stem)
@@ -158,7 +160,7 @@ class ChannelMap:
             rows_out.append({"id": electrode, "row": row, "col": col,
                              "x_um": col * pitch_um, "y_um": row * pitch_um})
         if not rows_out:
-            raise ValueError("no electrode lines found in the .cmp file "
+            raise InputError("no electrode lines found in the .cmp file "
                              "(expected 'col row bank pin label' lines)")
         return cls.from_rows(rows_out, name=name)
 
@@ -198,7 +200,7 @@ def utah_96(pitch_um: float = UTAH_PITCH_UM) -> ChannelMap:
 def grid_map(n_rows: int, n_cols: int, *, pitch_um: float = UTAH_PITCH_UM, name: str = "grid") -> ChannelMap:
     """A full n_rows x n_cols grid, ids 1..n row-major (for scaling studies and tests)."""
     if n_rows <= 0 or n_cols <= 0:
-        raise ValueError("a grid needs at least one row and one column")
+        raise InputError("a grid needs at least one row and one column")
     rr, cc = np.divmod(np.arange(n_rows * n_cols), n_cols)
     return ChannelMap(tuple(range(1, n_rows * n_cols + 1)), tuple(int(r) for r in rr),
                       tuple(int(c) for c in cc), tuple(float(c * pitch_um) for c in cc),
@@ -208,7 +210,7 @@ def grid_map(n_rows: int, n_cols: int, *, pitch_um: float = UTAH_PITCH_UM, name:
 def map_for_channels(n_channels: int) -> ChannelMap:
     """The Utah map for 96 channels, else the smallest near-square grid holding n channels."""
     if n_channels <= 0:
-        raise ValueError(f"channel count must be positive, got {n_channels}")
+        raise InputError(f"channel count must be positive, got {n_channels}")
     if n_channels == 96:
         return utah_96()
     n_cols = int(np.ceil(np.sqrt(n_channels)))

@@ -10,11 +10,15 @@ Arrays are (T, C): time first, channels second, so a window is a contiguous bloc
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from phosphene.errors import ConfigError
+
 __all__ = [
+    "PRE_STIMULUS",
     "SCALE_FLOORS",
     "MuaConfig",
     "Normaliser",
@@ -24,6 +28,7 @@ __all__ = [
     "inverse_scale",
     "normalise_recording",
     "scale_floor",
+    "task_window",
 ]
 
 MUA_RATE_HZ = 1000.0  # every dataset, model and wire frame runs at this rate
@@ -41,18 +46,20 @@ class WindowSpec:
     sample_rate_hz: float = MUA_RATE_HZ  # MUA rate after extraction
     window_samples: int = 128  # samples per decoded window (128 ms at 1 kHz)
     patch_samples: int = 16  # samples per patch: the model's token and continuous cadence
-    offset_ms: float = 170.0  # triggered window start after stimulation onset (artifact ends)
+    # triggered window start relative to stimulation onset: 170 ms after it (the artifact has
+    # ended); negative for a pre-stimulus window (-window_ms: the window ends at onset)
+    offset_ms: float = 170.0
 
     def __post_init__(self) -> None:
         if self.sample_rate_hz <= 0:
-            raise ValueError(f"sample rate must be positive, got {self.sample_rate_hz}")
+            raise ConfigError(f"sample rate must be positive, got {self.sample_rate_hz}")
         if self.window_samples <= 0 or self.patch_samples <= 0:
-            raise ValueError("window and patch lengths must be positive sample counts")
+            raise ConfigError("window and patch lengths must be positive sample counts")
         if self.window_samples % self.patch_samples:
-            raise ValueError(f"window ({self.window_samples} samples) must be a whole number of "
+            raise ConfigError(f"window ({self.window_samples} samples) must be a whole number of "
                              f"patches ({self.patch_samples} samples)")
-        if self.offset_ms < 0:
-            raise ValueError(f"post-stimulus offset must be >= 0 ms, got {self.offset_ms}")
+        if not math.isfinite(self.offset_ms):
+            raise ConfigError(f"window offset must be a finite number of ms, got {self.offset_ms}")
 
     @property
     def n_patches(self) -> int:
@@ -78,6 +85,24 @@ class WindowSpec:
     def from_dict(cls, d: dict) -> WindowSpec:
         return cls(**{k: d[k] for k in ("sample_rate_hz", "window_samples", "patch_samples",
                                         "offset_ms") if k in d})
+
+
+PRE_STIMULUS = "_pre"  # task-name suffix: the window that ends at stimulation onset
+
+
+def task_window(task: str, spec: WindowSpec) -> tuple[str, WindowSpec]:
+    """(trial kind, window) of a decoded task, from its name.
+
+    A task is named after the trials whose labels it learns, and its name says where the
+    window lies: "threshold" reads `spec` (after onset, the dataset's window);
+    "threshold_pre" reads the window of the same length that ends at onset, the cortical
+    state before stimulation, from which a closed loop predicts whether a stimulation
+    delivered now would be perceived. The name is the one thing probes, bundles and the
+    runtime share, so the window can never disagree between them.
+    """
+    if task.endswith(PRE_STIMULUS):
+        return task[:-len(PRE_STIMULUS)], replace(spec, offset_ms=-spec.window_ms)
+    return task, spec
 
 
 # --------------------------------------------------------------------------------------
@@ -147,19 +172,19 @@ class NormaliserConfig:
 
     def __post_init__(self) -> None:
         if self.method not in ("robust", "zscore"):
-            raise ValueError(f"normaliser method must be 'robust' or 'zscore', got {self.method!r}")
+            raise ConfigError(f"normaliser method must be 'robust' or 'zscore', got {self.method!r}")
         if self.scale_floor not in SCALE_FLOORS:
-            raise ValueError(f"normaliser scale_floor must be one of {', '.join(SCALE_FLOORS)}, "
+            raise ConfigError(f"normaliser scale_floor must be one of {', '.join(SCALE_FLOORS)}, "
                              f"got {self.scale_floor!r}")
         if self.scale_floor == "poisson" and not (self.bin_ms > 0 and np.isfinite(self.bin_ms)):
-            raise ValueError(f"the 'poisson' scale floor needs the counts' bin width "
+            raise ConfigError(f"the 'poisson' scale floor needs the counts' bin width "
                              f"(bin_ms > 0), got {self.bin_ms!r}")
         if self.window_s <= 0 or self.refresh_s <= 0:
-            raise ValueError("normaliser window and refresh must be positive seconds")
+            raise ConfigError("normaliser window and refresh must be positive seconds")
         if self.decimate < 1:
-            raise ValueError("decimate must be >= 1")
+            raise ConfigError("decimate must be >= 1")
         if self.window_samples % self.decimate or self.refresh_samples % self.decimate:
-            raise ValueError("window and refresh must be whole multiples of `decimate` samples")
+            raise ConfigError("window and refresh must be whole multiples of `decimate` samples")
 
     @property
     def window_samples(self) -> int:
@@ -243,7 +268,7 @@ class Normaliser:
 
     def __post_init__(self) -> None:
         if self.n_channels <= 0:
-            raise ValueError(f"channel count must be positive, got {self.n_channels}")
+            raise ConfigError(f"channel count must be positive, got {self.n_channels}")
         self.reset()
 
     def reset(self) -> None:
@@ -272,7 +297,7 @@ class Normaliser:
     def process(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.n_channels:
-            raise ValueError(f"expected MUA of shape (n, {self.n_channels}), got {x.shape}")
+            raise ConfigError(f"expected MUA of shape (n, {self.n_channels}), got {x.shape}")
         n = x.shape[0]
         out = np.empty_like(x)
         R, W, clip = self.config.refresh_samples, self.config.window_samples, self.config.clip

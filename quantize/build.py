@@ -12,7 +12,6 @@ hashes, written atomically -> load_bundle(out) as the last check.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import logging
 import os
 import platform
@@ -24,22 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-from phosphene.dataset import Dataset
+from phosphene.dataset import TASKS, Dataset
 from phosphene.edge.bundle import (
-    BUNDLE_FORMAT,
-    BUNDLE_VERSION,
-    MANIFEST_FILE,
-    MODEL_FILE,
     PROBE_FILE,
     PROBE_FORMAT,
+    BundleSpec,
     Probe,
-    file_sha256,
-    load_bundle,
     probe_from_json,
-    probes_to_json,
+    write_bundle,
 )
-from phosphene.errors import PhospheneError
-from phosphene.io import atomic_dir, write_json
+from phosphene.errors import ConfigError, InputError, PhospheneError
+from phosphene.io import write_json
 from phosphene.metrics import balanced_accuracy, bootstrap_ci, paired_comparison
 from phosphene.quantize.convert import (
     INPUT_NAME,
@@ -50,7 +44,7 @@ from phosphene.quantize.convert import (
     convert_int8,
     export_onnx,
 )
-from phosphene.signal import NormaliserConfig, WindowSpec
+from phosphene.signal import PRE_STIMULUS, NormaliserConfig, WindowSpec, task_window
 from phosphene.train.probe import PROBE_FORMAT as TEACHER_PROBE_FORMAT
 
 __all__ = [
@@ -69,7 +63,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TASKS = ("psychometric", "threshold")
 
 
 class ParityError(PhospheneError, ValueError):
@@ -105,24 +98,24 @@ class QuantizeConfig:
 
     def __post_init__(self) -> None:
         if self.calib_windows < 8 or self.parity_windows < 8:
-            raise ValueError("need at least 8 calibration and 8 parity windows")
+            raise ConfigError("need at least 8 calibration and 8 parity windows")
         if not (0 < self.min_cosine <= 1 and 0 < self.min_agreement <= 1):
-            raise ValueError("min_cosine and min_agreement must be in (0, 1]")
+            raise ConfigError("min_cosine and min_agreement must be in (0, 1]")
         if self.latency_budget_ms is not None and not self.latency_budget_ms > 0:
-            raise ValueError("latency budget must be a positive number of ms")
+            raise ConfigError("latency budget must be a positive number of ms")
         if self.quantizer not in ("tf",):
-            raise ValueError(f"quantizer {self.quantizer!r} is not available; use 'tf' "
+            raise ConfigError(f"quantizer {self.quantizer!r} is not available; use 'tf' "
                              "(onnx2tf's TensorFlow full-int8 quantizer)")
         if self.activations not in ("int8", "int16"):
-            raise ValueError("activations must be 'int8' or 'int16'")
+            raise ConfigError("activations must be 'int8' or 'int16'")
         if self.probe_source not in ("teacher", "refit"):
-            raise ValueError("probe_source must be 'teacher' or 'refit'")
+            raise ConfigError("probe_source must be 'teacher' or 'refit'")
         if self.wire_format not in ("int16", "float16"):
-            raise ValueError("wire_format must be 'int16' or 'float16'")
+            raise ConfigError("wire_format must be 'int16' or 'float16'")
         if self.wire_scale_uv is not None and not self.wire_scale_uv > 0:
-            raise ValueError("wire_scale_uv must be a positive number of uV")
+            raise ConfigError("wire_scale_uv must be a positive number of uV")
         if not 0 < self.min_wire_agreement <= 1:
-            raise ValueError("min_wire_agreement must be in (0, 1]")
+            raise ConfigError("min_wire_agreement must be in (0, 1]")
 
     @property
     def wire(self) -> dict:
@@ -157,10 +150,11 @@ def _teacher_probe(doc: dict, file: Path, latent_dim: int) -> Probe:
 
     doc = check_probe_doc(doc, str(file))
     task, weights = str(doc.get("task", "")), doc["weights"]
-    if task not in TASKS:
-        raise ValueError(f"{file}: probe task {task!r} is not one of {', '.join(TASKS)}")
+    if task_window(task, WindowSpec())[0] not in TASKS:
+        raise InputError(f"{file}: probe task {task!r} is not one of {', '.join(TASKS)} "
+                         f"(with or without {PRE_STIMULUS})")
     if weights.shape[0] != latent_dim:
-        raise ValueError(f"{file}: the {task} probe has {weights.shape[0]} weights but the "
+        raise InputError(f"{file}: the {task} probe has {weights.shape[0]} weights but the "
                          f"student's latent has {latent_dim} values (probe of another teacher?)")
     return Probe(task=task, weights=weights, bias=float(doc["bias"]),
                  threshold=float(doc.get("threshold", 0.5)), source="teacher")
@@ -175,7 +169,7 @@ def load_probes(path: str | os.PathLike, latent_dim: int) -> dict[str, Probe]:
     """
     docs = _probe_docs(path)
     if not docs:
-        raise ValueError(f"no probe at {path}: run `phosphene probe DATASET --checkpoint RUN "
+        raise InputError(f"no probe at {path}: run `phosphene probe DATASET --checkpoint RUN "
                          "--out DIR` on the teacher first and pass --probe DIR, or pass "
                          "--probe-source refit")
     probes: dict[str, Probe] = {}
@@ -258,15 +252,12 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
     Raises ParityError when parity is below the config's thresholds (no bundle is written;
     the report is kept in the work directory), ConversionError when export or onnx2tf fails.
     """
-    import torch
 
-    from phosphene.edge.interpreter import Encoder, TFLiteModel
+    from phosphene.edge.interpreter import Encoder
     from phosphene.train.distill import (
         heldout_resting_windows,
         load_student,
         predict,
-        sample_resting_windows,
-        stimulation_windows,
     )
     from phosphene.train.student import export_ready
 
@@ -281,16 +272,7 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
     spec = WindowSpec.from_dict(meta["window_spec"])
     norm = NormaliserConfig.from_dict(meta["normaliser"])
     latent_dim, n_channels = int(meta["latent_dim"]), int(meta["n_channels"])
-    if ds.n_channels != n_channels:
-        raise ValueError(f"the dataset has {ds.n_channels} channels but the student in "
-                         f"{meta['path']} was distilled for {n_channels}")
-    stored_ids = [int(e["id"]) for e in meta["channel_map"]["electrodes"]]
-    if stored_ids != list(ds.channel_map.ids):
-        raise ValueError(f"dataset {ds.path} orders its electrodes differently from the student's "
-                         "channel map: calibrate on the array the student was distilled for")
-    if abs(ds.sample_rate_hz - spec.sample_rate_hz) > 1e-6:
-        raise ValueError(f"dataset {ds.path} runs at {ds.sample_rate_hz:g} Hz, the student at "
-                         f"{spec.sample_rate_hz:g} Hz")
+    _check_student_fits(ds, meta, spec)
     heldout_fraction = float(meta.get("distill_config", {}).get("heldout_fraction", 0.1))
     center = np.asarray(meta.get("latent_center", np.zeros(latent_dim)), dtype=np.float64)
     export_model = export_ready(model)
@@ -302,45 +284,15 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
     # --- calibration and held-out windows (the runtime's preprocessing) ----------------
     say(f"sampling {config.calib_windows} calibration + {config.parity_windows} held-out "
         "resting windows ...")
-    calib = sample_resting_windows(ds, spec, norm, config.calib_windows, seed=config.seed + 1000,
-                                   heldout_fraction=heldout_fraction)
-    # Evoked windows drive activations past anything at rest: calibrated on resting windows
-    # alone, int8 saturated on them (max error 11.6 on features up to 16). Stimulation
-    # windows of the training sessions join the calibration set; their labels are not read.
-    stim = stimulation_windows(ds, spec, norm, (0,))
-    n_stim = min(len(stim), config.calib_windows // 2)
-    if n_stim:
-        pick = np.random.default_rng(config.seed + 1001).choice(len(stim), n_stim, replace=False)
-        calib = np.concatenate([calib, stim[np.sort(pick)]])
+    calib, n_stim = _calibration_windows(ds, spec, norm, config, heldout_fraction)
     heldout = heldout_resting_windows(ds, spec, norm, config.parity_windows,
                                       seed=config.seed + 2000, heldout_fraction=heldout_fraction)
-    splits = _task_splits(ds, spec, norm)
+    teacher_probes = load_probes(probe_path, latent_dim) if probe_path is not None else None
+    splits = _task_splits(ds, spec, norm, tuple(teacher_probes) if teacher_probes else TASKS)
 
-    # --- ONNX, checked against torch ---------------------------------------------------
-    say(f"exporting ONNX (opset {OPSET}, input {INPUT_NAME} 1x{spec.window_samples}x{n_channels}) ...")
-    onnx_path = export_onnx(export_model, (1, spec.window_samples, n_channels), work / "student.onnx")
-    onnx_err = check_onnx(export_model, onnx_path, heldout[:32])
-    with torch.no_grad():
-        ref_scale = float(np.abs(predict(model, heldout[:32])).max())
-    if not onnx_err <= 1e-4 * max(1.0, ref_scale):
-        raise ConversionError(f"ONNX Runtime differs from torch by {onnx_err:.2e} "
-                              f"(latents up to {ref_scale:.2f}): the export is wrong")
-    say(f"ONNX matches torch (max abs error {onnx_err:.1e})")
-
-    # --- int8 conversion and op check --------------------------------------------------
-    conv = convert_int8(onnx_path, calib, work, progress=say)
-    model_path = conv.int8_path
-    if config.activations == "int16":
-        if conv.int16_act_path is None:
-            raise ConversionError(f"onnx2tf made no int16-activation model (see {conv.log_path})")
-        model_path = conv.int16_act_path
-    operators = check_builtin_only(model_path)
-    int8 = TFLiteModel(model_path, threads=1, runtime=config.runtime)
-    if (int8.input_quant is None or int8.output_quant is None
-            or int8.input_dtype != config.activations or int8.output_quant.dtype != config.activations):
-        raise ConversionError(f"{model_path} does not have {config.activations} input and output")
-    say(f"{config.activations} model: {model_path.stat().st_size / 1024:.0f} KiB, operators "
-        f"{', '.join(operators)}")
+    # --- ONNX checked against torch, then int8 and its op check -----------------------
+    model_path, operators, int8, onnx_err = _convert(model, export_model, spec, n_channels, calib,
+                                                     heldout[:32], work, config, say)
 
     # --- parity: float student vs int8 through the edge's code path --------------------
     say("parity: float student vs int8 on held-out windows ...")
@@ -366,35 +318,17 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
     }
 
     # --- probes ------------------------------------------------------------------------
-    teacher_probes = load_probes(probe_path, latent_dim) if probe_path is not None else None
     if probe_path is not None:
         _check_readout(probe_path, meta.get("readout", "mean"))
     probes = _bundle_probes(config, teacher_probes, splits, task_latents)
     default_task = config.task or ("psychometric" if "psychometric" in probes else next(iter(probes)))
     if default_task not in probes:
-        raise ValueError(f"no probe for task {default_task!r}; have {', '.join(probes)}")
+        raise InputError(f"no probe for task {default_task!r}; have {', '.join(probes)}")
     teacher_eval = teacher_evaluation(probe_path) if probe_path is not None else {}
 
-    report["tasks"], agree_hits, agree_n = {}, 0, 0
-    for task, sp in splits.items():
-        entry = _task_report(task, sp, task_latents[task], probes.get(task),
-                             teacher_eval.get(task), seed=config.seed)
-        if "decision_agreement" in entry:
-            agree_hits += entry["decision_agreement"] * entry["n_eval"]
-            agree_n += entry["n_eval"]
-        report["tasks"][task] = entry
+    report.update(_decision_report(splits, task_latents, probes, probes[default_task],
+                                   (z_float_rest, z_int8_rest), teacher_eval, config))
     default_probe = probes[default_task]
-    rest_df = default_probe.p_perceived(z_float_rest) >= default_probe.threshold
-    rest_di = default_probe.p_perceived(z_int8_rest) >= default_probe.threshold
-    report["decision_agreement_resting"] = float((rest_df == rest_di).mean())
-    report["decision_agreement"] = (agree_hits / agree_n if agree_n
-                                    else report["decision_agreement_resting"])
-    report["thresholds"] = {"min_cosine": config.min_cosine, "min_agreement": config.min_agreement,
-                            "min_wire_agreement": config.min_wire_agreement}
-    wire_n = sum(e.get("n_eval", 0) for e in report["tasks"].values() if "wire_agreement" in e)
-    report["wire"] = {**config.wire, "n_eval": wire_n, "agreement": (
-        sum(e["wire_agreement"] * e["n_eval"] for e in report["tasks"].values() if "wire_agreement" in e)
-        / wire_n if wire_n else None)}
 
     say("input health reference: per-channel statistics of the resting input ...")
     input_health = input_health_reference(ds, config.wire)
@@ -411,6 +345,141 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
     report["latency"] = latency
     report["latency_budget_ms"] = float(budget_ms)
 
+    _parity_gate(report, config, budget_ms, meta.get("arch"), work)
+
+    # --- write the bundle atomically, then load it back as the edge would --------------
+    say(f"writing bundle {out_dir} ...")
+    bundle = write_bundle(out_dir, BundleSpec(
+        model=model_path.read_bytes(), probes=probes, task=default_task,
+        channel_map=ds.channel_map, window=spec, normaliser=norm,
+        input_quant=int8.input_quant, output_quant=int8.output_quant,
+        latency_budget_ms=float(budget_ms), wire=config.wire, input_health=input_health,
+        model_info={"arch": meta["arch"], "student_config": meta["config"],
+                    "readout": meta.get("readout", "mean"), "input_name": INPUT_NAME,
+                    "operators": operators, "quantizer": config.quantizer, "onnx_opset": OPSET,
+                    "weights": "int8 (per-channel)", "activations": config.activations},
+        records={"parity": report, "calibration": calib_info,
+                 "training": {"student_step": meta["step"], "student_metrics": meta.get("metrics", {}),
+                              "distill_config": meta.get("distill_config", {}),
+                              "teacher": meta.get("teacher", {}), "dataset": str(ds.path)},
+                 "tools": {**tool_versions(),
+                           "interpreter": f"{int8.runtime_name} {int8.runtime_version}"}}),
+        overwrite=overwrite)
+    check = Encoder(bundle, runtime=config.runtime)
+    z_check = np.stack([check.latent(w) for w in heldout[:8]])
+    if not np.array_equal(z_check, z_int8_rest[:8]):
+        raise ConversionError(f"{out_dir}: the written bundle does not reproduce the parity run")
+    if not config.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    say(f"bundle ready in {time.perf_counter() - t_start:.0f} s: cosine "
+        f"{report['latent']['cosine_mean']:.4f} (min {report['latent']['cosine_min']:.4f}), "
+        f"agreement {report['decision_agreement']:.3f}, decision "
+        f"{latency['decision_median_us']:.0f} us median")
+    return report
+
+
+def _decision_report(splits: dict, task_latents: dict, probes: dict[str, Probe],
+                     default_probe: Probe, resting: tuple[np.ndarray, np.ndarray],
+                     teacher_eval: dict, config: QuantizeConfig) -> dict:
+    """Per task: accuracy and agreement of float, int8 and through-the-wire decisions
+    (`_task_report`); pooled: the decision agreement the gate reads, and the wire's."""
+    report: dict = {"tasks": {}}
+    agree_hits, agree_n = 0, 0
+    for task, sp in splits.items():
+        entry = _task_report(task, sp, task_latents[task], probes.get(task),
+                             teacher_eval.get(task), seed=config.seed)
+        if "decision_agreement" in entry:
+            agree_hits += entry["decision_agreement"] * entry["n_eval"]
+            agree_n += entry["n_eval"]
+        report["tasks"][task] = entry
+    rest_float, rest_int8 = resting
+    rest_df = default_probe.p_perceived(rest_float) >= default_probe.threshold
+    rest_di = default_probe.p_perceived(rest_int8) >= default_probe.threshold
+    report["decision_agreement_resting"] = float((rest_df == rest_di).mean())
+    report["decision_agreement"] = (agree_hits / agree_n if agree_n
+                                    else report["decision_agreement_resting"])
+    report["thresholds"] = {"min_cosine": config.min_cosine, "min_agreement": config.min_agreement,
+                            "min_wire_agreement": config.min_wire_agreement}
+    wire_n = sum(e.get("n_eval", 0) for e in report["tasks"].values() if "wire_agreement" in e)
+    report["wire"] = {**config.wire, "n_eval": wire_n, "agreement": (
+        sum(e["wire_agreement"] * e["n_eval"] for e in report["tasks"].values() if "wire_agreement" in e)
+        / wire_n if wire_n else None)}
+    return report
+
+
+def _check_student_fits(ds: Dataset, meta: dict, spec: WindowSpec) -> None:
+    """The dataset is the array, channel order and rate the student was distilled for."""
+    if ds.n_channels != int(meta["n_channels"]):
+        raise InputError(f"the dataset has {ds.n_channels} channels but the student in "
+                         f"{meta['path']} was distilled for {meta['n_channels']}")
+    stored_ids = [int(e["id"]) for e in meta["channel_map"]["electrodes"]]
+    if stored_ids != list(ds.channel_map.ids):
+        raise InputError(f"dataset {ds.path} orders its electrodes differently from the student's "
+                         "channel map: calibrate on the array the student was distilled for")
+    if abs(ds.sample_rate_hz - spec.sample_rate_hz) > 1e-6:
+        raise InputError(f"dataset {ds.path} runs at {ds.sample_rate_hz:g} Hz, the student at "
+                         f"{spec.sample_rate_hz:g} Hz")
+
+
+def _calibration_windows(ds: Dataset, spec: WindowSpec, norm: NormaliserConfig,
+                         config: QuantizeConfig, heldout_fraction: float) -> tuple[np.ndarray, int]:
+    """(windows int8 is calibrated on, how many of them are stimulation windows)."""
+    from phosphene.train.distill import sample_resting_windows, stimulation_windows
+
+    calib = sample_resting_windows(ds, spec, norm, config.calib_windows, seed=config.seed + 1000,
+                                   heldout_fraction=heldout_fraction)
+    # Evoked windows drive activations past anything at rest: calibrated on resting windows
+    # alone, int8 saturated on them (max error 11.6 on features up to 16). Stimulation
+    # windows of the training sessions join the calibration set; their labels are not read.
+    stim = stimulation_windows(ds, spec, norm, (0,))
+    n_stim = min(len(stim), config.calib_windows // 2)
+    if n_stim:
+        pick = np.random.default_rng(config.seed + 1001).choice(len(stim), n_stim, replace=False)
+        calib = np.concatenate([calib, stim[np.sort(pick)]])
+    return calib, int(n_stim)
+
+
+def _convert(model, export_model, spec: WindowSpec, n_channels: int, calib: np.ndarray,
+             check_windows: np.ndarray, work: Path, config: QuantizeConfig, say):
+    """torch -> ONNX (checked against torch on `check_windows`) -> int8 TFLite (builtin ops,
+    the requested activation type). Returns (model path, operators, the open model, ONNX error)."""
+    import torch
+
+    from phosphene.edge.interpreter import TFLiteModel
+    from phosphene.train.distill import predict
+
+    say(f"exporting ONNX (opset {OPSET}, input {INPUT_NAME} 1x{spec.window_samples}x{n_channels}) ...")
+    onnx_path = export_onnx(export_model, (1, spec.window_samples, n_channels), work / "student.onnx")
+    onnx_err = check_onnx(export_model, onnx_path, check_windows)
+    with torch.no_grad():
+        ref_scale = float(np.abs(predict(model, check_windows)).max())
+    if not onnx_err <= 1e-4 * max(1.0, ref_scale):
+        raise ConversionError(f"ONNX Runtime differs from torch by {onnx_err:.2e} "
+                              f"(latents up to {ref_scale:.2f}): the export is wrong")
+    say(f"ONNX matches torch (max abs error {onnx_err:.1e})")
+
+    # --- int8 conversion and op check --------------------------------------------------
+    conv = convert_int8(onnx_path, calib, work, progress=say)
+    model_path = conv.int8_path
+    if config.activations == "int16":
+        if conv.int16_act_path is None:
+            raise ConversionError(f"onnx2tf made no int16-activation model (see {conv.log_path})")
+        model_path = conv.int16_act_path
+    operators = check_builtin_only(model_path)
+    int8 = TFLiteModel(model_path, threads=1, runtime=config.runtime)
+    if (int8.input_quant is None or int8.output_quant is None
+            or int8.input_dtype != config.activations or int8.output_quant.dtype != config.activations):
+        raise ConversionError(f"{model_path} does not have {config.activations} input and output")
+    say(f"{config.activations} model: {model_path.stat().st_size / 1024:.0f} KiB, operators "
+        f"{', '.join(operators)}")
+
+    return model_path, operators, int8, onnx_err
+
+
+def _parity_gate(report: dict, config: QuantizeConfig, budget_ms: float, arch: str | None,
+                 work: Path) -> None:
+    """Refuse the bundle (ParityError, report kept in `work`) below any of the thresholds."""
+    latency = report["latency"]
     problems = []
     if latency["decision_median_us"] / 1000.0 > budget_ms:
         problems.append(f"median decision {latency['decision_median_us'] / 1000:.2f} ms exceeds "
@@ -433,65 +502,12 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
                             f"{e['n_eval']} trials < {config.min_wire_agreement}")
     if problems:
         write_json(work / "parity.json", report)
-        arch = meta.get("arch")
         hint = ("a student without LayerNorm/attention (distill --arch mixer)" if arch != "mixer"
                 else "a longer distillation of this mixer student (it has no LayerNorm/attention)")
         raise ParityError("int8 bundle rejected: " + "; ".join(problems) +
                           f" ({arch} student; report: {work / 'parity.json'}). Try more "
                           f"--calib-windows, {hint}, or relax the threshold knowingly")
 
-    # --- write the bundle atomically, then load it back as the edge would --------------
-    say(f"writing bundle {out_dir} ...")
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        shutil.copyfile(model_path, tmp / MODEL_FILE)
-        write_json(tmp / PROBE_FILE, probes_to_json(probes, task=default_task, latent_dim=latent_dim))
-        files = {name: {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
-                 for name in (MODEL_FILE, PROBE_FILE)}
-        manifest = {
-            "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION,
-            "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "files": files,
-            "n_channels": n_channels,
-            "channel_map": ds.channel_map.to_json(),
-            "sample_rate_hz": spec.sample_rate_hz,
-            "window": spec.to_dict(),
-            "normaliser": norm.to_dict(),
-            "model": {
-                "file": MODEL_FILE, "arch": meta["arch"], "student_config": meta["config"],
-                "readout": meta.get("readout", "mean"),
-                "latent_dim": latent_dim, "input_name": INPUT_NAME,
-                "input": int8.input_quant.to_dict(), "output": int8.output_quant.to_dict(),
-                "operators": operators, "quantizer": config.quantizer, "onnx_opset": OPSET,
-                "weights": "int8 (per-channel)", "activations": config.activations,
-            },
-            "probe": {"file": PROBE_FILE, "task": default_task, "source": default_probe.source,
-                      "decision": "P(perceived) = sigmoid(weights . latent + bias) >= threshold"},
-            "parity": report,
-            "wire": config.wire,
-            "input_health": input_health,
-            "calibration": calib_info,
-            "training": {"student_step": meta["step"], "student_metrics": meta.get("metrics", {}),
-                         "distill_config": meta.get("distill_config", {}),
-                         "teacher": meta.get("teacher", {}), "dataset": str(ds.path)},
-            "latency_budget_ms": float(budget_ms),
-            "tools": {**tool_versions(), "interpreter": f"{int8.runtime_name} {int8.runtime_version}"},
-        }
-        write_json(tmp / MANIFEST_FILE, manifest)
-        from phosphene.edge.signing import seal_bundle
-
-        seal_bundle(tmp)  # bundle.sig: the digest of every file, the manifest included
-    bundle = load_bundle(out_dir)
-    check = Encoder(bundle, runtime=config.runtime)
-    z_check = np.stack([check.latent(w) for w in heldout[:8]])
-    if not np.array_equal(z_check, z_int8_rest[:8]):
-        raise ConversionError(f"{out_dir}: the written bundle does not reproduce the parity run")
-    if not config.keep_work:
-        shutil.rmtree(work, ignore_errors=True)
-    say(f"bundle ready in {time.perf_counter() - t_start:.0f} s: cosine "
-        f"{report['latent']['cosine_mean']:.4f} (min {report['latent']['cosine_min']:.4f}), "
-        f"agreement {report['decision_agreement']:.3f}, decision "
-        f"{latency['decision_median_us']:.0f} us median")
-    return report
 
 
 class _LatencyProbe:
@@ -517,14 +533,16 @@ class _LatencyProbe:
                                              "probe": (t3 - t2) * 1e6, "total": (t3 - t0) * 1e6})
 
 
-def _task_splits(ds: Dataset, spec: WindowSpec, norm: NormaliserConfig) -> dict:
+def _task_splits(ds: Dataset, spec: WindowSpec, norm: NormaliserConfig,
+                 tasks: tuple[str, ...] = TASKS) -> dict:
     """{task: {"train": (X, y, trials), "eval": (X, y, trials), "evaluation": str}} for the
-    tasks with labelled trials: the probes' own split (train.probe.task_split)."""
+    tasks with labelled trials, each in its own window (signal.task_window): the probes'
+    own split (train.probe.task_split)."""
     from phosphene.train.probe import task_split
 
     out = {}
-    for task in TASKS:
-        if not len(ds.task_trials(task)):
+    for task in tasks:
+        if not len(ds.task_trials(task_window(task, spec)[0])):
             continue
         try:
             sp = task_split(ds, task, spec, norm)
@@ -592,7 +610,7 @@ def wire_trial_windows(ds: Dataset, task: str, split: dict, spec: WindowSpec,
     try:
         rows = [index[k] for k in zip(want.session.tolist(), want.onset_sample.tolist())]
     except KeyError:
-        raise ValueError(f"{task}: a trial usable offline is not usable through the wire "
+        raise InputError(f"{task}: a trial usable offline is not usable through the wire "
                          "(a non-finite normalised value)") from None
     return X[rows]
 
@@ -667,7 +685,7 @@ def _bundle_probes(config: QuantizeConfig, teacher_probes: dict | None, splits: 
 
     if config.probe_source == "teacher":
         if teacher_probes is None:
-            raise ValueError("pass --probe (the teacher's probe.json) or --probe-source refit")
+            raise InputError("pass --probe (the teacher's probe.json) or --probe-source refit")
         return teacher_probes
     probes = {}
     for task, sp in splits.items():
@@ -677,14 +695,15 @@ def _bundle_probes(config: QuantizeConfig, teacher_probes: dict | None, splits: 
                                      folds=blocked_folds(tr.session, tr.onset_sample),
                                      seed=config.seed)
     if not probes:
-        raise ValueError("--probe-source refit needs labelled trials of both classes in the dataset")
+        raise InputError("--probe-source refit needs labelled trials of both classes in the dataset")
     return probes
 
 
 def _probe_files(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
-    if path.is_dir():
-        files = [path / t / PROBE_FILE for t in TASKS if (path / t / PROBE_FILE).is_file()]
+    if path.is_dir():  # DIR/<task>/probe.json: the tasks after onset first, then the rest
+        files = sorted(path.glob(f"*/{PROBE_FILE}"),
+                       key=lambda f: (f.parent.name not in TASKS, f.parent.name))
         if not files and (path / PROBE_FILE).is_file():
             files = [path / PROBE_FILE]
         return files
@@ -699,7 +718,7 @@ def _probe_docs(path: str | os.PathLike) -> list[tuple[Path, dict]]:
         try:
             doc = json.loads(file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{file} is not valid JSON: {exc}") from None
+            raise InputError(f"{file} is not valid JSON: {exc}") from None
         docs.append((file, doc))
     return docs
 
@@ -720,6 +739,6 @@ def _check_readout(probe_path: str | os.PathLike, student_readout: str) -> None:
         if doc.get("format") == TEACHER_PROBE_FORMAT:
             readout = str(doc.get("readout", "mean" if int(doc.get("version", 1)) < 2 else "latent"))
             if readout not in (student_readout, "latent"):
-                raise ValueError(f"{file} reads the teacher's {readout!r} readout but the student "
+                raise InputError(f"{file} reads the teacher's {readout!r} readout but the student "
                                  f"was distilled on {student_readout!r}: distil with --probe "
                                  f"{Path(file).parent.parent}")

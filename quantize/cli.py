@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from phosphene.commands import dataset_argument, echo_json, open_dataset
+from phosphene.errors import ConfigError, PhospheneError
 
 __all__ = ["quantize"]
 
@@ -44,8 +45,10 @@ __all__ = ["quantize"]
 @click.option("--activations", type=click.Choice(["int8", "int16"]), default="int8", show_default=True,
               help="int8: full int8 (fast). int16: int8 weights, int16 activations and I/O, for "
                    "probes too sensitive for int8 (reference kernels, ~1 ms per decision).")
-@click.option("--task", type=click.Choice(["psychometric", "threshold"]), default=None,
-              help="Probe the runtime applies by default [psychometric when present].")
+@click.option("--task", default=None, metavar="TASK",
+              help="Probe the runtime applies by default [psychometric when present]: a task the "
+                   "probes hold (psychometric, threshold, or one with _pre: the window before "
+                   "onset; `phosphene run --task` picks another at run time).")
 @click.option("--probe-source", type=click.Choice(["teacher", "refit"]), default="teacher",
               show_default=True, help="teacher: the teacher's probe applied to student latents; "
               "refit: refitted on the int8 student's latents (training split).")
@@ -76,7 +79,6 @@ def quantize(dataset, student_path, probe_path, out_dir, calib_windows, parity_w
     """
     from phosphene.metrics import p_text
     from phosphene.quantize.build import QuantizeConfig, build_bundle
-    from phosphene.quantize.convert import ConversionError
 
     if probe_source == "teacher" and probe_path is None:
         raise click.UsageError("--probe is required unless --probe-source refit")
@@ -89,14 +91,14 @@ def quantize(dataset, student_path, probe_path, out_dir, calib_windows, parity_w
                                 activations=activations,
                                 task=task, probe_source=probe_source, runtime=runtime, seed=seed,
                                 keep_work=keep_work)
-    except ValueError as exc:
+    except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     ds = open_dataset(dataset)
     try:
         report = build_bundle(ds, student_path, probe_path, out_dir, config=config,
                               overwrite=overwrite,
                               progress=lambda msg: click.echo(f"quantize: {msg}", err=True))
-    except (ValueError, OSError, ConversionError, ImportError) as exc:
+    except (PhospheneError, OSError, ImportError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         echo_json(report)

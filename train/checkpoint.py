@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from phosphene.dataset import Dataset
+from phosphene.errors import InputError
 from phosphene.io import atomic_path
 from phosphene.signal import NormaliserConfig, WindowSpec
 from phosphene.train.config import MAEConfig
@@ -47,10 +48,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         for name in ("best.pt", "last.pt"):
             if (path / name).is_file():
                 return path / name
-        raise ValueError(f"{path} holds no checkpoint (best.pt or last.pt): run "
+        raise InputError(f"{path} holds no checkpoint (best.pt or last.pt): run "
                          f"`phosphene pretrain DATASET --out {path}` first")
     if not path.exists():
-        raise ValueError(f"checkpoint not found: {path}")
+        raise InputError(f"checkpoint not found: {path}")
     return path
 
 
@@ -60,17 +61,17 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path} is not a phosphene teacher checkpoint "
+        raise InputError(f"{path} is not a phosphene teacher checkpoint "
                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a phosphene teacher checkpoint "
+        raise InputError(f"{path} is not a phosphene teacher checkpoint "
                          "(written by `phosphene pretrain`?)")
     if not isinstance(ckpt.get("version"), int) or ckpt["version"] > CHECKPOINT_VERSION:
-        raise ValueError(f"{path} has checkpoint version {ckpt.get('version')!r}; this phosphene "
+        raise InputError(f"{path} has checkpoint version {ckpt.get('version')!r}; this phosphene "
                          f"reads version {CHECKPOINT_VERSION} (upgrade phosphene)")
     for key in ("config", "model", "step", "window_spec", "normaliser", "session_index"):
         if key not in ckpt:
-            raise ValueError(f"{path} is missing {key!r}: truncated or not a teacher checkpoint")
+            raise InputError(f"{path} is missing {key!r}: truncated or not a teacher checkpoint")
     ckpt["path"] = path
     return ckpt
 
@@ -89,13 +90,13 @@ def load_teacher(path: str | os.PathLike, map_location: str | torch.device = "cp
         spec = WindowSpec.from_dict(dict(ckpt["window_spec"]))
         norm = NormaliserConfig.from_dict(dict(ckpt["normaliser"]))
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{ckpt['path']}: its stored config is not valid: {exc}") from None
+        raise InputError(f"{ckpt['path']}: its stored config is not valid: {exc}") from None
     model = build_model(config)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
-        raise ValueError(f"{ckpt['path']}: the weights do not fit a {config.preset_name!r} model with "
+        raise InputError(f"{ckpt['path']}: the weights do not fit a {config.preset_name!r} model with "
                          f"{config.n_channels} channels (incompatible preset or channel count): "
                          f"{' '.join(first[1:3])[:300]}") from None
     model.to(map_location).eval()
@@ -113,14 +114,14 @@ def check_dataset_compatible(ds: Dataset, meta: dict) -> None:
     config: MAEConfig = meta["config"]
     spec: WindowSpec = meta["window_spec"]
     if ds.n_channels != config.n_channels:
-        raise ValueError(f"dataset {ds.path} has {ds.n_channels} channels but the model in "
+        raise InputError(f"dataset {ds.path} has {ds.n_channels} channels but the model in "
                          f"{meta['path']} was trained on {config.n_channels}: use a checkpoint "
                          "pretrained on this array")
     if abs(ds.sample_rate_hz - spec.sample_rate_hz) > 1e-6:
-        raise ValueError(f"dataset {ds.path} is sampled at {ds.sample_rate_hz:g} Hz but the model "
+        raise InputError(f"dataset {ds.path} is sampled at {ds.sample_rate_hz:g} Hz but the model "
                          f"expects {spec.sample_rate_hz:g} Hz")
     cmap = meta.get("channel_map")
     if cmap and [int(e["id"]) for e in cmap.get("electrodes", [])] != list(ds.channel_map.ids):
-        raise ValueError(f"dataset {ds.path} orders its electrodes differently from the model's "
+        raise InputError(f"dataset {ds.path} orders its electrodes differently from the model's "
                          "channel map: the spatial embeddings would be applied to the wrong "
                          "electrodes")

@@ -9,10 +9,12 @@ import click
 
 from phosphene.commands import ProgressLine, dataset_argument, echo_json, open_dataset
 from phosphene.dataset import TASKS
+from phosphene.errors import PhospheneError
+from phosphene.signal import PRE_STIMULUS
 
 __all__ = ["pretrain", "probe"]
 
-_ERRORS = (ValueError, OSError, FloatingPointError)
+_ERRORS = (PhospheneError, OSError, FloatingPointError)  # expected: one Error line
 BARELY_LEARNT = 0.95  # validation MSE / channel-mean baseline above this earns a warning
 
 # OpenMP worker threads that spin while waiting collapse torch's CPU throughput when the
@@ -99,6 +101,11 @@ def pretrain(dataset, preset, steps, out_dir, batch_size, lr, lr_min, warmup_ste
               help="Teacher run directory (uses best.pt) or a .pt checkpoint.")
 @click.option("--task", type=click.Choice([*TASKS, "all"]), default="all", show_default=True,
               help="Which stimulation task to decode.")
+@click.option("--window", "window", type=click.Choice(["post", "pre", "both"]), default="post",
+              show_default=True,
+              help="post: the dataset's window after onset (did the participant see it?). pre: "
+                   "the window that ends at onset, task named <task>_pre (would a stimulation "
+                   "now be seen? what a closed loop gates on). both: each task twice.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write OUT/<task>/probe.json (folded probe), OUT/results.json, plots.")
@@ -112,7 +119,7 @@ def pretrain(dataset, preset, steps, out_dir, batch_size, lr, lr_min, warmup_ste
                    "by blocked CV on the training trials; mean = the paper's latent.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for CV folds and curve draws.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: all).")
-def probe(dataset, checkpoint, task, as_json, out_dir, curve, plots, readout, seed, threads):
+def probe(dataset, checkpoint, task, window, as_json, out_dir, curve, plots, readout, seed, threads):
     """Fit linear probes on the teacher's readouts against the baselines (Table 1).
 
     Readouts of the teacher's tokens (the paper's mean, per-electrode readouts fitted on
@@ -127,6 +134,7 @@ def probe(dataset, checkpoint, task, as_json, out_dir, curve, plots, readout, se
     Example:
       phosphene probe data --checkpoint run --out run/probe
       phosphene probe data --checkpoint run --task psychometric --readout mean --curve
+      phosphene probe data --checkpoint run --task threshold --window pre --out run/probe
     """
     import torch
 
@@ -153,6 +161,8 @@ def probe(dataset, checkpoint, task, as_json, out_dir, curve, plots, readout, se
     tasks = [t for t in TASKS if ds.sessions_of(t)] if task == "all" else [task]
     if not tasks:
         raise click.ClickException(f"dataset {ds.path} has no stimulation sessions to probe")
+    tasks = {"post": tasks, "pre": [t + PRE_STIMULUS for t in tasks],
+             "both": [*tasks, *(t + PRE_STIMULUS for t in tasks)]}[window]
     extra = {"checkpoint": str(meta["path"]), "checkpoint_step": meta["step"],
              "window_spec": meta["window_spec"].to_dict(), "normaliser": meta["normaliser"].to_dict()}
     pretraining = _pretraining_record(meta)

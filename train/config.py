@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from phosphene.errors import ConfigError
 from phosphene.signal import WindowSpec
 
 __all__ = ["MODEL_PRESETS", "PRESET_NAMES", "TRAIN_PRESETS", "MAEConfig", "TrainConfig"]
@@ -52,17 +53,17 @@ class MAEConfig:
                      "decoder_depth", "decoder_num_heads", "decoder_head_dim",
                      "decoder_mlp_hidden"):
             if int(getattr(self, name)) <= 0:
-                raise ValueError(f"MAEConfig.{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"MAEConfig.{name} must be positive, got {getattr(self, name)}")
         if self.window_samples % self.patch_samples:
-            raise ValueError(f"window ({self.window_samples} samples) must be a whole number of "
+            raise ConfigError(f"window ({self.window_samples} samples) must be a whole number of "
                              f"patches ({self.patch_samples} samples): change the WindowSpec")
         if self.n_sessions < 0 or self.n_registers < 0:
-            raise ValueError("n_sessions and n_registers must be >= 0")
+            raise ConfigError("n_sessions and n_registers must be >= 0")
         if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+            raise ConfigError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         n_keep = int(self.n_patches * (1 - self.mask_ratio))
         if n_keep < 1:
-            raise ValueError(f"mask_ratio {self.mask_ratio} leaves no visible patch out of "
+            raise ConfigError(f"mask_ratio {self.mask_ratio} leaves no visible patch out of "
                              f"{self.n_patches}")
 
     @property
@@ -87,7 +88,7 @@ class MAEConfig:
         >>> MAEConfig.preset("small", n_channels=96, spec=WindowSpec(), n_sessions=12)
         """
         if name not in MODEL_PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
+            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
         return cls(n_channels=int(n_channels), window_samples=spec.window_samples,
                    patch_samples=spec.patch_samples, n_sessions=int(n_sessions), preset_name=name,
                    **{**MODEL_PRESETS[name], **overrides})
@@ -103,7 +104,7 @@ class MAEConfig:
             d["preset_name"] = d.pop("preset")
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"model config has fields this phosphene does not know: {unknown} "
+            raise ConfigError(f"model config has fields this phosphene does not know: {unknown} "
                              "(checkpoint written by a newer version?)")
         return cls(**d)
 
@@ -148,17 +149,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch size must be >= 1")
+            raise ConfigError("steps and batch size must be >= 1")
         if not (self.lr > 0 and 0 <= self.lr_min <= self.lr):
-            raise ValueError(f"need lr > 0 and 0 <= lr_min <= lr (got lr={self.lr}, "
+            raise ConfigError(f"need lr > 0 and 0 <= lr_min <= lr (got lr={self.lr}, "
                              f"lr_min={self.lr_min})")
         if self.warmup_steps < 0 or self.val_every < 1 or self.val_windows < 1 or self.val_days < 1:
-            raise ValueError("warm-up must be >= 0; val_every, val_windows, val_days >= 1")
+            raise ConfigError("warm-up must be >= 0; val_every, val_windows, val_days >= 1")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> TrainConfig:
         if name not in TRAIN_PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
+            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
         clean = {k: v for k, v in overrides.items() if v is not None}
         return cls(**{**TRAIN_PRESETS[name], **clean})
 

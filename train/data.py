@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from phosphene.dataset import Dataset, Trials
-from phosphene.signal import NormaliserConfig, WindowSpec
+from phosphene.dataset import TASKS, Dataset, Trials
+from phosphene.errors import ConfigError, InputError
+from phosphene.signal import PRE_STIMULUS, NormaliserConfig, WindowSpec, task_window
 
 __all__ = ["Source", "WindowSampler", "check_spec", "split_sessions", "trial_windows"]
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 def check_spec(ds: Dataset, spec: WindowSpec) -> None:
     """Raise ValueError when the dataset's sample rate does not match the window timing."""
     if abs(ds.sample_rate_hz - spec.sample_rate_hz) > 1e-6:
-        raise ValueError(f"dataset {ds.path} is sampled at {ds.sample_rate_hz:g} Hz but the "
+        raise InputError(f"dataset {ds.path} is sampled at {ds.sample_rate_hz:g} Hz but the "
                          f"window spec expects {spec.sample_rate_hz:g} Hz: resample the data "
                          "or use a WindowSpec with the dataset's rate")
 
@@ -54,7 +55,7 @@ def split_sessions(ds: Dataset, *, kind: str = "resting", val_days: int = 4,
     """
     sessions = ds.sessions_of(kind)
     if not sessions:
-        raise ValueError(f"dataset {ds.path} has no {kind} sessions to pretrain on "
+        raise InputError(f"dataset {ds.path} has no {kind} sessions to pretrain on "
                          f"(it has: {', '.join(sorted({s.kind for s in ds.sessions})) or 'none'})")
 
     def source(s, start=0, stop=None) -> Source:
@@ -91,7 +92,7 @@ class WindowSampler:
         self.window_samples = spec.window_samples
         self.sources = [s for s in sources if s.n_samples >= spec.window_samples]
         if not self.sources:
-            raise ValueError(f"no session in {ds.path} is long enough for one "
+            raise InputError(f"no session in {ds.path} is long enough for one "
                              f"{spec.window_samples}-sample window after the normaliser's "
                              f"{norm_config.warmup_samples}-sample warm-up")
         self.arrays = {s.session: ds.normalised(s.session, norm_config) for s in self.sources}
@@ -129,7 +130,7 @@ class WindowSampler:
             start = src.start + int(off)
             x[i] = self.arrays[src.session][start:start + T]
         if not np.isfinite(x).all():  # warm-up rows are excluded, so this is a real fault
-            raise ValueError("a sampled window contains NaN/inf: the normalised cache may be "
+            raise InputError("a sampled window contains NaN/inf: the normalised cache may be "
                              "stale or the warm-up longer than the NormaliserConfig says")
         return x, self.index[which]
 
@@ -146,7 +147,9 @@ def trial_windows(ds: Dataset, task: str, spec: WindowSpec,
                   ) -> tuple[np.ndarray, np.ndarray, Trials]:
     """Triggered windows of one task's labelled stimulation trials.
 
-    Returns X: (N, T, C) float32 normalised MUA from `spec.triggered_window(onset)`,
+    The task's name picks the trials and the window (`phosphene.signal.task_window`:
+    "threshold_pre" is the threshold trials' window that ends at onset).
+    Returns X: (N, T, C) float32 normalised MUA from the window's `triggered_window(onset)`,
     y: (N,) int64 (1 perceived, 0 missed) and the matching Trials (same order, so
     `trials.split_80_20()` gives the paper's split). Trials without a label, whose window
     runs past the session end, or that fall in the normaliser warm-up are dropped (logged).
@@ -157,11 +160,13 @@ def trial_windows(ds: Dataset, task: str, spec: WindowSpec,
     check_spec(ds, spec)
     if norm_config is None:
         norm_config = ds.normaliser_config
-    if task not in ("psychometric", "threshold"):
-        raise ValueError(f"task must be 'psychometric' or 'threshold', got {task!r}")
-    trials = ds.task_trials(task)
+    kind, spec = task_window(task, spec)
+    if kind not in TASKS:
+        raise ConfigError(f"task must be one of {', '.join(TASKS)}, or one of them with "
+                         f"{PRE_STIMULUS} (the window before onset); got {task!r}")
+    trials = ds.task_trials(kind)
     if len(trials) == 0:
-        raise ValueError(f"dataset {ds.path} has no {task} trials")
+        raise InputError(f"dataset {ds.path} has no {kind} trials")
     T, C = spec.window_samples, ds.n_channels
     X = np.empty((len(trials), T, C), dtype=np.float32)
     keep = np.zeros(len(trials), dtype=bool)
@@ -190,7 +195,7 @@ def trial_windows(ds: Dataset, task: str, spec: WindowSpec,
     if dropped:
         log.warning("%s: dropped %d of %d trials: %s %s", task, dropped, len(trials), why, where)
     if not keep.any():
-        raise ValueError(f"no usable {task} trial windows in {ds.path}: all {len(trials)} "
+        raise InputError(f"no usable {task} trial windows in {ds.path}: all {len(trials)} "
                          f"trials dropped ({why}) {where}"
                          + ("; a trials table's label column is named with --label-column on "
                             "import" if reasons["unlabelled"] == len(trials) else ""))

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from phosphene.dataset import Dataset
+from phosphene.errors import InputError
 from phosphene.io import atomic_path, write_json
 from phosphene.signal import NormaliserConfig, WindowSpec
 from phosphene.train.data import trial_windows
@@ -171,7 +172,7 @@ def run_diagnostics(ds: Dataset, encode_fn, out_dir: str | os.PathLike, *,
         pooled_raw.append(X.reshape(X.shape[0], -1).astype(np.float64))
         pooled_e.append(trials.electrode)
     if not pooled_lat:
-        raise ValueError(f"dataset {ds.path} has no stimulation sessions for diagnostics")
+        raise InputError(f"dataset {ds.path} has no stimulation sessions for diagnostics")
     electrodes = np.concatenate(pooled_e)
     if len(np.unique(electrodes)) >= 3:
         report["mantel_latent"] = electrode_distance_test(

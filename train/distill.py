@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from phosphene.dataset import Dataset, DatasetError
+from phosphene.errors import ConfigError, InputError
 from phosphene.io import atomic_path, sha256_file, write_json
 from phosphene.metrics import row_cosines
 from phosphene.signal import NormaliserConfig, WindowSpec
@@ -93,11 +94,11 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.pool_windows < 1 or self.val_windows < 1:
-            raise ValueError("steps, batch_size, pool_windows and val_windows must be >= 1")
+            raise ConfigError("steps, batch_size, pool_windows and val_windows must be >= 1")
         if not (self.lr > 0 and 0 <= self.lr_min <= self.lr):
-            raise ValueError("need lr > 0 and 0 <= lr_min <= lr")
+            raise ConfigError("need lr > 0 and 0 <= lr_min <= lr")
         if not 0.0 < self.heldout_fraction < 0.5:
-            raise ValueError("heldout_fraction must be in (0, 0.5)")
+            raise ConfigError("heldout_fraction must be in (0, 0.5)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,7 +106,7 @@ class DistillConfig:
     @classmethod
     def preset(cls, name: str, **overrides) -> DistillConfig:
         if name not in DISTILL_PRESETS:
-            raise ValueError(f"unknown distill preset {name!r}; choose one of "
+            raise ConfigError(f"unknown distill preset {name!r}; choose one of "
                              f"{', '.join(DISTILL_PRESETS)}")
         clean = {k: v for k, v in overrides.items() if v is not None}
         return cls(**{**DISTILL_PRESETS[name], **clean})
@@ -362,15 +363,15 @@ def load_student(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     path = Path(path)
     file = path / STUDENT_FILE if path.is_dir() else path
     if not file.is_file():
-        raise ValueError(f"no student checkpoint at {file}: run `phosphene distill` first")
+        raise InputError(f"no student checkpoint at {file}: run `phosphene distill` first")
     try:
         ckpt = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{file} is not a readable student checkpoint: {exc}") from None
+        raise InputError(f"{file} is not a readable student checkpoint: {exc}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != STUDENT_FORMAT:
-        raise ValueError(f"{file} is not a {STUDENT_FORMAT} checkpoint")
+        raise InputError(f"{file} is not a {STUDENT_FORMAT} checkpoint")
     if int(ckpt.get("version", 0)) > STUDENT_VERSION:
-        raise ValueError(f"{file} was written by a newer phosphene (student format "
+        raise InputError(f"{file} was written by a newer phosphene (student format "
                          f"{ckpt.get('version')}); upgrade phosphene")
     model = build_student(StudentConfig.from_dict(ckpt["config"]))
     model.load_state_dict(ckpt["state_dict"])
@@ -413,7 +414,7 @@ def teacher_pool(ds: Dataset, teacher: Teacher, cfg: DistillConfig, *,
         from phosphene.train.checkpoint import check_dataset_compatible
         check_dataset_compatible(ds, teacher.meta)
     if ds.n_channels != teacher.n_channels:
-        raise ValueError(f"the dataset has {ds.n_channels} channels but the teacher was trained "
+        raise InputError(f"the dataset has {ds.n_channels} channels but the teacher was trained "
                          f"on {teacher.n_channels}")
     t0 = time.perf_counter()
     x_rest = sample_resting_windows(ds, spec, norm, cfg.pool_windows, seed=cfg.seed,
@@ -431,7 +432,7 @@ def teacher_pool(ds: Dataset, teacher: Teacher, cfg: DistillConfig, *,
     if progress:
         progress(f"teacher features done ({time.perf_counter() - t0:.0f} s)")
     if z_rest.shape[1] != teacher.latent_dim:
-        raise ValueError(f"teacher returned {z_rest.shape[1]}-d features, expected {teacher.latent_dim}")
+        raise InputError(f"teacher returned {z_rest.shape[1]}-d features, expected {teacher.latent_dim}")
     return {"x_pool": np.concatenate([x_rest, x_stim]), "z_pool": np.concatenate([z_rest, z_stim]),
             "z_rest": z_rest, "x_val": x_val, "z_val": z_val, "n_stimulation": len(x_stim)}
 
@@ -448,7 +449,7 @@ def distill(ds: Dataset, teacher_path: str | os.PathLike | Teacher, out_dir: str
     pool: the output of `teacher_pool` to reuse cached teacher features (used by --compare).
     """
     if arch not in ARCHS:
-        raise ValueError(f"unknown student arch {arch!r}; choose one of {', '.join(ARCHS)}")
+        raise ConfigError(f"unknown student arch {arch!r}; choose one of {', '.join(ARCHS)}")
     cfg = config or DistillConfig.preset(preset, steps=steps)
     if steps is not None:
         cfg = replace(cfg, steps=int(steps))

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from phosphene.dataset import Dataset
+from phosphene.errors import ConfigError, InputError
 from phosphene.io import atomic_path, write_json
 from phosphene.signal import NormaliserConfig, WindowSpec
 from phosphene.train.checkpoint import read_checkpoint, save_checkpoint
@@ -70,10 +71,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but torch sees no CUDA device "
+        raise ConfigError("--device cuda was requested but torch sees no CUDA device "
                          "(use --device auto or cpu)")
     if name not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+        raise ConfigError(f"device must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)
 
 
@@ -181,10 +182,10 @@ def pretrain(ds: Dataset, preset: str = "small", *, out_dir: str | os.PathLike,
     ckpt = None
     if resume:
         if not last_path.is_file():
-            raise ValueError(f"nothing to resume: {last_path} does not exist")
+            raise InputError(f"nothing to resume: {last_path} does not exist")
         ckpt = read_checkpoint(last_path)
         if "optimizer" not in ckpt:
-            raise ValueError(f"{last_path} has no optimizer state; it cannot be resumed")
+            raise InputError(f"{last_path} has no optimizer state; it cannot be resumed")
         tcfg = TrainConfig.from_dict(dict(ckpt["train_config"]))
         overrides = dict(steps=steps, batch_size=batch_size, lr=lr, lr_min=lr_min,
                          warmup_steps=warmup_steps, val_every=val_every)
@@ -192,7 +193,7 @@ def pretrain(ds: Dataset, preset: str = "small", *, out_dir: str | os.PathLike,
                                                  if v is not None}})
         config = MAEConfig.from_dict(dict(ckpt["config"]))
         if config.preset_name != preset:
-            raise ValueError(f"{last_path} was trained with preset {config.preset_name!r}, not "
+            raise InputError(f"{last_path} was trained with preset {config.preset_name!r}, not "
                              f"{preset!r}: pass --preset {config.preset_name} to resume it")
         spec = WindowSpec.from_dict(dict(ckpt["window_spec"]))
         norm_config = NormaliserConfig.from_dict(dict(ckpt["normaliser"]))
@@ -200,7 +201,7 @@ def pretrain(ds: Dataset, preset: str = "small", *, out_dir: str | os.PathLike,
         seed = tcfg.seed
     else:
         if last_path.exists() or best_path.exists():
-            raise ValueError(f"{out_dir} already holds a pretraining run: pass --resume to "
+            raise InputError(f"{out_dir} already holds a pretraining run: pass --resume to "
                              "continue it or choose another --out")
         tcfg = TrainConfig.preset(preset, steps=steps, batch_size=batch_size, lr=lr,
                                   lr_min=lr_min, warmup_steps=warmup_steps, val_every=val_every,
@@ -214,7 +215,7 @@ def pretrain(ds: Dataset, preset: str = "small", *, out_dir: str | os.PathLike,
         config = MAEConfig.preset(preset, n_channels=ds.n_channels, spec=spec,
                                   n_sessions=len(session_index), **(model_overrides or {}))
     if ds.n_channels != config.n_channels:
-        raise ValueError(f"dataset has {ds.n_channels} channels but {last_path} was trained on "
+        raise InputError(f"dataset has {ds.n_channels} channels but {last_path} was trained on "
                          f"{config.n_channels}")
 
     torch.manual_seed(seed)
@@ -250,7 +251,7 @@ def pretrain(ds: Dataset, preset: str = "small", *, out_dir: str | os.PathLike,
         torch.set_rng_state(ckpt["torch_rng_state"])
         log.info("resuming %s at step %d of %d", last_path, start_step, tcfg.steps)
         if start_step >= tcfg.steps:
-            raise ValueError(f"{last_path} is already at step {start_step}; pass a larger "
+            raise InputError(f"{last_path} is already at step {start_step}; pass a larger "
                              f"--steps than {tcfg.steps} to train further")
 
     def payload(step: int, with_optimizer: bool) -> dict:

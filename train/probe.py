@@ -24,9 +24,10 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from phosphene.dataset import Dataset
+from phosphene.errors import ConfigError, InputError
 from phosphene.io import atomic_path, write_json
 from phosphene.metrics import balanced_accuracy, bootstrap_ci, p_text, paired_comparison
-from phosphene.signal import NormaliserConfig, WindowSpec
+from phosphene.signal import NormaliserConfig, WindowSpec, task_window
 from phosphene.train.data import trial_windows
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "make_probe",
     "paired_table",
     "plot_label_efficiency",
+    "pre_stimulus_ceiling_of",
     "probe_task",
     "probe_teacher",
     "resting_whitening",
@@ -176,7 +178,7 @@ def cross_validate_C(features: np.ndarray, y: np.ndarray, folds: np.ndarray, *,
     fold_ids = [f for f in np.unique(folds)
                 if len(np.unique(y[folds != f])) == 2 and (folds == f).any()]
     if len(fold_ids) < 2:
-        raise ValueError("cross-validation needs at least 2 folds whose training part holds "
+        raise InputError("cross-validation needs at least 2 folds whose training part holds "
                          "both classes: record more trials")
     scores = np.full((len(fold_ids), len(Cs)), np.nan)
     oof = np.full((len(y), len(Cs)), np.nan)  # out-of-fold logits, for calibration
@@ -254,7 +256,7 @@ def fit_probe(features_train: np.ndarray, y_train: np.ndarray, *,
     """
     y_train = np.asarray(y_train, np.int64)
     if len(np.unique(y_train)) < 2:
-        raise ValueError("the training split has only one class (all perceived or all missed): "
+        raise InputError("the training split has only one class (all perceived or all missed): "
                          "a probe needs both; record more trials")
     if folds is None:
         folds = np.zeros(len(y_train), np.int64)
@@ -356,13 +358,13 @@ def task_split(ds: Dataset, task: str, spec: WindowSpec, norm_config: Normaliser
     """
     X, y, trials = trial_windows(ds, task, spec, norm_config)
     ev = ds.evaluation()
-    if ev is not None and len(ev.task_trials(task)):
+    if ev is not None and len(ev.task_trials(task_window(task, spec)[0])):
         Xe, ye, te = trial_windows(ev, task, spec, norm_config)
         return {"X": X, "y": y, "trials": trials, "X_eval": Xe, "y_eval": ye, "trials_eval": te,
                 "evaluation": "evaluation set"}
     train, test = trials.split_80_20()
     if not test.any() or not train.any():
-        raise ValueError(f"{task}: too few trials for an 80/20 split ({len(y)} usable)")
+        raise InputError(f"{task}: too few trials for an 80/20 split ({len(y)} usable)")
     return {"X": X[train], "y": y[train], "trials": trials.select(train), "X_eval": X[test],
             "y_eval": y[test], "trials_eval": trials.select(test),
             "evaluation": "test split (last 20% of each session)"}
@@ -444,7 +446,14 @@ def probe_task(ds: Dataset, encode_fn: EncodeFn, task: str, *,
                     "eval_trials": {"session": [str(v) for v in te.session],
                                     "onset_sample": [int(v) for v in te.onset_sample],
                                     "perceived": [int(v) for v in ye]}}
-    if np.isfinite(te.p_true).all():
+    kind, window = task_window(task, spec)
+    result["trials"], result["window"] = kind, {"offset_ms": window.offset_ms,
+                                                 "window_ms": window.window_ms}
+    # The ideal observer knows the evoked response: a ceiling for a window after onset only.
+    # Before onset the virtual cortex's ceiling is an oracle that knows the cortical state.
+    if kind != task:
+        result["pre_stimulus_ceiling"] = pre_stimulus_ceiling_of(ds, te)
+    if np.isfinite(te.p_true).all() and kind == task:
         ideal = (te.p_true > 0.5).astype(np.int64)
         result["ideal_observer"] = balanced_accuracy(ye, ideal)
         result["ideal_ci95"] = list(bootstrap_ci(ye, ideal, seed=seed))
@@ -472,6 +481,23 @@ def probe_task(ds: Dataset, encode_fn: EncodeFn, task: str, *,
     return result
 
 
+def pre_stimulus_ceiling_of(ds: Dataset, trials) -> float | None:
+    """The best balanced accuracy a decoder of the window before onset can reach on a
+    virtual-cortex dataset: an oracle that knows the cortical state at onset
+    (`cortex.pre_stimulus_ceiling`) over the trials' (electrode, current) conditions.
+    None for a recording, whose perception model nobody knows."""
+    from phosphene.cortex import CortexConfig, VirtualCortex, pre_stimulus_ceiling
+
+    source = ds.meta.get("source")
+    if not isinstance(source, dict) or source.get("generator") != "phosphene.cortex":
+        return None
+    config = CortexConfig(**{k: tuple(v) if isinstance(v, list) else v
+                             for k, v in source.get("config", {}).items()})
+    cortex = VirtualCortex(ds.channel_map, seed=int(source.get("seed", 0)), config=config)
+    conditions = sorted({(int(e), float(c)) for e, c in zip(trials.electrode, trials.current_ua)})
+    return pre_stimulus_ceiling(cortex, conditions)
+
+
 def _encode(encode_fn: EncodeFn, X: np.ndarray) -> dict[str, np.ndarray]:
     out = encode_fn(X)
     named = {f"latent_{k}": v for k, v in out.items()} if isinstance(out, dict) else {"latent": out}
@@ -481,7 +507,7 @@ def _encode(encode_fn: EncodeFn, X: np.ndarray) -> dict[str, np.ndarray]:
             raise ValueError(f"encode_fn returned shape {z.shape} for {name}; expected "
                              f"({X.shape[0]}, D)")
         if not np.isfinite(z).all():
-            raise ValueError("the encoder produced NaN/inf latents: the checkpoint is broken "
+            raise InputError("the encoder produced NaN/inf latents: the checkpoint is broken "
                              "or the input is not normalised MUA")
         named[name] = z
     return named
@@ -647,7 +673,7 @@ def format_table(results: list[dict], *, n_channels: int, window_samples: int,
     names = _ordered_names(results)
     labels = {n: _label(n, results[0], n_channels, window_samples) + (" *" if n == chosen else "")
               for n in names}
-    width = max([len(v) for v in labels.values()] + [len("ideal observer (ground truth)")]) + 2
+    width = max([len(v) for v in labels.values()] + [len("state oracle (pre-stimulus ceiling)")]) + 2
     cell = 22
     lines = [f"{'features':<{width}}" + "".join(f"{t:>{cell}}" for t in tasks)]
 
@@ -662,6 +688,11 @@ def format_table(results: list[dict], *, n_channels: int, window_samples: int,
         cells = [fmt(r["ideal_observer"], r["ideal_ci95"]) if r.get("ideal_observer") is not None
                  else "-" for r in results]
         lines.append(f"{'ideal observer (ground truth)':<{width}}" + "".join(f"{c:>{cell}}" for c in cells))
+    if any(r.get("pre_stimulus_ceiling") is not None for r in results):
+        cells = [f"{100 * r['pre_stimulus_ceiling']:.1f}" if r.get("pre_stimulus_ceiling") is not None
+                 else "-" for r in results]
+        lines.append(f"{'state oracle (pre-stimulus ceiling)':<{width}}"
+                     + "".join(f"{c:>{cell}}" for c in cells))
     lines.append(f"{'evaluation trials':<{width}}" + "".join(f"{r['n_eval']:>{cell}}" for r in results))
     lines.append(f"{'training trials':<{width}}" + "".join(f"{r['n_train']:>{cell}}" for r in results))
     return "\n".join(lines)
@@ -722,7 +753,7 @@ def load_probe(path: str | os.PathLike) -> dict:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read probe {path}: {exc}") from None
+        raise InputError(f"cannot read probe {path}: {exc}") from None
     return check_probe_doc(doc, str(path))
 
 
@@ -730,17 +761,17 @@ def check_probe_doc(doc, where: str) -> dict:
     """The one reader of `phosphene probe`'s probe.json (also quantize's): the format, the
     weights as a float64 array that fits `latent_dim`, a threshold on P(perceived)."""
     if not isinstance(doc, dict) or doc.get("format") != PROBE_FORMAT:
-        raise ValueError(f"{where} is not a phosphene probe file (from `phosphene probe`)")
+        raise InputError(f"{where} is not a phosphene probe file (from `phosphene probe`)")
     try:
         doc["weights"] = np.asarray(doc["weights"], dtype=np.float64).reshape(-1)
         latent_dim = int(doc.get("latent_dim", doc["weights"].shape[0]))
         float(doc["bias"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{where}: a probe needs numeric weights and bias ({exc})") from None
+        raise InputError(f"{where}: a probe needs numeric weights and bias ({exc})") from None
     if doc["weights"].shape != (latent_dim,):
-        raise ValueError(f"{where}: {doc['weights'].shape[0]} weights for a {latent_dim}-d latent")
+        raise InputError(f"{where}: {doc['weights'].shape[0]} weights for a {latent_dim}-d latent")
     if doc.get("threshold_on", "probability") != "probability":
-        raise ValueError(f"{where}: threshold_on {doc.get('threshold_on')!r} is not supported")
+        raise InputError(f"{where}: threshold_on {doc.get('threshold_on')!r} is not supported")
     return doc
 
 
@@ -768,7 +799,7 @@ def probe_teacher(ds: Dataset, model, *, spec: WindowSpec, norm_config: Normalis
 
     say = progress or (lambda msg: log.info("%s", msg))
     if readout != "auto" and readout not in READOUTS:
-        raise ValueError(f"unknown readout {readout!r}; choose auto or one of {', '.join(READOUTS)}")
+        raise ConfigError(f"unknown readout {readout!r}; choose auto or one of {', '.join(READOUTS)}")
     if ds.sessions_of("resting"):
         say(f"readouts: fitting on {resting_windows} resting windows (no labels) ...")
         rest = sample_resting_windows(ds, spec, norm_config, resting_windows, seed=seed + 7)
@@ -780,7 +811,7 @@ def probe_teacher(ds: Dataset, model, *, spec: WindowSpec, norm_config: Normalis
         readouts = {"mean": Readout("mean", int(model.config.embed_dim))}
         whiten = None
         if readout not in ("auto", "mean"):
-            raise ValueError(f"the {readout} readout is fitted on resting sessions, and dataset "
+            raise InputError(f"the {readout} readout is fitted on resting sessions, and dataset "
                              f"{ds.path} has none: use --readout mean")
     encode = readout_encode_fn(model, readouts)
     results = []
@@ -789,8 +820,8 @@ def probe_teacher(ds: Dataset, model, *, spec: WindowSpec, norm_config: Normalis
             "trials, evaluation ...")
         results.append(probe_task(ds, encode, task, spec=spec, norm_config=norm_config,
                                   curve=curve, seed=seed, whiten=whiten, train_draws=train_draws))
-    if readout == "auto":
-        choice = choose_readout(results)
+    if readout == "auto":  # chosen on the tasks after onset when there are any (Table 1's)
+        choice = choose_readout([r for r in results if r["trials"] == r["task"]] or results)
     else:
         choice = {"readout": readout, "feature": f"latent_{readout}", "rule": "given"}
     for r in results:

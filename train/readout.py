@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from phosphene.errors import ConfigError, InputError
 from phosphene.io import atomic_path
 
 __all__ = ["CHOSEN_FILE", "READOUTS", "READOUT_FILE", "Readout", "fit_readouts",
@@ -91,7 +92,7 @@ class Readout:
             el = np.asarray(pooled["electrode"], np.float64)  # (N, C, D)
             z = ((el - self.params["center"]) @ self.params["projection"]).reshape(len(el), -1)
             return (z - self.params["white_mean"]) @ self.params["white"]
-        raise ValueError(f"unknown readout {self.name!r}; choose one of {', '.join(READOUTS)}")
+        raise ConfigError(f"unknown readout {self.name!r}; choose one of {', '.join(READOUTS)}")
 
     def describe(self) -> str:
         if self.name == "mean":
@@ -139,7 +140,7 @@ def load_readouts(path: str | os.PathLike) -> dict[str, Readout]:
         with np.load(path, allow_pickle=False) as data:
             items = {k: data[k] for k in data.files}
     except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read readouts {path}: {exc}") from None
+        raise InputError(f"cannot read readouts {path}: {exc}") from None
     out: dict[str, Readout] = {}
     for key, value in items.items():
         name, _, param = key.partition("/")
@@ -150,7 +151,7 @@ def load_readouts(path: str | os.PathLike) -> dict[str, Readout]:
             r.params[param] = value
     unknown = set(out) - set(READOUTS)
     if unknown:
-        raise ValueError(f"{path}: unknown readouts {sorted(unknown)}")
+        raise InputError(f"{path}: unknown readouts {sorted(unknown)}")
     return out
 
 
@@ -230,15 +231,15 @@ def load_chosen_readout(probe_dir: str | os.PathLike) -> Readout:
     probe_dir = Path(probe_dir)
     if not (probe_dir / CHOSEN_FILE).is_file():
         if not probe_dir.exists():
-            raise ValueError(f"no probe directory at {probe_dir}: run `phosphene probe ... --out "
+            raise InputError(f"no probe directory at {probe_dir}: run `phosphene probe ... --out "
                              f"{probe_dir}` first")
         return Readout("mean", 0)
     try:
         choice = json.loads((probe_dir / CHOSEN_FILE).read_text(encoding="utf-8"))
         name = str(choice["readout"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{probe_dir / CHOSEN_FILE} is not a readout choice: {exc}") from None
+        raise InputError(f"{probe_dir / CHOSEN_FILE} is not a readout choice: {exc}") from None
     readouts = load_readouts(probe_dir / READOUT_FILE)
     if name not in readouts:
-        raise ValueError(f"{probe_dir / READOUT_FILE} has no readout {name!r}")
+        raise InputError(f"{probe_dir / READOUT_FILE} has no readout {name!r}")
     return readouts[name]

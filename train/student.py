@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from phosphene.errors import ConfigError
 from phosphene.signal import WindowSpec
 
 __all__ = [
@@ -68,15 +69,15 @@ class StudentConfig:
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
-            raise ValueError(f"student arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+            raise ConfigError(f"student arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         if min(self.n_channels, self.window_samples, self.patch_samples, self.latent_dim,
                self.d_model, self.depth, self.token_hidden, self.n_heads) <= 0:
-            raise ValueError("student sizes must be positive")
+            raise ConfigError("student sizes must be positive")
         if self.window_samples % self.patch_samples:
-            raise ValueError(f"window ({self.window_samples} samples) must be a whole number of "
+            raise ConfigError(f"window ({self.window_samples} samples) must be a whole number of "
                              f"patches ({self.patch_samples} samples)")
         if self.arch == "transformer" and self.d_model % self.n_heads:
-            raise ValueError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
+            raise ConfigError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
 
     @property
     def n_patches(self) -> int:
@@ -107,7 +108,7 @@ def student_config(arch: str, *, spec: WindowSpec, n_channels: int, latent_dim: 
                    preset: str = "small", **overrides) -> StudentConfig:
     """A StudentConfig whose shapes come from the window spec, the dataset and the teacher."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown student preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown student preset {preset!r}; choose one of {', '.join(PRESETS)}")
     sizes = {**PRESETS[preset], **overrides}
     if arch == "electrode" and sizes["d_model"] == int(n_channels) and "d_model" not in overrides:
         # onnx2tf infers layouts from shapes: a square (electrodes x width) token matrix is

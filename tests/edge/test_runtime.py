@@ -40,9 +40,9 @@ class Clock:
         self.ns += int(ms * 1e6)
 
 
-def make_runtime(bundle, decoder, *, clock=None, **config):
+def make_runtime(bundle, decoder, *, clock=None, spec=None, **config):
     out = io.StringIO()
-    runtime = Runtime(decoder, spec=bundle.window_spec, normaliser_config=bundle.normaliser_config,
+    runtime = Runtime(decoder, spec=spec or bundle.window_spec, normaliser_config=bundle.normaliser_config,
                       n_channels=bundle.n_channels, config=RuntimeConfig(**config),
                       sinks=DecisionSinks(stdout=out, json_stdout=True), status_stream=None,
                       **({"clock_ns": clock} if clock else {}))
@@ -127,6 +127,35 @@ def test_triggered_decisions_are_exactly_the_manifest_window(edge_bundle, edge_d
         assert d["decision"] == int(expected.perceived)
         assert set(d["latency_us"]) == {"read_parse", "normalise", "invoke", "probe", "write", "total"}
     assert runtime.summary()["decisions"] == len(events)
+
+
+def test_a_pre_stimulus_task_decides_on_the_window_that_ends_at_onset(tmp_path, psychometric_bytes):
+    """A probe named *_pre reads the 128 ms before onset; its decision is the offline one."""
+    from tiny_bundle import make_tiny_bundle
+
+    from phosphene.edge.bundle import load_bundle
+    from phosphene.edge.runtime import BundleDecoder
+
+    bundle = load_bundle(make_tiny_bundle(tmp_path / "b", tasks=("psychometric", "psychometric_pre")))
+    spec = bundle.window_for("psychometric_pre")
+    assert spec.offset_ms == -spec.window_ms and bundle.window_for().offset_ms == 170.0
+    decoder = BundleDecoder(bundle, task="psychometric_pre")
+    runtime, adapter, out = make_runtime(bundle, decoder, spec=spec, mode="triggered")
+    feed_frames(adapter, psychometric_bytes)
+    decisions = [r for r in records(out) if r["type"] == "decision"]
+
+    x, _, events, _ = offline(psychometric_bytes, bundle)
+    normalised = normalise_recording(x, bundle.normaliser_config)
+    encoder = Encoder(bundle, task="psychometric_pre")
+    warm = bundle.normaliser_config.warmup_samples
+    decided = [ev for ev in events if ev.sample_counter - spec.window_samples >= warm]
+    assert len(decided) >= 3 and len(decisions) >= len(decided)
+    by_onset = {d["onset_sample"]: d for d in decisions}
+    for ev in decided:
+        d = by_onset[ev.sample_counter]
+        assert d["window"] == [ev.sample_counter - spec.window_samples, ev.sample_counter]
+        expected = encoder.decide(normalised[ev.sample_counter - spec.window_samples:ev.sample_counter])
+        assert d["p_perceived"] == expected.p_perceived
 
 
 def test_continuous_cadence_one_line_per_patch(edge_bundle, edge_decoder, psychometric_bytes):

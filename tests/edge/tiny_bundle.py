@@ -3,30 +3,17 @@
 The quantize pipeline (torch -> ONNX -> onnx2tf) takes 20-70 s per model; these tests need
 a bundle in a few seconds, so the encoder here is built directly in TensorFlow (patchify
 conv -> ReLU -> mean over patches -> dense latent), converted with int8-only builtins,
-described by a manifest that edge/bundle.py's loader accepts, and sealed (bundle.sig) by
-the function quantize uses. Tests may import TensorFlow; the edge may not
+written and sealed by `write_bundle`, the function quantize uses. Tests may import TensorFlow; the edge may not
 (test_no_forbidden_imports runs it in a clean subprocess).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from phosphene.edge.bundle import (
-    BUNDLE_FORMAT,
-    BUNDLE_VERSION,
-    MANIFEST_FILE,
-    MODEL_FILE,
-    PROBE_FILE,
-    Probe,
-    QuantParams,
-    file_sha256,
-    probes_to_json,
-)
-from phosphene.edge.signing import seal_bundle
+from phosphene.edge.bundle import BundleSpec, Probe, QuantParams, write_bundle
 from phosphene.geometry import map_for_channels
 from phosphene.signal import NormaliserConfig, WindowSpec
 
@@ -80,37 +67,29 @@ def _health_reference(channel_map, spec: WindowSpec, seed: int) -> dict:
 
 def make_tiny_bundle(out: str | Path, *, n_channels: int = 96, spec: WindowSpec = WindowSpec(),
                      normaliser: NormaliserConfig = TEST_NORMALISER, latent_dim: int = 16,
-                     latency_budget_ms: float = 50.0, seed: int = 0) -> Path:
+                     latency_budget_ms: float = 50.0, seed: int = 0,
+                     tasks: tuple[str, ...] = ("psychometric",)) -> Path:
     """Write a bundle directory at `out` (created) and return its path.
+
+    One random probe per task in `tasks`, the first the default (a task named *_pre reads
+    the window that ends at onset).
 
     The budget is generous (50 ms): `bench` exits 3 when its p99 exceeds it, and a test of
     behaviour must not fail on a shared machine's pause; budget checks set --budget-ms.
     """
     from ai_edge_litert.interpreter import Interpreter
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MODEL_FILE).write_bytes(_tflite_int8(spec, n_channels, latent_dim, seed))
-    interp = Interpreter(model_path=str(out / MODEL_FILE))
-    in_q, out_q = _quant(interp.get_input_details()[0]), _quant(interp.get_output_details()[0])
+    model = _tflite_int8(spec, n_channels, latent_dim, seed)
+    interp = Interpreter(model_content=model)
     rng = np.random.default_rng([seed, 1])
-    probe = Probe(task="psychometric", weights=rng.normal(0, 1, latent_dim) / np.sqrt(latent_dim),
-                  bias=0.0, threshold=0.5, source="test")
-    (out / PROBE_FILE).write_text(json.dumps(
-        probes_to_json({"psychometric": probe}, task="psychometric", latent_dim=latent_dim)))
+    probes = {t: Probe(task=t, weights=rng.normal(0, 1, latent_dim) / np.sqrt(latent_dim),
+                       bias=0.0, threshold=0.5, source="test") for t in tasks}
     channel_map = map_for_channels(n_channels)
-    manifest = {
-        "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION,
-        "files": {name: {"sha256": file_sha256(out / name)} for name in (MODEL_FILE, PROBE_FILE)},
-        "model": {"file": MODEL_FILE, "input": in_q.to_dict(), "output": out_q.to_dict()},
-        "probe": {"file": PROBE_FILE},
-        "n_channels": n_channels, "channel_map": channel_map.to_json(),
-        "sample_rate_hz": spec.sample_rate_hz, "window": spec.to_dict(),
-        "normaliser": normaliser.to_dict(), "latency_budget_ms": latency_budget_ms,
-        "tools": {"made_by": "tests/edge/tiny_bundle.py"},
-        "wire": {"sample_format": "float16", "scale_uv": 1.0},
-        "input_health": _health_reference(channel_map, spec, seed),
-    }
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-    seal_bundle(out)  # bundle.sig, as `phosphene quantize` writes it
-    return out
+    write_bundle(out, BundleSpec(
+        model=model, probes=probes, task=tasks[0], channel_map=channel_map,
+        window=spec, normaliser=normaliser, input_quant=_quant(interp.get_input_details()[0]),
+        output_quant=_quant(interp.get_output_details()[0]), latency_budget_ms=latency_budget_ms,
+        wire={"sample_format": "float16", "scale_uv": 1.0},
+        input_health=_health_reference(channel_map, spec, seed),
+        records={"tools": {"made_by": "tests/edge/tiny_bundle.py"}}), overwrite=True)
+    return Path(out)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from phosphene.dataset import SESSION_KINDS, DatasetError
+from phosphene.dataset import SESSION_KINDS
+from phosphene.errors import PhospheneError
 from phosphene.train.importers.common import DEFAULT_BLANK_MS, ImportReport
 
 __all__ = ["export_group", "import_group"]
@@ -26,7 +27,7 @@ def _run(fn, *args, **kwargs):
     """Call a library function; expected failures become one `Error:` line (exit 1)."""
     try:
         return fn(*args, **kwargs)
-    except (DatasetError, ValueError, OSError) as exc:  # RecordingError is a ValueError
+    except (PhospheneError, OSError) as exc:  # DatasetError, RecordingError, InputError ...
         raise click.ClickException(_one_line(exc)) from None
 
 

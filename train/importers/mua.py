@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from phosphene.errors import ConfigError
 from phosphene.signal import MuaConfig
 
 __all__ = ["MuaExtractor"]
@@ -28,17 +29,17 @@ class MuaExtractor:
         except ImportError as exc:  # pragma: no cover - the workstation extras include scipy
             raise ImportError("broadband MUA extraction needs scipy: pip install 'phosphene[io]'") from exc
         if n_channels <= 0:
-            raise ValueError(f"channel count must be positive, got {n_channels}")
+            raise ConfigError(f"channel count must be positive, got {n_channels}")
         ratio = input_rate_hz / config.output_rate_hz
         if ratio < 2 or abs(ratio - round(ratio)) > 1e-9:
-            raise ValueError(
+            raise ConfigError(
                 f"input rate {input_rate_hz:g} Hz cannot be average-pooled to "
                 f"{config.output_rate_hz:g} Hz: it must be an integer multiple of at least 2x "
                 "(e.g. 30000, 10000 or 2000 Hz)")
         low, high = config.band_hz
         high = min(high, 0.45 * input_rate_hz)
         if high <= low:
-            raise ValueError(f"input rate {input_rate_hz:g} Hz is too low for the "
+            raise ConfigError(f"input rate {input_rate_hz:g} Hz is too low for the "
                              f"{low:g} Hz spiking band")
         self.config = config
         self.n_channels = n_channels
