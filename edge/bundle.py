@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,7 +61,7 @@ __all__ = [
 BUNDLE_FORMAT = "phosphene-bundle"
 BUNDLE_VERSION = 2  # 2: bundle.sig, the digest of every file including the manifest
 PROBE_FORMAT = "phosphene-bundle-probe"  # not train/probe.py's single-task "phosphene-probe"
-PROBE_VERSION = 1
+PROBE_VERSION = 2  # 2: a probe may carry its window's offset_ms (an older edge would ignore it)
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.tflite"
 PROBE_FILE = "probe.json"
@@ -160,6 +160,7 @@ class Probe:
     bias: float
     threshold: float = 0.5  # on P(perceived)
     source: str = ""  # "teacher" (the teacher's probe applied as is) or "refit" (on student latents)
+    offset_ms: float | None = None  # its window's start after onset (None: the bundle's window)
 
     def logit(self, latent: np.ndarray) -> np.ndarray:
         """latent: (D,) or (N, D) -> logit () or (N,)."""
@@ -176,7 +177,8 @@ class Probe:
 
     def to_dict(self) -> dict:
         return {"weights": [float(w) for w in self.weights], "bias": float(self.bias),
-                "threshold": float(self.threshold), "source": self.source}
+                "threshold": float(self.threshold), "source": self.source,
+                **({"offset_ms": float(self.offset_ms)} if self.offset_ms is not None else {})}
 
 
 def probe_from_json(obj: dict, *, latent_dim: int | None = None,
@@ -195,11 +197,15 @@ def probe_from_json(obj: dict, *, latent_dim: int | None = None,
     for task, p in raw.items():
         try:
             weights = np.asarray(p["weights"], dtype=np.float64)
+            offset = p.get("offset_ms")
             probe = Probe(task=str(task), weights=weights, bias=float(p["bias"]),
-                          threshold=float(p.get("threshold", 0.5)), source=str(p.get("source", "")))
+                          threshold=float(p.get("threshold", 0.5)), source=str(p.get("source", "")),
+                          offset_ms=None if offset is None else float(offset))
         except (KeyError, TypeError, ValueError):
             raise BundleError(f"{where}: probe {task!r} needs weights (list), bias and "
-                              "threshold numbers") from None
+                              "threshold numbers (and offset_ms a number, if given)") from None
+        if probe.offset_ms is not None and not math.isfinite(probe.offset_ms):
+            raise BundleError(f"{where}: probe {task!r} offset_ms must be a finite number of ms")
         if weights.ndim != 1 or not np.all(np.isfinite(weights)) or not math.isfinite(probe.bias):
             raise BundleError(f"{where}: probe {task!r} weights must be a finite 1-D list")
         if not 0.0 <= probe.threshold <= 1.0:
@@ -247,8 +253,13 @@ class Bundle:
         return self.probes[self.task]
 
     def window_for(self, task: str | None = None) -> WindowSpec:
-        """The window a probe reads (a task named *_pre ends at onset: signal.task_window)."""
-        return task_window(task or self.task, self.window_spec)[1]
+        """The window a probe reads: the offset it was fitted on (probe.json), else by its
+        name (a task named *_pre ends at onset: signal.task_window), else the bundle's."""
+        task = task or self.task
+        probe = self.probes.get(task)
+        if probe is not None and probe.offset_ms is not None:
+            return replace(self.window_spec, offset_ms=probe.offset_ms)
+        return task_window(task, self.window_spec)[1]
 
     @property
     def model_path(self) -> Path:

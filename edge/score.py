@@ -78,7 +78,7 @@ def read_decision_log(path: str | Path) -> list[dict]:
 
 def _candidates(dataset, session: str | None, task: str | None):
     """(Dataset, SessionInfo) pairs a run may have streamed: the dataset's and its eval set's."""
-    from phosphene.dataset import TASKS, DatasetError
+    from phosphene.dataset import DatasetError
 
     sets = [dataset]
     try:
@@ -87,7 +87,7 @@ def _candidates(dataset, session: str | None, task: str | None):
         ev = None
     if ev is not None:
         sets.append(ev)
-    pairs = [(ds, s) for ds in sets for s in ds.sessions if s.kind in TASKS]
+    pairs = [(ds, s) for ds in sets for s in ds.sessions if s.kind != "resting"]
     if session is not None:
         pairs = [(ds, s) for ds, s in pairs if s.session == session]
         if not pairs:
@@ -99,7 +99,7 @@ def _candidates(dataset, session: str | None, task: str | None):
             raise ScoreError(f"session {session!r} is a {pairs[0][1].kind} session, not {task}")
         pairs = [(ds, s) for ds, s in pairs if s.kind == task]
     if not pairs:
-        raise ScoreError(f"{dataset.path} has no {task or 'psychometric or threshold'} session")
+        raise ScoreError(f"{dataset.path} has no {task or 'task'} session")
     return pairs
 
 
@@ -315,8 +315,7 @@ def format_score(result: dict) -> str:
 @click.option("--dataset", "dataset_path", required=True, type=click.Path(path_type=str),
               help="The dataset the run streamed (its evaluation set is searched too).")
 @click.option("--session", help="The session streamed (default: the one the log's trials match).")
-@click.option("--task", type=click.Choice(["psychometric", "threshold"]),
-              help="Only consider sessions of this task.")
+@click.option("--task", metavar="TASK", help="Only consider sessions of this task.")
 @click.option("--bundle", "bundle_path", type=click.Path(path_type=str),
               help="Also decode the trials offline with this bundle: wire vs offline agreement.")
 @click.option("--probe", help="With --bundle: the probe the run applied (default: the bundle's).")

@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import numpy as np
 from phosphene.errors import PhospheneError
 from phosphene.geometry import ChannelMap
 from phosphene.io import atomic_dir, atomic_path, write_json, write_text
-from phosphene.signal import Normaliser, NormaliserConfig, WindowSpec
+from phosphene.signal import PRE_STIMULUS, Normaliser, NormaliserConfig, WindowSpec, task_window
 
 __all__ = [
     "FORMAT_NAME",
@@ -42,12 +43,15 @@ __all__ = [
     "SessionInfo",
     "Trials",
     "first_non_finite",
+    "is_session_kind",
+    "task_name_problem",
 ]
 
 FORMAT_NAME = "phosphene-dataset"
 FORMAT_VERSION = 1
-SESSION_KINDS = ("resting", "psychometric", "threshold")
-TASKS = ("psychometric", "threshold")
+SESSION_KINDS = ("resting", "psychometric", "threshold")  # the virtual cortex's; any task name is valid
+TASKS = ("psychometric", "threshold")  # the paper's two tasks, the defaults
+_TASK_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 TRIAL_FIELDS = ("session", "onset_sample", "electrode", "current_ua", "perceived", "p_true")
 NO_ELECTRODE = -1  # trials.csv electrode of an event that stimulated nothing (a behavioural event)
 
@@ -56,10 +60,32 @@ class DatasetError(PhospheneError, ValueError):
     """A dataset on disk is missing, malformed or inconsistent; the message says which file."""
 
 
+def task_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a task (a session kind with labelled trials), or None.
+
+    A task name is lower-case letters, digits and underscores, starting with a letter (up
+    to 40); "resting" is the unlabelled kind, and a trailing "_pre" is reserved for the
+    window before onset (`phosphene.signal.task_window`).
+    """
+    if not _TASK_NAME.fullmatch(name):
+        return (f"task name {name!r} must be lower-case letters, digits and '_', starting with a "
+                "letter (at most 40)")
+    if name == "resting":
+        return "'resting' is the kind of unlabelled sessions, not a task"
+    if name.endswith(PRE_STIMULUS):
+        return f"task name {name!r} ends in {PRE_STIMULUS!r}, which names the window before onset"
+    return None
+
+
+def is_session_kind(kind: str) -> bool:
+    """resting, or a valid task name (psychometric, threshold, or one named on import)."""
+    return kind == "resting" or task_name_problem(kind) is None
+
+
 @dataclass(frozen=True)
 class SessionInfo:
     session: str
-    kind: str  # resting | psychometric | threshold
+    kind: str  # resting, or the task its trials belong to (psychometric, threshold, or named)
     day: int  # recording day index (validation uses the last days)
     n_samples: int
     file: str  # relative to the dataset directory
@@ -250,8 +276,30 @@ class Dataset:
     def sessions_of(self, kind: str) -> list[SessionInfo]:
         return [s for s in self.sessions if s.kind == kind]
 
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks this dataset has sessions of: the paper's two first, then named ones."""
+        kinds = [s.kind for s in self.sessions if s.kind != "resting"]
+        return tuple([t for t in TASKS if t in kinds]
+                     + sorted({k for k in kinds if k not in TASKS}, key=kinds.index))
+
+    @property
+    def task_offsets_ms(self) -> dict[str, float]:
+        """Window offsets set per task on import (dataset.json "tasks"); the others read
+        `window_spec`'s."""
+        out = {}
+        for name, t in (self.meta.get("tasks") or {}).items():
+            if isinstance(t, dict) and isinstance(t.get("offset_ms"), (int, float)):
+                out[str(name)] = float(t["offset_ms"])
+        return out
+
+    def task_window(self, task: str, spec: WindowSpec | None = None) -> tuple[str, WindowSpec]:
+        """(trial kind, window) a task decodes here (signal.task_window with this dataset's
+        per-task offsets); spec: the model's window (default: the dataset's)."""
+        return task_window(task, spec or self.window_spec, self.task_offsets_ms)
+
     def task_trials(self, task: str) -> Trials:
-        """Trials of the sessions of one task (psychometric / threshold)."""
+        """Trials of the sessions of one task (a kind: psychometric, threshold or named)."""
         ids = {s.session for s in self.sessions_of(task)}
         return self.trials.select(np.isin(self.trials.session, list(ids)))
 
@@ -305,11 +353,11 @@ class Dataset:
     def summary(self) -> dict:
         """Everything `phosphene info` prints, as JSON-ready data."""
         by_kind = {}
-        for kind in SESSION_KINDS:
+        for kind in ("resting", *self.tasks):
             ss = self.sessions_of(kind)
             if not ss:
                 continue
-            tr = self.task_trials(kind) if kind in TASKS else None
+            tr = self.task_trials(kind) if kind != "resting" else None
             entry = {
                 "sessions": len(ss),
                 "days": len({s.day for s in ss}),
@@ -327,6 +375,8 @@ class Dataset:
                                               for c in np.unique(tr.current_ua[stim]))
                 if (~stim).any():
                     entry["events_without_electrode"] = int((~stim).sum())
+                if kind in self.task_offsets_ms:
+                    entry["window_offset_ms"] = self.task_offsets_ms[kind]
             by_kind[kind] = entry
         return {
             "path": str(self.path),
@@ -374,9 +424,9 @@ def _read_sessions(path: Path) -> list[SessionInfo]:
         except (KeyError, TypeError, ValueError):
             raise DatasetError(f"{path / 'sessions.csv'} line {i}: expected "
                                "session,kind,day,n_samples,file") from None
-        if s.kind not in SESSION_KINDS:
-            raise DatasetError(f"{path / 'sessions.csv'} line {i}: kind {s.kind!r} is not one of "
-                               f"{', '.join(SESSION_KINDS)}")
+        if not is_session_kind(s.kind):
+            raise DatasetError(f"{path / 'sessions.csv'} line {i}: kind {s.kind!r}: "
+                               f"{task_name_problem(s.kind)}")
         if s.n_samples < 0 or ".." in Path(s.file).parts or Path(s.file).is_absolute():
             raise DatasetError(f"{path / 'sessions.csv'} line {i}: bad n_samples or file path")
         sessions.append(s)
@@ -460,8 +510,8 @@ class DatasetWriter:
 
     def add_session(self, session: str, *, kind: str, day: int, n_samples: int) -> np.ndarray:
         """Create a session file and return a writable (n_samples, C) memory map."""
-        if kind not in SESSION_KINDS:
-            raise ValueError(f"session kind must be one of {SESSION_KINDS}, got {kind!r}")
+        if not is_session_kind(kind):
+            raise ValueError(f"session kind {kind!r}: {task_name_problem(kind)}")
         if any(s.session == session for s in self._sessions):
             raise ValueError(f"session {session!r} added twice")
         rel = f"sessions/{session}.npy"

@@ -90,18 +90,21 @@ class WindowSpec:
 PRE_STIMULUS = "_pre"  # task-name suffix: the window that ends at stimulation onset
 
 
-def task_window(task: str, spec: WindowSpec) -> tuple[str, WindowSpec]:
-    """(trial kind, window) of a decoded task, from its name.
+def task_window(task: str, spec: WindowSpec,
+                offsets_ms: dict[str, float] | None = None) -> tuple[str, WindowSpec]:
+    """(trial kind, window) of a decoded task.
 
-    A task is named after the trials whose labels it learns, and its name says where the
-    window lies: "threshold" reads `spec` (after onset, the dataset's window);
-    "threshold_pre" reads the window of the same length that ends at onset, the cortical
-    state before stimulation, from which a closed loop predicts whether a stimulation
-    delivered now would be perceived. The name is the one thing probes, bundles and the
-    runtime share, so the window can never disagree between them.
+    A task is named after the trials whose labels it learns. "threshold" reads `spec` (the
+    dataset's window, after onset), or the offset its dataset records for that task
+    (`offsets_ms`, set per task on import); "threshold_pre" reads the window of the same
+    length that ends at onset: the cortical state before stimulation, from which a closed
+    loop predicts whether a stimulation delivered now would be perceived. Probes record the
+    offset they were fitted on and bundles carry it, so the edge decodes the same window.
     """
     if task.endswith(PRE_STIMULUS):
         return task[:-len(PRE_STIMULUS)], replace(spec, offset_ms=-spec.window_ms)
+    if offsets_ms and task in offsets_ms:
+        return task, replace(spec, offset_ms=float(offsets_ms[task]))
     return task, spec
 
 

@@ -18,12 +18,12 @@ import platform
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from phosphene.dataset import TASKS, Dataset
+from phosphene.dataset import TASKS, Dataset, task_name_problem
 from phosphene.edge.bundle import (
     PROBE_FILE,
     PROBE_FORMAT,
@@ -44,7 +44,7 @@ from phosphene.quantize.convert import (
     convert_int8,
     export_onnx,
 )
-from phosphene.signal import PRE_STIMULUS, NormaliserConfig, WindowSpec, task_window
+from phosphene.signal import NormaliserConfig, WindowSpec, task_window
 from phosphene.train.probe import PROBE_FORMAT as TEACHER_PROBE_FORMAT
 
 __all__ = [
@@ -150,14 +150,16 @@ def _teacher_probe(doc: dict, file: Path, latent_dim: int) -> Probe:
 
     doc = check_probe_doc(doc, str(file))
     task, weights = str(doc.get("task", "")), doc["weights"]
-    if task_window(task, WindowSpec())[0] not in TASKS:
-        raise InputError(f"{file}: probe task {task!r} is not one of {', '.join(TASKS)} "
-                         f"(with or without {PRE_STIMULUS})")
+    problem = task_name_problem(task_window(task, WindowSpec())[0])
+    if problem:
+        raise InputError(f"{file}: {problem}")
     if weights.shape[0] != latent_dim:
         raise InputError(f"{file}: the {task} probe has {weights.shape[0]} weights but the "
                          f"student's latent has {latent_dim} values (probe of another teacher?)")
+    offset = doc.get("window_offset_ms")
     return Probe(task=task, weights=weights, bias=float(doc["bias"]),
-                 threshold=float(doc.get("threshold", 0.5)), source="teacher")
+                 threshold=float(doc.get("threshold", 0.5)), source="teacher",
+                 offset_ms=None if offset is None else float(offset))
 
 
 def load_probes(path: str | os.PathLike, latent_dim: int) -> dict[str, Probe]:
@@ -288,7 +290,7 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
     heldout = heldout_resting_windows(ds, spec, norm, config.parity_windows,
                                       seed=config.seed + 2000, heldout_fraction=heldout_fraction)
     teacher_probes = load_probes(probe_path, latent_dim) if probe_path is not None else None
-    splits = _task_splits(ds, spec, norm, tuple(teacher_probes) if teacher_probes else TASKS)
+    splits = _task_splits(ds, spec, norm, tuple(teacher_probes) if teacher_probes else ds.tasks)
 
     # --- ONNX checked against torch, then int8 and its op check -----------------------
     model_path, operators, int8, onnx_err = _convert(model, export_model, spec, n_channels, calib,
@@ -542,7 +544,7 @@ def _task_splits(ds: Dataset, spec: WindowSpec, norm: NormaliserConfig,
 
     out = {}
     for task in tasks:
-        if not len(ds.task_trials(task_window(task, spec)[0])):
+        if not len(ds.task_trials(ds.task_window(task, spec)[0])):
             continue
         try:
             sp = task_split(ds, task, spec, norm)
@@ -551,7 +553,8 @@ def _task_splits(ds: Dataset, spec: WindowSpec, norm: NormaliserConfig,
             continue
         out[task] = {"train": (sp["X"], sp["y"], sp["trials"]),
                      "eval": (sp["X_eval"], sp["y_eval"], sp["trials_eval"]),
-                     "evaluation": sp["evaluation"]}
+                     "evaluation": sp["evaluation"],
+                     "offset_ms": ds.task_window(task, spec)[1].offset_ms}
     return out
 
 
@@ -686,14 +689,22 @@ def _bundle_probes(config: QuantizeConfig, teacher_probes: dict | None, splits: 
     if config.probe_source == "teacher":
         if teacher_probes is None:
             raise InputError("pass --probe (the teacher's probe.json) or --probe-source refit")
-        return teacher_probes
+        probes = {}
+        for task, p in teacher_probes.items():
+            offset = splits[task]["offset_ms"] if task in splits else p.offset_ms
+            if p.offset_ms is not None and offset is not None and abs(p.offset_ms - offset) > 1e-9:
+                raise InputError(f"the {task} probe was fitted on a window from {p.offset_ms:+g} ms "
+                                 f"but the dataset decodes {task} from {offset:+g} ms: probe the "
+                                 "teacher on this dataset again")
+            probes[task] = replace(p, offset_ms=offset)
+        return probes
     probes = {}
     for task, sp in splits.items():
         _, y, tr = sp["train"]
         if len(np.unique(y)) == 2:
-            probes[task] = fit_probe(task_latents[task]["train"]["int8"], y, task,
-                                     folds=blocked_folds(tr.session, tr.onset_sample),
-                                     seed=config.seed)
+            probes[task] = replace(fit_probe(task_latents[task]["train"]["int8"], y, task,
+                                             folds=blocked_folds(tr.session, tr.onset_sample),
+                                             seed=config.seed), offset_ms=sp["offset_ms"])
     if not probes:
         raise InputError("--probe-source refit needs labelled trials of both classes in the dataset")
     return probes

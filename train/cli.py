@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from phosphene.commands import ProgressLine, dataset_argument, echo_json, open_dataset
-from phosphene.dataset import TASKS
 from phosphene.errors import PhospheneError
 from phosphene.signal import PRE_STIMULUS
 
@@ -99,8 +98,9 @@ def pretrain(dataset, preset, steps, out_dir, batch_size, lr, lr_min, warmup_ste
 @dataset_argument
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
               help="Teacher run directory (uses best.pt) or a .pt checkpoint.")
-@click.option("--task", type=click.Choice([*TASKS, "all"]), default="all", show_default=True,
-              help="Which stimulation task to decode.")
+@click.option("--task", default="all", show_default=True, metavar="TASK",
+              help="Which task to decode: psychometric, threshold, a task named on import "
+                   "(`phosphene info DATA` lists them), or all.")
 @click.option("--window", "window", type=click.Choice(["post", "pre", "both"]), default="post",
               show_default=True,
               help="post: the dataset's window after onset (did the participant see it?). pre: "
@@ -158,9 +158,12 @@ def probe(dataset, checkpoint, task, window, as_json, out_dir, curve, plots, rea
         check_dataset_compatible(ds, meta)
     except _ERRORS as exc:
         raise click.ClickException(str(exc)) from None
-    tasks = [t for t in TASKS if ds.sessions_of(t)] if task == "all" else [task]
+    if task != "all" and task not in ds.tasks:
+        raise click.UsageError(f"dataset {ds.path} has no task {task!r}; its tasks: "
+                               f"{', '.join(ds.tasks) or 'none'} (or all)")
+    tasks = list(ds.tasks) if task == "all" else [task]
     if not tasks:
-        raise click.ClickException(f"dataset {ds.path} has no stimulation sessions to probe")
+        raise click.ClickException(f"dataset {ds.path} has no labelled task sessions to probe")
     tasks = {"post": tasks, "pre": [t + PRE_STIMULUS for t in tasks],
              "both": [*tasks, *(t + PRE_STIMULUS for t in tasks)]}[window]
     extra = {"checkpoint": str(meta["path"]), "checkpoint_step": meta["step"],

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from phosphene.dataset import TASKS, Dataset, Trials
+from phosphene.dataset import Dataset, Trials
 from phosphene.errors import ConfigError, InputError
-from phosphene.signal import PRE_STIMULUS, NormaliserConfig, WindowSpec, task_window
+from phosphene.signal import PRE_STIMULUS, NormaliserConfig, WindowSpec
 
 __all__ = ["Source", "WindowSampler", "check_spec", "split_sessions", "trial_windows"]
 
@@ -147,8 +147,9 @@ def trial_windows(ds: Dataset, task: str, spec: WindowSpec,
                   ) -> tuple[np.ndarray, np.ndarray, Trials]:
     """Triggered windows of one task's labelled stimulation trials.
 
-    The task's name picks the trials and the window (`phosphene.signal.task_window`:
-    "threshold_pre" is the threshold trials' window that ends at onset).
+    The task picks the trials and the window (`Dataset.task_window`: "threshold_pre" is
+    the threshold trials' window that ends at onset; a task named on import may have its
+    own offset).
     Returns X: (N, T, C) float32 normalised MUA from the window's `triggered_window(onset)`,
     y: (N,) int64 (1 perceived, 0 missed) and the matching Trials (same order, so
     `trials.split_80_20()` gives the paper's split). Trials without a label, whose window
@@ -160,10 +161,11 @@ def trial_windows(ds: Dataset, task: str, spec: WindowSpec,
     check_spec(ds, spec)
     if norm_config is None:
         norm_config = ds.normaliser_config
-    kind, spec = task_window(task, spec)
-    if kind not in TASKS:
-        raise ConfigError(f"task must be one of {', '.join(TASKS)}, or one of them with "
-                         f"{PRE_STIMULUS} (the window before onset); got {task!r}")
+    kind, spec = ds.task_window(task, spec)
+    if kind not in ds.tasks:
+        raise ConfigError(f"dataset {ds.path} has no task {kind!r}: its tasks are "
+                          f"{', '.join(ds.tasks) or 'none'} (each also with {PRE_STIMULUS}, "
+                          "the window before onset)")
     trials = ds.task_trials(kind)
     if len(trials) == 0:
         raise InputError(f"dataset {ds.path} has no {kind} trials")

@@ -140,7 +140,7 @@ def plot_embedding(xy: np.ndarray, electrodes: np.ndarray, current_ua: np.ndarra
 def run_diagnostics(ds: Dataset, encode_fn, out_dir: str | os.PathLike, *,
                     spec: WindowSpec = WindowSpec(),
                     norm_config: NormaliserConfig = NormaliserConfig(),
-                    tasks: tuple[str, ...] = ("psychometric", "threshold"),
+                    tasks: tuple[str, ...] | None = None,
                     method: str = "tsne", permutations: int = 999, seed: int = 0) -> dict:
     """Write the latent embedding plots per task and the electrode-distance tests.
 
@@ -156,8 +156,8 @@ def run_diagnostics(ds: Dataset, encode_fn, out_dir: str | os.PathLike, *,
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict = {"tasks": {}, "method": method}
     pooled_lat, pooled_raw, pooled_e = [], [], []
-    for task in tasks:
-        if not ds.sessions_of(task):
+    for task in ds.tasks if tasks is None else tasks:
+        if not ds.sessions_of(ds.task_window(task, spec)[0]):
             continue
         X, y, trials = trial_windows(ds, task, spec, norm_config)
         latents = np.asarray(encode_fn(X), dtype=np.float64)

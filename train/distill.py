@@ -386,16 +386,17 @@ def load_student(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
 # --------------------------------------------------------------------------------------
 def stimulation_windows(ds: Dataset, spec: WindowSpec, norm: NormaliserConfig,
                         jitter: tuple[int, ...]) -> np.ndarray:
-    """(N, T, C) windows of every stimulation trial of the dataset (both tasks), each at its
+    """(N, T, C) windows of every trial of the dataset (every task), each at its task's
     decoded position shifted by every `jitter` (samples). Labels are never read."""
     out = []
-    for task in ("psychometric", "threshold"):
+    for task in ds.tasks:
         trials = ds.task_trials(task)
+        window = ds.task_window(task, spec)[1]
         for sid in np.unique(trials.session):
             arr = ds.normalised(str(sid), norm)
             for onset in trials.onset_sample[trials.session == sid]:
                 for shift in jitter:
-                    start, stop = spec.triggered_window(int(onset) + int(shift))
+                    start, stop = window.triggered_window(int(onset) + int(shift))
                     if start >= 0 and stop <= arr.shape[0]:
                         w = np.asarray(arr[start:stop], np.float32)
                         if np.isfinite(w).all():

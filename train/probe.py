@@ -27,7 +27,7 @@ from phosphene.dataset import Dataset
 from phosphene.errors import ConfigError, InputError
 from phosphene.io import atomic_path, write_json
 from phosphene.metrics import balanced_accuracy, bootstrap_ci, p_text, paired_comparison
-from phosphene.signal import NormaliserConfig, WindowSpec, task_window
+from phosphene.signal import NormaliserConfig, WindowSpec
 from phosphene.train.data import trial_windows
 
 __all__ = [
@@ -358,7 +358,7 @@ def task_split(ds: Dataset, task: str, spec: WindowSpec, norm_config: Normaliser
     """
     X, y, trials = trial_windows(ds, task, spec, norm_config)
     ev = ds.evaluation()
-    if ev is not None and len(ev.task_trials(task_window(task, spec)[0])):
+    if ev is not None and len(ev.task_trials(ds.task_window(task, spec)[0])):
         Xe, ye, te = trial_windows(ev, task, spec, norm_config)
         return {"X": X, "y": y, "trials": trials, "X_eval": Xe, "y_eval": ye, "trials_eval": te,
                 "evaluation": "evaluation set"}
@@ -446,7 +446,7 @@ def probe_task(ds: Dataset, encode_fn: EncodeFn, task: str, *,
                     "eval_trials": {"session": [str(v) for v in te.session],
                                     "onset_sample": [int(v) for v in te.onset_sample],
                                     "perceived": [int(v) for v in ye]}}
-    kind, window = task_window(task, spec)
+    kind, window = ds.task_window(task, spec)
     result["trials"], result["window"] = kind, {"offset_ms": window.offset_ms,
                                                  "window_ms": window.window_ms}
     # The ideal observer knows the evoked response: a ceiling for a window after onset only.
@@ -734,6 +734,7 @@ def save_probe(path: str | os.PathLike, result: dict, *, feature: str | None = N
            "readout": readout or (feature[len("latent_"):] if feature.startswith("latent_")
                                   else "latent"),
            "latent_dim": int(m["dim"]), **probes[feature],
+           **({"window_offset_ms": result["window"]["offset_ms"]} if "window" in result else {}),
            "metrics": {"balanced_accuracy": m["balanced_accuracy"], "ci95": m["ci95"],
                        "train_balanced_accuracy": m["train_balanced_accuracy"],
                        "C": m["C"], "cv": m["cv"], "evaluation": result["evaluation"],

@@ -55,7 +55,7 @@ def test_split_is_per_session_first_80_percent(tiny_dataset):
     (lambda p: _edit_json(p, version=99), "format version 99"),
     (lambda p: (p / "trials.csv").write_text("session,onset_sample\nx,1\n"), "trials.csv line 2"),
     (lambda p: (p / "sessions.csv").write_text("session,kind,day,n_samples,file\n"
-                                               "a,sleep,0,10,sessions/a.npy\n"), "kind 'sleep'"),
+                                               "a,Sleep,0,10,sessions/a.npy\n"), "kind 'Sleep'"),
     (lambda p: np.save(p / "sessions" / "rest-000.npy", np.zeros((20000, 95), np.float32)),
      "expected \\(n_samples, 96\\)"),
 ])

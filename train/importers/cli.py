@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from phosphene.dataset import SESSION_KINDS
+from phosphene.dataset import is_session_kind, task_name_problem
 from phosphene.errors import PhospheneError
 from phosphene.train.importers.common import DEFAULT_BLANK_MS, ImportReport
 
@@ -31,6 +31,12 @@ def _run(fn, *args, **kwargs):
         raise click.ClickException(_one_line(exc)) from None
 
 
+def _check_kind(ctx, param, value):
+    if value is not None and not is_session_kind(value):
+        raise click.BadParameter(task_name_problem(value))
+    return value
+
+
 def dataset_options(f):
     """Options every import shares: where to write, the map, trials and session labels."""
     @click.option("--out", "-o", "out", required=True, type=click.Path(path_type=Path),
@@ -47,12 +53,15 @@ def dataset_options(f):
                        "detected). Any name: choice, correct, hit, ...")
     @click.option("--window-offset-ms", type=float, default=None,
                   help="Decoded window start after each event, in ms (default 170, the paper's "
-                       "artifact-free start). Stored in the dataset; pretraining, probes and "
-                       "bundles use it.")
+                       "artifact-free start; negative: before the event). Stored in the dataset "
+                       "for this import's task (--kind), so tasks appended later may each have "
+                       "their own; pretraining, probes and bundles use it.")
     @click.option("--window-ms", type=float, default=None,
                   help="Decoded window length in ms, a multiple of 16 (default 128).")
-    @click.option("--kind", type=click.Choice(SESSION_KINDS),
-                  help="Session kind. Default: resting without trials, psychometric with trials.")
+    @click.option("--kind", callback=_check_kind, metavar="KIND",
+                  help="resting, or the task the trials belong to: psychometric, threshold, or a "
+                       "name of your own (reach, choice, ...: lower-case letters, digits, _). "
+                       "Default: resting without trials, psychometric with trials.")
     @click.option("--session", help="Session id (default: the file name without extension).")
     @click.option("--day", type=click.IntRange(min=0), default=0, show_default=True,
                   help="Recording day index (validation uses the last days).")

@@ -20,7 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from phosphene.dataset import NO_ELECTRODE, SESSION_KINDS, Dataset, DatasetError, DatasetWriter
+from phosphene.dataset import (
+    NO_ELECTRODE,
+    Dataset,
+    DatasetError,
+    DatasetWriter,
+    is_session_kind,
+    task_name_problem,
+)
 from phosphene.errors import PhospheneError
 from phosphene.geometry import ChannelMap, map_for_channels
 from phosphene.signal import (
@@ -554,8 +561,11 @@ def write_import(out: str | Path, cmap: ChannelMap, specs: list[SessionSpec], *,
     Appending rewrites the dataset with the old sessions copied block by block, so a
     crash leaves the old dataset untouched. `normaliser` (binned counts: the Poisson scale
     floor for the bin width) and `window` (the decoded window, when set on import) are
-    recorded in dataset.json; appending keeps the dataset's and refuses a different one,
-    as it refuses another bin width.
+    recorded in dataset.json; appending keeps the dataset's bin width, normaliser and window
+    length and refuses others. A window offset given with task sessions is also recorded
+    for those tasks (dataset.json "tasks"): appending another task with its own offset
+    keeps the dataset's window for the rest, so each task decodes the window it was
+    imported with.
     """
     out = Path(out)
     old: Dataset | None = None
@@ -569,8 +579,9 @@ def write_import(out: str | Path, cmap: ChannelMap, specs: list[SessionSpec], *,
             cmap = old.channel_map
         _check_compatible(old, cmap, units, signal, out)
         _check_same_signal(old, bin_ms, normaliser, window, out)
-        if window is None and old.meta.get("window"):
-            window = old.window_spec
+        task_window = window
+        if old.meta.get("window") or (window is not None and window != old.window_spec):
+            window = old.window_spec  # the dataset's stays; a new offset is the task's own
         if normaliser is None and old.meta.get("normaliser"):
             normaliser = old.normaliser_config
         taken = {s.session for s in old.sessions}
@@ -578,7 +589,9 @@ def write_import(out: str | Path, cmap: ChannelMap, specs: list[SessionSpec], *,
         if clash:
             raise RecordingError(f"{out} already has session(s) {', '.join(clash)}; "
                                  "pass --session with a new id")
-    elif out.exists() and not overwrite:
+    else:
+        task_window = window
+    if out.exists() and not append and not overwrite:
         raise RecordingError(f"{out} already exists: pass --append to add sessions to it or "
                              "--overwrite to replace it")
     ids = [s.session for s in specs]
@@ -596,8 +609,8 @@ def write_import(out: str | Path, cmap: ChannelMap, specs: list[SessionSpec], *,
             raise RecordingError(f"session {spec.session} is empty (no samples at 1 kHz)")
         trials = _onsets(spec, n_out, cmap)
         kind = spec.kind or ("psychometric" if trials else "resting")
-        if kind not in SESSION_KINDS:
-            raise RecordingError(f"session kind must be one of {', '.join(SESSION_KINDS)}, got {kind!r}")
+        if not is_session_kind(kind):
+            raise RecordingError(f"session kind {kind!r}: {task_name_problem(kind)}")
         if spec.kind is None and trials:
             what = ("stimulation trials" if any(t["electrode"] != NO_ELECTRODE for t in trials)
                     else "event trials (no electrode)")
@@ -606,7 +619,7 @@ def write_import(out: str | Path, cmap: ChannelMap, specs: list[SessionSpec], *,
         if kind == "resting" and trials:
             log(f"note: session {spec.session} is marked resting but has {len(trials)} "
                 "stimulations; pretraining will see their artifacts")
-        _report_unusable(spec.session, trials, n_out, check_window, check_norm, log)
+        _report_unusable(spec.session, trials, n_out, task_window or check_window, check_norm, log)
         plan.append((spec, n_out, kind, trials))
 
     meta_source = {"imports": []}
@@ -628,6 +641,13 @@ def write_import(out: str | Path, cmap: ChannelMap, specs: list[SessionSpec], *,
             w.meta["normaliser"] = normaliser.to_dict()
         if window is not None:
             w.meta["window"] = {k: v for k, v in window.to_dict().items() if k != "sample_rate_hz"}
+        tasks_meta = dict((old.meta.get("tasks") or {}) if old is not None else {})
+        if task_window is not None:
+            for _, _, kind, _ in plan:
+                if kind != "resting":
+                    tasks_meta[kind] = {"offset_ms": task_window.offset_ms}
+        if tasks_meta:
+            w.meta["tasks"] = tasks_meta
         if extra_meta:
             w.meta.update(extra_meta)
         if old is not None:
@@ -683,12 +703,12 @@ def _check_same_signal(old: Dataset, bin_ms, normaliser: NormaliserConfig | None
     if normaliser is not None and old.meta.get("normaliser") and normaliser != old.normaliser_config:
         raise RecordingError(f"cannot append: {out} normalises with {old.normaliser_config.describe()} "
                              f"but this import asks for {normaliser.describe()}")
-    if window is not None and old.meta.get("window") and window != old.window_spec:
+    if window is not None and window.window_samples != old.window_spec.window_samples:
         have = old.window_spec
         raise RecordingError(
-            f"cannot append with --window-offset-ms {window.offset_ms:g} --window-ms "
-            f"{window.window_ms:g}: {out} decodes {have.window_ms:g} ms from {have.offset_ms:g} ms "
-            "after each event (leave the window options out to keep it)")
+            f"cannot append with --window-ms {window.window_ms:g}: {out} decodes "
+            f"{have.window_ms:g} ms windows (the model's input length is one per dataset; "
+            "--window-offset-ms alone may differ per task)")
 
 
 def _report_unusable(session: str, trials: list[dict], n_out: int, window: WindowSpec,
@@ -730,9 +750,9 @@ def window_from_options(offset_ms: float | None, window_ms: float | None,
     base = WindowSpec(sample_rate_hz=sample_rate_hz)
     offset = base.offset_ms if offset_ms is None else float(offset_ms)
     length = base.window_ms if window_ms is None else float(window_ms)
-    if offset < 0 or not math.isfinite(offset):
-        raise RecordingError(f"--window-offset-ms must be >= 0 (the window starts at or after "
-                             f"the event), got {offset:g}")
+    if not math.isfinite(offset):
+        raise RecordingError(f"--window-offset-ms must be a number of ms (negative: the window "
+                             f"starts before the event), got {offset:g}")
     samples = length * sample_rate_hz / 1000.0
     patch_ms = base.patch_samples * 1000.0 / sample_rate_hz
     if not math.isfinite(samples) or samples <= 0 or abs(samples - round(samples)) > 1e-9 \
