@@ -6,13 +6,14 @@ them and imports no stage and no top-level command (numpy + click only).
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
 
 import click
 
-__all__ = ["ProgressLine", "dataset_argument", "echo_json", "open_dataset"]
+__all__ = ["ProgressLine", "dataset_argument", "echo_json", "open_dataset", "out_option"]
 
 
 def echo_json(obj) -> None:
@@ -75,3 +76,25 @@ def open_dataset(path: str):
         return Dataset.open(path)
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def out_option(help: str, *, path_type=str, file_okay: bool = True):
+    """The output path as `--out OUT`, the convention of every command that writes one.
+
+    The positional OUT of earlier releases still works (`simulate dataset OUT`, `export nwb
+    DATASET OUT`); giving both, or neither, is a usage error. The command receives `out`.
+    """
+    def decorate(f):
+        @functools.wraps(f)
+        def wrapper(*args, out=None, out_option=None, **kwargs):
+            if out is not None and out_option is not None:
+                raise click.UsageError("give the output once: --out OUT (or the positional OUT)")
+            if out is None and out_option is None:
+                raise click.UsageError("give the output with --out OUT")
+            return f(*args, out=out if out is not None else out_option, **kwargs)
+
+        kind = click.Path(path_type=path_type, file_okay=file_okay)
+        wrapper = click.option("--out", "out_option", type=kind, metavar="OUT", help=help)(wrapper)
+        return click.argument("out", required=False, type=kind, metavar="[OUT]")(wrapper)
+
+    return decorate

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from phosphene.cli import SIMULATE_COMMANDS, LazyGroup
-from phosphene.commands import ProgressLine, dataset_argument, echo_json, open_dataset
+from phosphene.commands import ProgressLine, dataset_argument, echo_json, open_dataset, out_option
 from phosphene.errors import PhospheneError
 
 __all__ = ["info", "simulate", "simulate_dataset"]
@@ -21,13 +21,13 @@ def simulate() -> None:
 
     \b
     Examples:
-      phosphene simulate dataset data --preset demo --seed 0
+      phosphene simulate dataset --out data --preset demo --seed 0
       phosphene simulate stream --pty --duration 60 --kind psychometric
     """
 
 
 @simulate.command("dataset")
-@click.argument("out", type=click.Path(path_type=str))
+@out_option("Dataset directory to write.")
 @click.option("--preset", default="demo", show_default=True,
               help="Dataset scale: tiny (tests), demo (minutes, fast on 2 cores), reproduce "
                    "(2 h resting) or paper (Table 2 of the paper: 14.6 h resting, 1,205 + "
@@ -56,7 +56,7 @@ def simulate_dataset(out, preset, seed, channels, map_file, resting_hours, eval_
 
     \b
     Example:
-      phosphene simulate dataset data --preset demo --seed 0
+      phosphene simulate dataset --out data --preset demo --seed 0
       phosphene info data
     """
     from dataclasses import replace

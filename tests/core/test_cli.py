@@ -83,9 +83,13 @@ def test_simulate_dataset_with_custom_channels(runner, tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["n_channels"] == 12
     assert json.loads(r.stdout)["evaluation_set"]["n_channels"] == 12
-    r = runner.invoke(cli, ["simulate", "dataset", str(tmp_path / "noeval"), "--preset", "tiny",
-                            "--eval-trials", "0"])
+    r = runner.invoke(cli, ["simulate", "dataset", "--out", str(tmp_path / "noeval"), "--preset",
+                            "tiny", "--eval-trials", "0"])  # --out: the convention; OUT still works
     assert r.exit_code == 0 and not (tmp_path / "noeval" / "eval").exists()
+    for args, why in (([str(tmp_path / "a"), "--out", str(tmp_path / "b")], "give the output once"),
+                      ([], "give the output with --out OUT")):
+        r = runner.invoke(cli, ["simulate", "dataset", "--preset", "tiny", *args])
+        assert r.exit_code == 2 and why in r.output and not (tmp_path / "a").exists()
     r = runner.invoke(cli, ["simulate", "dataset", str(out), "--preset", "tiny"])
     assert r.exit_code == 1 and "already exists" in r.output
 

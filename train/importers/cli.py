@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from phosphene.commands import out_option
 from phosphene.dataset import is_session_kind, task_name_problem
 from phosphene.errors import PhospheneError
 from phosphene.train.importers.common import DEFAULT_BLANK_MS, ImportReport
@@ -249,13 +250,13 @@ def export_group() -> None:
 
     \b
     Example:
-      phosphene export nwb data data.nwb
+      phosphene export nwb data --out data.nwb
     """
 
 
 @export_group.command("nwb")
 @click.argument("dataset", type=click.Path(path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path))
+@out_option("The .nwb file to write.", path_type=Path)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print only a JSON summary on stdout.")
 def export_nwb_cmd(dataset, out, overwrite, as_json):
@@ -265,7 +266,7 @@ def export_nwb_cmd(dataset, out, overwrite, as_json):
 
     \b
     Example:
-      phosphene export nwb data data.nwb
+      phosphene export nwb data --out data.nwb
     """
     from phosphene.train.importers.nwb import export_nwb
 
