@@ -57,7 +57,7 @@ class WindowSpec:
             raise ConfigError("window and patch lengths must be positive sample counts")
         if self.window_samples % self.patch_samples:
             raise ConfigError(f"window ({self.window_samples} samples) must be a whole number of "
-                             f"patches ({self.patch_samples} samples)")
+                              f"patches ({self.patch_samples} samples)")
         if not math.isfinite(self.offset_ms):
             raise ConfigError(f"window offset must be a finite number of ms, got {self.offset_ms}")
 
@@ -178,10 +178,10 @@ class NormaliserConfig:
             raise ConfigError(f"normaliser method must be 'robust' or 'zscore', got {self.method!r}")
         if self.scale_floor not in SCALE_FLOORS:
             raise ConfigError(f"normaliser scale_floor must be one of {', '.join(SCALE_FLOORS)}, "
-                             f"got {self.scale_floor!r}")
+                              f"got {self.scale_floor!r}")
         if self.scale_floor == "poisson" and not (self.bin_ms > 0 and np.isfinite(self.bin_ms)):
             raise ConfigError(f"the 'poisson' scale floor needs the counts' bin width "
-                             f"(bin_ms > 0), got {self.bin_ms!r}")
+                              f"(bin_ms > 0), got {self.bin_ms!r}")
         if self.window_s <= 0 or self.refresh_s <= 0:
             raise ConfigError("normaliser window and refresh must be positive seconds")
         if self.decimate < 1:

@@ -105,7 +105,7 @@ class QuantizeConfig:
             raise ConfigError("latency budget must be a positive number of ms")
         if self.quantizer not in ("tf",):
             raise ConfigError(f"quantizer {self.quantizer!r} is not available; use 'tf' "
-                             "(onnx2tf's TensorFlow full-int8 quantizer)")
+                              "(onnx2tf's TensorFlow full-int8 quantizer)")
         if self.activations not in ("int8", "int16"):
             raise ConfigError("activations must be 'int8' or 'int16'")
         if self.probe_source not in ("teacher", "refit"):
@@ -338,7 +338,7 @@ def build_bundle(ds: Dataset, student_path: str | os.PathLike,
     calib_info = {"n_windows": len(calib), "n_stimulation_windows": int(n_stim),
                   "sha256": _hash_array(calib),
                   "source": ("resting sessions (train part) and unlabelled stimulation windows of "
-                             "the training sessions, Dataset.normalised (runtime preprocessing)"),
+                              "the training sessions, Dataset.normalised (runtime preprocessing)"),
                   "seed": config.seed + 1000, "normaliser": norm.to_dict()}
 
     say(f"timing {config.latency_runs} int8 decisions (1 thread) ...")
@@ -389,7 +389,7 @@ def _decision_report(splits: dict, task_latents: dict, probes: dict[str, Probe],
     agree_hits, agree_n = 0, 0
     for task, sp in splits.items():
         entry = _task_report(task, sp, task_latents[task], probes.get(task),
-                             teacher_eval.get(task), seed=config.seed)
+                              teacher_eval.get(task), seed=config.seed)
         if "decision_agreement" in entry:
             agree_hits += entry["decision_agreement"] * entry["n_eval"]
             agree_n += entry["n_eval"]

@@ -56,7 +56,7 @@ class MAEConfig:
                 raise ConfigError(f"MAEConfig.{name} must be positive, got {getattr(self, name)}")
         if self.window_samples % self.patch_samples:
             raise ConfigError(f"window ({self.window_samples} samples) must be a whole number of "
-                             f"patches ({self.patch_samples} samples): change the WindowSpec")
+                              f"patches ({self.patch_samples} samples): change the WindowSpec")
         if self.n_sessions < 0 or self.n_registers < 0:
             raise ConfigError("n_sessions and n_registers must be >= 0")
         if not 0.0 <= self.mask_ratio < 1.0:
@@ -64,7 +64,7 @@ class MAEConfig:
         n_keep = int(self.n_patches * (1 - self.mask_ratio))
         if n_keep < 1:
             raise ConfigError(f"mask_ratio {self.mask_ratio} leaves no visible patch out of "
-                             f"{self.n_patches}")
+                              f"{self.n_patches}")
 
     @property
     def n_time_patches(self) -> int:
@@ -105,7 +105,7 @@ class MAEConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"model config has fields this phosphene does not know: {unknown} "
-                             "(checkpoint written by a newer version?)")
+                              "(checkpoint written by a newer version?)")
         return cls(**d)
 
     def replace(self, **changes) -> MAEConfig:
@@ -152,7 +152,7 @@ class TrainConfig:
             raise ConfigError("steps and batch size must be >= 1")
         if not (self.lr > 0 and 0 <= self.lr_min <= self.lr):
             raise ConfigError(f"need lr > 0 and 0 <= lr_min <= lr (got lr={self.lr}, "
-                             f"lr_min={self.lr_min})")
+                              f"lr_min={self.lr_min})")
         if self.warmup_steps < 0 or self.val_every < 1 or self.val_windows < 1 or self.val_days < 1:
             raise ConfigError("warm-up must be >= 0; val_every, val_windows, val_days >= 1")
 

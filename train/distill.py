@@ -107,7 +107,7 @@ class DistillConfig:
     def preset(cls, name: str, **overrides) -> DistillConfig:
         if name not in DISTILL_PRESETS:
             raise ConfigError(f"unknown distill preset {name!r}; choose one of "
-                             f"{', '.join(DISTILL_PRESETS)}")
+                              f"{', '.join(DISTILL_PRESETS)}")
         clean = {k: v for k, v in overrides.items() if v is not None}
         return cls(**{**DISTILL_PRESETS[name], **clean})
 

@@ -72,7 +72,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was requested but torch sees no CUDA device "
-                         "(use --device auto or cpu)")
+                          "(use --device auto or cpu)")
     if name not in ("cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)

@@ -75,7 +75,7 @@ class StudentConfig:
             raise ConfigError("student sizes must be positive")
         if self.window_samples % self.patch_samples:
             raise ConfigError(f"window ({self.window_samples} samples) must be a whole number of "
-                             f"patches ({self.patch_samples} samples)")
+                              f"patches ({self.patch_samples} samples)")
         if self.arch == "transformer" and self.d_model % self.n_heads:
             raise ConfigError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
 

@@ -140,7 +140,7 @@ def test_a_pre_stimulus_task_decides_on_the_window_that_ends_at_onset(tmp_path, 
     spec = bundle.window_for("psychometric_pre")
     assert spec.offset_ms == -spec.window_ms and bundle.window_for().offset_ms == 170.0
     decoder = BundleDecoder(bundle, task="psychometric_pre")
-    runtime, adapter, out = make_runtime(bundle, decoder, spec=spec, mode="triggered")
+    _, adapter, out = make_runtime(bundle, decoder, spec=spec, mode="triggered")
     feed_frames(adapter, psychometric_bytes)
     decisions = [r for r in records(out) if r["type"] == "decision"]
 

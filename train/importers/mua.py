@@ -40,7 +40,7 @@ class MuaExtractor:
         high = min(high, 0.45 * input_rate_hz)
         if high <= low:
             raise ConfigError(f"input rate {input_rate_hz:g} Hz is too low for the "
-                             f"{low:g} Hz spiking band")
+                              f"{low:g} Hz spiking band")
         self.config = config
         self.n_channels = n_channels
         self.input_rate_hz = float(input_rate_hz)
