@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from phosphene.edge.stats import cpu_model, peak_rss_mb, rss_mb, summarise_us
+from phosphene.errors import ConfigError
 
 __all__ = ["BenchConfig", "bench_bundle", "bench_stream", "busy_load", "check_cpu", "format_bench",
            "pinned"]
@@ -56,7 +57,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         if self.threads < 1 or self.runs < 1 or self.warmup < 0 or self.load < 0:
-            raise ValueError("threads and runs must be >= 1, warmup and load >= 0")
+            raise ConfigError("threads and runs must be >= 1, warmup and load >= 0")
 
 
 # --------------------------------------------------------------------------------------
@@ -101,10 +102,10 @@ def check_cpu(cpu: int) -> None:
     try:
         allowed = os.sched_getaffinity(0)
     except AttributeError:
-        raise ValueError("CPU pinning is not supported on this system") from None
+        raise ConfigError("CPU pinning is not supported on this system") from None
     if cpu not in allowed:
-        raise ValueError(f"CPU {cpu} is not one this process may run on "
-                         f"(allowed: {', '.join(map(str, sorted(allowed)))})")
+        raise ConfigError(f"CPU {cpu} is not one this process may run on "
+                          f"(allowed: {', '.join(map(str, sorted(allowed)))})")
 
 
 @contextlib.contextmanager

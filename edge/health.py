@@ -50,6 +50,8 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from phosphene.errors import ConfigError, InputError
+
 __all__ = [
     "HEALTH_FORMAT",
     "HEALTH_VERSION",
@@ -84,16 +86,16 @@ class HealthThresholds:
 
     def __post_init__(self) -> None:
         if not (self.window_s > 0 and self.sub_block_s > 0 and self.sub_block_s <= self.window_s):
-            raise ValueError("health window_s and sub_block_s must be > 0, sub_block_s <= window_s")
+            raise ConfigError("health window_s and sub_block_s must be > 0, sub_block_s <= window_s")
         if not 0 < self.min_fill <= 1:
-            raise ValueError(f"min_fill must be in (0, 1], got {self.min_fill}")
+            raise ConfigError(f"min_fill must be in (0, 1], got {self.min_fill}")
         if not (0 < self.dead_step_ratio < 1 and self.scale_factor > 1 and self.level_sds > 0):
-            raise ValueError("need 0 < dead_step_ratio < 1, scale_factor > 1 and level_sds > 0")
+            raise ConfigError("need 0 < dead_step_ratio < 1, scale_factor > 1 and level_sds > 0")
         for name in ("saturated_fraction", "rail_fraction", "ood_fraction"):
             if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if self.refuse_faulty < 1:
-            raise ValueError(f"refuse_faulty must be >= 1, got {self.refuse_faulty}")
+            raise ConfigError(f"refuse_faulty must be >= 1, got {self.refuse_faulty}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,7 +116,7 @@ def wire_rails_uv(scale_uv: float, sample_format: str = "int16") -> tuple[float,
         hi = np.float32(np.finfo(np.float16).max)
         lo = -hi
     else:
-        raise ValueError(f"sample_format must be int16 or float16, got {sample_format!r}")
+        raise ConfigError(f"sample_format must be int16 or float16, got {sample_format!r}")
     return float(lo * s), float(hi * s)
 
 
@@ -174,20 +176,20 @@ def calibration_stats(recordings_uv: Iterable[np.ndarray], *, sample_rate_hz: fl
     step_sum = repeats = vmin = vmax = n_min = n_max = None
     for rec in recordings_uv:
         if rec.ndim != 2 or rec.shape[0] == 0:
-            raise ValueError(f"calibration recordings must be (n, C) arrays with n > 0, got {rec.shape}")
+            raise InputError(f"calibration recordings must be (n, C) arrays with n > 0, got {rec.shape}")
         if C is None:
             C = rec.shape[1]
             step_sum, repeats = np.zeros(C), np.zeros(C, np.int64)
             vmin, vmax = np.full(C, np.inf, np.float32), np.full(C, -np.inf, np.float32)
             n_min, n_max = np.zeros(C, np.int64), np.zeros(C, np.int64)
         elif rec.shape[1] != C:
-            raise ValueError(f"calibration recordings disagree on channels: {C} and {rec.shape[1]}")
+            raise InputError(f"calibration recordings disagree on channels: {C} and {rec.shape[1]}")
         n_rec += 1
         prev = None
         for start in range(0, rec.shape[0], chunk_samples):
             x = np.asarray(rec[start:start + chunk_samples], dtype=np.float32)
             if not np.isfinite(x).all():
-                raise ValueError(f"calibration recording {n_rec - 1} has NaN/inf near sample {start}")
+                raise InputError(f"calibration recording {n_rec - 1} has NaN/inf near sample {start}")
             level_pool.add(x)
             both = x if prev is None else np.concatenate([prev, x])
             d = np.abs(np.diff(both, axis=0))
@@ -204,7 +206,7 @@ def calibration_stats(recordings_uv: Iterable[np.ndarray], *, sample_rate_hz: fl
                 ext[:] = np.where(better, e, ext)
             n_total += x.shape[0]
     if C is None or n_steps == 0:
-        raise ValueError("calibration needs at least one recording of two or more samples")
+        raise InputError("calibration needs at least one recording of two or more samples")
     levels = level_pool.array(C)
     median = np.median(levels, axis=0)
     robust_sd = _MAD_TO_SD * np.median(np.abs(levels - median), axis=0)
@@ -250,15 +252,15 @@ def calibration_stats(recordings_uv: Iterable[np.ndarray], *, sample_rate_hz: fl
 
 def _check_reference(ref: dict, n_channels: int) -> dict:
     if not isinstance(ref, dict) or ref.get("format") != HEALTH_FORMAT:
-        raise ValueError(f"input-health reference is not a {HEALTH_FORMAT} dict")
+        raise InputError(f"input-health reference is not a {HEALTH_FORMAT} dict")
     version = ref.get("version")
     if not isinstance(version, int) or version > HEALTH_VERSION:
-        raise ValueError(f"input-health reference has version {version!r}; this phosphene reads "
+        raise InputError(f"input-health reference has version {version!r}; this phosphene reads "
                          f"version {HEALTH_VERSION}")
     ch = ref.get("channels") or {}
     for key in ("median_uv", "robust_sd_uv", "step_uv", "mean_step_uv"):
         if len(ch.get(key) or ()) != n_channels:
-            raise ValueError(f"input-health reference describes {len(ch.get(key) or ())} channels "
+            raise InputError(f"input-health reference describes {len(ch.get(key) or ())} channels "
                              f"({key}); the stream has {n_channels}")
     return ref
 

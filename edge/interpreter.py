@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from phosphene.edge.bundle import Bundle, BundleError, Probe, QuantParams
+from phosphene.errors import ConfigError
 
 __all__ = [
     "RUNTIMES",
@@ -82,7 +83,7 @@ def load_interpreter_class(runtime: str = "auto") -> tuple[type, str, str]:
                                  "'phosphene[edge]' (ai-edge-litert) or tflite-runtime; "
                                  + "; ".join(errors))
     if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be 'auto' or one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        raise ConfigError(f"runtime must be 'auto' or one of {', '.join(RUNTIMES)}, got {runtime!r}")
     cls, ver = _import_runtime(runtime)
     return cls, runtime, ver
 
@@ -132,7 +133,7 @@ class TFLiteModel:
     def __post_init__(self) -> None:
         self.model_path = Path(self.model_path)
         if self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
         cls, self.runtime_name, self.runtime_version = load_interpreter_class(self.runtime)
         kwargs = {}
         if not self.xnnpack:
