@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 OUT    ?= demo-run
 
-.PHONY: help venv demo reproduce test test-fast bench soak arm64-check tflite-env lint clean
+.PHONY: help venv demo reproduce test test-fast bench soak arm64-check tflite-env lint browser clean
 
 help:
 	@echo "make demo         full pipeline on the virtual cortex -> $(OUT)/report.json"
@@ -19,6 +19,7 @@ help:
 	@echo "make arm64-check  the edge path in an emulated arm64 Python (qemu-user)"
 	@echo "make tflite-env   .venv-tflite: tflite-runtime 2.14 with numpy<2 (bench/tests use it)"
 	@echo "make lint         ruff and the import-layer contracts (part of make test)"
+	@echo "make browser      Debian's chromium + chromium-driver for the monitor's browser test (part of make test)"
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,7 +41,7 @@ demo: venv
 reproduce: venv
 	$(BIN)/phosphene demo --reproduce --out reproduce-run --overwrite --results-md docs/results.md
 
-test: venv lint
+test: venv lint browser
 	$(BIN)/python -m pytest -q -ra
 
 bench: venv
@@ -60,6 +61,14 @@ tflite-env:
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/python scripts/lint_imports.py
+
+# the monitor's page is tested in a real headless browser (tests/monitor): Debian's chromium
+# and its driver, installed once (root, or through sudo); a no-op when they are there
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-liberation; }
 
 clean:
 	rm -rf $(VENV) .venv-* build *.egg-info $(OUT) reproduce-run bench/results .pytest_cache

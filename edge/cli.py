@@ -17,7 +17,7 @@ import click
 
 __all__ = ["bench", "run"]
 
-_SIM_KINDS = ("resting", "psychometric", "threshold")
+_SIM_KINDS = ("resting", "psychometric", "threshold", "closed-loop")
 
 
 def _load_bundle(path: str, key: str | None = None, pin: str | None = None):
@@ -107,6 +107,85 @@ class _Signals:
 # --------------------------------------------------------------------------------------
 # phosphene run
 # --------------------------------------------------------------------------------------
+_GATE_PARAMS = ("stim_electrode", "stim_current_ua", "stim_count", "min_interval_s", "max_wait_s",
+                "gate_threshold", "gate_quantile", "open_loop", "deadline_ms", "warmup_s")
+
+
+def _gate_options(func):
+    """The stimulation plan of --mode gated, handed to the command as one `gate` dict."""
+    import functools
+
+    options = [
+        click.option("--stim-electrode", type=click.IntRange(0, 65535), multiple=True, metavar="E",
+                     help="--mode gated: electrode to stimulate (repeat: stimulated in turn)."),
+        click.option("--stim-current-ua", type=click.FloatRange(min=0, min_open=True), multiple=True,
+                     metavar="UA", help="--mode gated: current in uA (one for all electrodes, or one "
+                                        "per --stim-electrode)."),
+        click.option("--stim-count", type=click.IntRange(min=1), default=10, show_default=True,
+                     help="--mode gated: stimulations to deliver, then no more commands."),
+        click.option("--min-interval-s", type=click.FloatRange(min=0), default=2.0, show_default=True,
+                     help="--mode gated: least time between two onsets (device samples): the plan's rate."),
+        click.option("--max-wait-s", type=click.FloatRange(min=0), default=3.0, show_default=True,
+                     help="--mode gated: after the interval, stimulate anyway once this much longer "
+                          "has passed without the threshold being crossed."),
+        click.option("--gate-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                     help="--mode gated: stimulate when P(perceived) >= this (default 0.5 unless "
+                          "--gate-quantile)."),
+        click.option("--gate-quantile", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                     help="--mode gated: stimulate when P(perceived) is above this quantile of the "
+                          "last minute's decisions (for a probe not calibrated on ongoing activity)."),
+        click.option("--open-loop", is_flag=True,
+                     help="--mode gated: ignore P(perceived); stimulate every --min-interval-s "
+                          "(the comparison a gated plan must beat)."),
+        click.option("--deadline-ms", type=click.FloatRange(min=0, min_open=True), default=20.0,
+                     show_default=True,
+                     help="--mode gated: the device refuses a command it would deliver later than "
+                          "this after the decision's last sample."),
+        click.option("--warmup-s", type=click.FloatRange(min=0), default=10.0, show_default=True,
+                     help="--mode gated: seconds of decisions only watched before the first command."),
+    ]
+
+    @functools.wraps(func)
+    def command(*args, **kwargs):
+        kwargs["gate"] = {name: kwargs.pop(name) for name in _GATE_PARAMS}
+        return func(*args, **kwargs)
+
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _gate_plan(mode: str, gate: dict):
+    """The GatePlan of --mode gated (None otherwise); bad combinations are usage errors."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    given = [f"--{name.replace('_', '-')}" for name in _GATE_PARAMS
+             if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
+    if mode != "gated":
+        if given:
+            raise click.UsageError(f"{', '.join(given)} need --mode gated")
+        return None
+    from phosphene.edge.gate import GatePlan
+
+    if not gate["stim_electrode"] or not gate["stim_current_ua"]:
+        raise click.UsageError("--mode gated needs a plan: --stim-electrode E and --stim-current-ua UA")
+    if gate["gate_threshold"] is not None and gate["gate_quantile"] is not None:
+        raise click.UsageError("give --gate-threshold or --gate-quantile, not both")
+    if gate["open_loop"] and (gate["gate_threshold"] is not None or gate["gate_quantile"] is not None):
+        raise click.UsageError("--open-loop stimulates at fixed intervals: it takes no threshold")
+    threshold = gate["gate_threshold"]
+    if threshold is None and gate["gate_quantile"] is None:
+        threshold = 0.5
+    try:
+        return GatePlan(electrodes=tuple(gate["stim_electrode"]), currents_ua=tuple(gate["stim_current_ua"]),
+                        count=gate["stim_count"], min_interval_s=gate["min_interval_s"],
+                        max_wait_s=gate["max_wait_s"], threshold=threshold,
+                        quantile=gate["gate_quantile"], warmup_s=gate["warmup_s"],
+                        policy="open-loop" if gate["open_loop"] else "gated",
+                        deadline_ms=gate["deadline_ms"])
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 @click.command("run")
 @click.argument("bundle", type=click.Path(path_type=str))
 @click.option("--port", metavar="DEV", help="Serial device of the array (/dev/ttyACM0) or a pyserial URL.")
@@ -114,8 +193,10 @@ class _Signals:
               help="Baud rate for a UART bridge (default 3,000,000; USB CDC devices ignore it).")
 @click.option("--pty-from-simulator", is_flag=True,
               help="No hardware: stream the virtual cortex through a pseudo-terminal in this process.")
-@click.option("--mode", type=click.Choice(["triggered", "continuous"]), default="triggered", show_default=True,
-              help="triggered: one decision per stimulation onset; continuous: one per patch.")
+@click.option("--mode", type=click.Choice(["triggered", "continuous", "gated"]), default="triggered",
+              show_default=True,
+              help="triggered: one decision per stimulation onset; continuous: one per patch; "
+                   "gated: one per patch, and stimulation commands sent by the plan (--stim-*).")
 @click.option("--json", "as_json", is_flag=True, help="Decisions as JSON lines on stdout, then a summary line.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=str),
               help="Decision log (JSON lines); appears complete when the run ends.")
@@ -145,15 +226,20 @@ class _Signals:
                    "'health' log lines, summary) but decisions go on.")
 @click.option("--status-s", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Seconds between status lines on stderr (0: none).")
-@click.option("--task", help="Which of the bundle's probes to apply (default: the bundle's).")
+@click.option("--monitor", metavar="[HOST:]PORT", callback=lambda ctx, param, value: _monitor_address(value),
+              help="Serve a read-only monitor page (/), /status (JSON) and /metrics (Prometheus) on "
+                   "127.0.0.1:PORT; another address only when written out (0.0.0.0:8080). Port 0: any free port.")
+@click.option("--task", help="Which of the bundle's probes to apply (default: the bundle's); a "
+              "task named *_pre reads the window that ends at onset.")
 @click.option("--realtime", type=click.IntRange(1, 99), metavar="PRIO",
               help="Run the deciding thread at SCHED_FIFO priority PRIO (root or CAP_SYS_NICE).")
 @click.option("--cpu", type=click.IntRange(min=0), metavar="N",
               help="Pin the runtime (its deciding thread and helpers) to CPU N, e.g. one the "
                    "board's other work is kept off; with --realtime a busy neighbour then "
                    "cannot delay a decision.")
-@click.option("--sim-kind", type=click.Choice(_SIM_KINDS), default="psychometric", show_default=True,
-              help="With --pty-from-simulator: the session kind streamed.")
+@click.option("--sim-kind", type=click.Choice(_SIM_KINDS), default=None,
+              help="With --pty-from-simulator: the session kind streamed (default psychometric; "
+                   "closed-loop, which obeys commands, with --mode gated).")
 @click.option("--sim-speed", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="With --pty-from-simulator: 1 = real time.")
 @click.option("--sim-seed", type=int, default=0, show_default=True, help="With --pty-from-simulator: seed.")
@@ -168,10 +254,11 @@ class _Signals:
               help="With --pty-from-simulator: period of the stalls (0: one stall, at 1 s).")
 @_key_option
 @_pin_option
+@_gate_options
 def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, capture, duration, budget_ms, threads,
         runtime_name, stall_ms, stale_ms, max_lost_samples, refuse_unhealthy, status_s, task, realtime, cpu,
         sim_kind, sim_speed, sim_seed, sim_channels, sim_drop_frames, sim_stall_ms, sim_stall_every_s,
-        key_file, pin):
+        key_file, pin, monitor, gate):
     """Decode a live serial stream on the bedside device.
 
     Reads the array's frames, normalises them with the bundle's normaliser, runs the
@@ -184,12 +271,17 @@ def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, capture, dur
     Examples:
       phosphene run bundle --pty-from-simulator --mode triggered --duration 20
       phosphene run bundle --port /dev/ttyACM0 --mode continuous --json --out decisions.jsonl
+      phosphene run bundle --pty-from-simulator --monitor 8080     # then open http://127.0.0.1:8080/
+      phosphene run bundle --pty-from-simulator --mode gated --stim-electrode 25 \\
+          --stim-current-ua 20 --stim-count 10 --gate-quantile 0.8 --out loop.jsonl
     """
     from phosphene.edge.runtime import DecisionSinks, Runtime, RuntimeConfig, format_summary
     from phosphene.edge.source import run_live
 
     if bool(port) == bool(pty_from_simulator):
         raise click.UsageError("give exactly one input: --port DEV or --pty-from-simulator")
+    plan = _gate_plan(mode, gate)
+    sim_kind = sim_kind or ("closed-loop" if mode == "gated" else "psychometric")
     if cpu is not None:  # before any thread starts: the reader and the helpers inherit it
         _pin_cpu(cpu)
     _stderr_logging()
@@ -221,13 +313,20 @@ def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, capture, dur
         raise click.ClickException(str(exc)) from None
     handed = [first_port]
 
+    from phosphene.edge.gate import CommandLink
+
+    link = CommandLink()  # gated mode writes its commands to the port being read
+
     def port_factory():  # the open port first; reopen by name after a disconnect
-        return handed.pop() if handed else open_port(port, baudrate=baudrate, timeout_s=0.1)
+        opened = handed.pop() if handed else open_port(port, baudrate=baudrate, timeout_s=0.1)
+        link.attach(opened)
+        return opened
 
     from phosphene.edge.deploy.watchdog import Watchdog
 
-    click.echo(f"[phosphene run] {b.path} on {port}: {mode} mode, window "
-               f"{b.window_spec.window_samples} samples from +{b.window_spec.offset_ms:g} ms, budget "
+    spec = b.window_for(decoder.task)
+    click.echo(f"[phosphene run] {b.path} on {port}: {mode} mode, {decoder.task} probe, window "
+               f"{spec.window_samples} samples from {spec.offset_ms:+g} ms, budget "
                f"{config.latency_budget_ms:g} ms, {decoder.runtime_name} {decoder.runtime_version}, "
                f"{threads} thread(s)", err=True)
     try:
@@ -237,9 +336,15 @@ def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, capture, dur
         if array is not None:
             array.close()
         raise click.ClickException(f"cannot write the decision log {out}: {exc.strerror or exc}") from None
-    runtime = Runtime(decoder, spec=b.window_spec, normaliser_config=b.normaliser_config,
+    runtime = Runtime(decoder, spec=spec, normaliser_config=b.normaliser_config,
                       n_channels=b.n_channels, config=config, sinks=sinks, status_stream=sys.stderr,
                       health_reference=b.manifest.get("input_health"), wire_rails_uv=_wire_rails(b))
+    if plan is not None:
+        from phosphene.edge.gate import Gate
+
+        runtime.gate = Gate(plan, sample_rate_hz=spec.sample_rate_hz, window_samples=spec.window_samples,
+                            patch_samples=spec.patch_samples, send=link.send, write=sinks.write,
+                            due_ns=runtime.stream_clock.due_ns, clock_ns=runtime.clock_ns)
     recording = None
     if capture:
         from phosphene.firmware_bridge.capture import CaptureWriter
@@ -252,6 +357,7 @@ def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, capture, dur
                 array.close()
             raise click.ClickException(f"cannot write the capture {capture}: "
                                        f"{exc.strerror or exc}") from None
+    monitor_server = _start_monitor(monitor, runtime, b, [first_port, array, recording])
     stop = threading.Event()
     try:
         with _Signals(stop) as signals:
@@ -279,6 +385,8 @@ def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, capture, dur
             array.close()
         if recording is not None:
             recording.close()
+        if monitor_server is not None:
+            monitor_server.close()
     summary = result.summary
     if recording is not None:
         summary["capture"] = {"path": str(recording.path), "bytes": recording.bytes_written}
@@ -293,6 +401,38 @@ def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, capture, dur
     click.echo(format_summary(summary), err=True)
     if log_path is not None:
         click.echo(f"[phosphene run] decision log: {log_path}", err=True)
+
+
+def _monitor_address(value: str | None) -> tuple[str, int, bool] | None:
+    """--monitor [HOST:]PORT -> (host, port, host written out)."""
+    if value is None:
+        return None
+    from phosphene.edge.monitor import MonitorError, parse_monitor_address
+
+    try:
+        return parse_monitor_address(value)
+    except MonitorError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--monitor'") from None
+
+
+def _start_monitor(address, runtime, bundle, opened: list):
+    """Serve the run's monitor (edge/monitor.py); if it cannot bind, close what the run opened."""
+    if address is None:
+        return None
+    from phosphene.edge.monitor import MonitorError, MonitorServer, attach_monitor
+
+    host, port, written_out = address
+    feed = attach_monitor(runtime, bundle.channel_map)
+    try:
+        server = MonitorServer(feed, host, port, allow_remote=written_out).start()
+    except MonitorError as exc:
+        for thing in opened:
+            if thing is not None:
+                thing.close()
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"[phosphene run] monitor: {server.url} (read-only; /status, /metrics)"
+               + ("; reachable from the network, without authentication" if server.remote else ""), err=True)
+    return server
 
 
 def _wire_rails(bundle) -> tuple[float, float] | None:

@@ -34,6 +34,7 @@ import numpy as np
 from phosphene.edge.health import HealthReport, InputHealth
 from phosphene.edge.normaliser import EdgeNormaliser
 from phosphene.edge.stats import LatencyHistogram, peak_rss_mb, rss_mb
+from phosphene.firmware_bridge.protocol import StimAck
 from phosphene.signal import NormaliserConfig, WindowSpec
 
 __all__ = [
@@ -56,7 +57,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MODES = ("triggered", "continuous")
+# gated: continuous decisions, and a Gate (edge/gate.py) that sends stimulation commands
+MODES = ("triggered", "continuous", "gated")
 # Every no-decision line names one of these, so a controller can switch on it.
 NO_DECISION_REASONS = (
     "warming_up",  # the normaliser has not seen `warmup_samples` yet (after start or a reset)
@@ -654,6 +656,7 @@ class BundleDecoder:
         self.bundle = bundle
         self.encoder = Encoder(bundle, threads=threads, runtime=runtime, task=task)
         self.threshold = float(self.encoder.probe.threshold)
+        self.task = self.encoder.probe.task  # the probe applied: its name also says its window
         # rows: (1, T, C) int8 input tensor -> (p, invoke ns, probe ns); bound, no wrapper call
         self.decode_int8 = self.encoder.run_int8
 
@@ -716,7 +719,8 @@ class Runtime:
         self.n_channels = int(n_channels)
         self.status_stream = status_stream
         self.clock_ns = clock_ns
-        capacity = spec.offset_samples + spec.window_samples + int(config.ring_extra_s * spec.sample_rate_hz)
+        capacity = (max(spec.offset_samples, 0) + spec.window_samples
+                    + int(config.ring_extra_s * spec.sample_rate_hz))
         # a decoder that takes the int8 input tensor gets an int8 ring: each sample is
         # normalised and quantised once, on arrival, and a decision copies nothing
         quant = getattr(decoder, "input_quant", None) if hasattr(decoder, "decode_int8") else None
@@ -759,6 +763,8 @@ class Runtime:
         self._last_health_ns = now
         self._health_blocks: list[np.ndarray] = []
         self.health_changes = 0
+        self.monitor = None  # a MonitorFeed (edge/monitor.py): poll() hands it the state to publish
+        self.gate = None  # gated mode: a Gate (edge/gate.py), fed every decision and acknowledgement
 
     # ---- public loop API ---------------------------------------------------------------
     def process_batch(self, t_read_ns: int, items: list, t_parsed_ns: int | None = None) -> None:
@@ -771,6 +777,10 @@ class Runtime:
         for item in items:
             if isinstance(item, StimOnset):
                 self._on_onset(item, t_read_ns)
+                continue
+            if isinstance(item, StimAck):
+                if self.gate is not None:
+                    self.gate.on_ack(item, t_read_ns)
                 continue
             if isinstance(item, StreamRestart):
                 self.stream_clock.reset()
@@ -803,7 +813,7 @@ class Runtime:
                                  f"(its samples stayed late for {self.stream_clock.reanchor_ns / 1e9:g} s): "
                                  "windows are aged from the new timing")
             self._status_samples += n
-            if self.config.mode == "continuous":
+            if self.config.mode != "triggered":
                 # every patch boundary gets a line, those inside a filled gap included
                 first = expected if status == "gap" else item.sample
                 P = self.spec.patch_samples
@@ -816,7 +826,7 @@ class Runtime:
                 self._stall_lines = 0
                 self._log_status(f"input resumed after {(t_parsed_ns - self._stall_began_ns) / 1e6:.0f} ms")
         head = self.ingest.ring.head
-        if self.config.mode == "continuous":
+        if self.config.mode != "triggered":
             self._decide_boundaries(boundaries, head, t_read_ns, read_parse_ns, normalise_ns)
         else:
             self._decide_ready_triggers(head, t_read_ns, read_parse_ns, normalise_ns)
@@ -855,6 +865,10 @@ class Runtime:
             self._log_status(self.status_line(now))
             self._last_status_ns = now
             self._status_samples = 0
+        if self.gate is not None:
+            self.gate.poll(now)
+        if self.monitor is not None:  # idle time: the monitor copies what it shows (rate-limited)
+            self.monitor.publish(self, now)
 
     def close(self) -> None:
         """Stop the normaliser's helper thread (the summary stays available)."""
@@ -1023,6 +1037,9 @@ class Runtime:
         self.stage_latency["decision"].add(max(decide_ns, 1) / 1e3)
         if total_ns > self._budget_ns:
             self.counters.budget_misses += 1
+        if self.gate is not None:  # only a decision made on valid input can stimulate
+            self.gate.on_decision(stop - 1, float(p), t_decided, decision_index=self._decision_index,
+                                  refuse=self.health_report.refuse_reason() if self.health_report else None)
         return None
 
     def _no_decision(self, reason: str, now_ns: int, *, onset: StimOnset | None = None,
@@ -1085,8 +1102,11 @@ class Runtime:
                 f"input {self._status_samples / elapsed:.0f} Hz | RSS {rss_mb():.0f} MB"
                 + (f" | {self.health_report.status_text()}" if self.health_report else ""))
 
-    def summary(self) -> dict:
-        self._flush_stale_run()
+    def summary(self, *, flush: bool = True) -> dict:
+        """The run's counters. flush=False (the monitor's copy during the run) leaves a run of
+        skipped stale windows to be written when it ends, as without a monitor."""
+        if flush:
+            self._flush_stale_run()
         now = self.clock_ns()
         duration_s = (now - self.t_start_ns) / 1e9
         lat = self.latency.summary()
@@ -1100,8 +1120,8 @@ class Runtime:
             # no decisions yet: null, never NaN (not JSON)
             "latency_us": {k: (round(v, 1) if math.isfinite(v) else None) if isinstance(v, float) else v
                            for k, v in lat.items()},
-            "stages_us": {k: {q: round(h.summary()[q], 1) for q in ("p50", "p90", "p99", "max")}
-                          for k, h in self.stage_latency.items() if h.count},
+            "stages_us": {k: {q: round(s[q], 1) for q in ("p50", "p90", "p99", "max")}
+                          for k, s in ((k, h.summary()) for k, h in self.stage_latency.items() if h.count)},
             "budget_ms": self.config.latency_budget_ms,
             "budget_misses": self.counters.budget_misses,
             "samples_received": self.ingest.samples_received,
@@ -1123,6 +1143,7 @@ class Runtime:
             "rss_mb_start": round(self.rss_start_mb, 1),
             "rss_mb_end": round(rss_mb(), 1),
             "rss_mb_peak": round(peak_rss_mb(), 1),
+            **({"gate": self.gate.summary()} if self.gate is not None else {}),
         }
 
 

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 
 from phosphene.edge.runtime import Runtime, SampleBlock, StimOnset, StreamRestart
 from phosphene.firmware_bridge.capture import CaptureWriter
-from phosphene.firmware_bridge.protocol import EventFrame, SampleFrame, StatusFrame, StreamDecoder
+from phosphene.firmware_bridge.protocol import (
+    EventFrame,
+    SampleFrame,
+    StatusFrame,
+    StimAck,
+    StreamDecoder,
+)
 from phosphene.firmware_bridge.transport import DEFAULT_BAUD, SerialReader, open_port
 
 __all__ = ["FrameAdapter", "LiveResult", "SimulatedArray", "SimulatedArrayProcess", "open_port", "run_live"]
@@ -96,6 +102,8 @@ class FrameAdapter:
             elif isinstance(frame, EventFrame):
                 items.append(StimOnset(frame.seq, frame.sample_counter, frame.electrode,
                                        frame.current_ua))
+            elif isinstance(frame, StimAck):  # the answer to a gated run's command
+                items.append(frame)
             elif isinstance(frame, StatusFrame) and frame.boot:
                 items.append(StreamRestart(frame.seq, frame.sample_counter))
                 unexplained -= 1

@@ -1,6 +1,7 @@
 """phosphene.firmware_bridge: the serial link from the acquisition firmware to the edge.
 
-protocol   frame encoder and streaming decoder (docs/protocol.md is the specification)
+protocol   frame encoder and streaming decoder (docs/protocol.md is the specification),
+           both directions: samples and events up, stimulation commands down
 capture    raw wire captures (atomic) and their replay at the recorded pace
 handler    decoded frames -> contiguous microvolt blocks, sample gaps, events, restarts
 transport  pyserial ports, pseudo-terminal pairs, a reconnecting reader
@@ -18,6 +19,7 @@ from phosphene.firmware_bridge.capture import (
     replay_frames,
 )
 from phosphene.firmware_bridge.protocol import (
+    COMMAND_AT_SAMPLE,
     CRC_BYTES,
     DEFAULT_SAMPLE_FORMAT,
     HEADER_BYTES,
@@ -25,6 +27,7 @@ from phosphene.firmware_bridge.protocol import (
     SAMPLE_FORMATS,
     SYNC,
     VERSION,
+    AckStatus,
     DecoderStats,
     EventFrame,
     Frame,
@@ -36,11 +39,15 @@ from phosphene.firmware_bridge.protocol import (
     StatusFlag,
     StatusFrame,
     StatusState,
+    StimAck,
+    StimCommand,
     StreamDecoder,
     encode_event_stim,
     encode_frame,
     encode_samples,
     encode_status,
+    encode_stim_ack,
+    encode_stim_command,
     quantize_uv,
     required_baud,
     samples_to_uv,
@@ -70,6 +77,7 @@ except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "COMMAND_AT_SAMPLE",
     "CRC_BYTES",
     "DEFAULT_BAUD",
     "DEFAULT_SAMPLE_FORMAT",
@@ -78,6 +86,7 @@ __all__ = [
     "SAMPLE_FORMATS",
     "SYNC",
     "VERSION",
+    "AckStatus",
     "CaptureWriter",
     "CortexSource",
     "DatasetSource",
@@ -103,6 +112,8 @@ __all__ = [
     "StatusFlag",
     "StatusFrame",
     "StatusState",
+    "StimAck",
+    "StimCommand",
     "StreamDecoder",
     "__version__",
     "describe_capture",
@@ -110,6 +121,8 @@ __all__ = [
     "encode_frame",
     "encode_samples",
     "encode_status",
+    "encode_stim_ack",
+    "encode_stim_command",
     "open_port",
     "quantize_uv",
     "replay_frames",

@@ -47,8 +47,11 @@ def _fault_options(func):
               help="Write to a serial device path or pyserial URL (socket://host:port, loop://).")
 @click.option("--pty", "use_pty", is_flag=True,
               help="Create a pseudo-terminal pair and print the device path a runtime should open.")
-@click.option("--kind", type=click.Choice(["resting", "psychometric", "threshold"]), default=None,
-              help="Virtual-cortex session kind (default psychometric: stimulation events included).")
+@click.option("--kind", type=click.Choice(["resting", "psychometric", "threshold", "closed-loop"]),
+              default=None,
+              help="Virtual-cortex session kind (default psychometric: stimulation events included). "
+                   "closed-loop: no stimulation of its own; the host's STIM_COMMAND frames are "
+                   "delivered (see --truth).")
 @click.option("--dataset", "dataset_path", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Stream a dataset session (looping) instead of the virtual cortex.")
 @click.option("--session", default=None, help="Session id in --dataset (default: the first).")
@@ -81,12 +84,18 @@ def _fault_options(func):
               default=None, metavar="FILE",
               help="Re-send a capture (--capture, or `phosphene run --capture`) bit for bit, "
                    "paced by its frames' sample counters and rate (--speed scales the pace).")
+@click.option("--truth", "truth_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+              metavar="FILE",
+              help="Write one JSON line per acknowledged command to FILE: delivered (onset sample, "
+                   "perceived, P_true, P(perceived | state), state g) or refused (why). FILE "
+                   "appears complete when the stream ends.")
 @_fault_options
 @click.option("--quiet", is_flag=True, help="No live summary on stderr.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the final counts as one JSON object on stdout.")
 def simulate_stream(port, use_pty, kind, dataset_path, session, seed, duration, speed, frame_samples,
-                    wire_format, scale_uv, status_every, baud, capture, replay, drop_bytes, flip_bits,
+                    wire_format, scale_uv, status_every, baud, capture, replay, truth_path, drop_bytes,
+                    flip_bits,
                     drop_frames, duplicate_frames, reorder_frames, stall_ms, stall_every,
                     garbage_burst, garbage_every, restart_seq_at, quiet, as_json):
     """Stream virtual-cortex MUA as wire frames over serial, at real-time pace.
@@ -105,6 +114,7 @@ def simulate_stream(port, use_pty, kind, dataset_path, session, seed, duration, 
       phosphene simulate stream --port socket://localhost:7777 --dataset data --session rest-0
       phosphene simulate stream --pty --duration 60 --capture session.wire
       phosphene simulate stream --pty --replay session.wire --speed 2
+      phosphene simulate stream --pty --kind closed-loop --truth truth.jsonl --duration 120
     """
     from phosphene.firmware_bridge.simulator import FaultConfig, Simulator, SimulatorConfig
 
@@ -116,8 +126,10 @@ def simulate_stream(port, use_pty, kind, dataset_path, session, seed, duration, 
         raise click.UsageError("--kind selects a virtual-cortex session; it cannot be used with --dataset")
     if session is not None and dataset_path is None:
         raise click.UsageError("--session needs --dataset")
+    if truth_path is not None and kind != "closed-loop":
+        raise click.UsageError("--truth records commanded stimulations: it needs --kind closed-loop")
 
-    writer = source = None
+    writer = source = truth = None
     if replay is not None:
         runner, fmt = _open_replay(replay, speed)
     else:
@@ -140,15 +152,27 @@ def simulate_stream(port, use_pty, kind, dataset_path, session, seed, duration, 
                 click.echo(counts.summary_line(), err=True)
 
         writer = _open_capture(capture)
+        try:
+            truth = _open_capture(truth_path, "the ground truth")
+        except click.ClickException:
+            if writer is not None:
+                writer.discard()
+            raise
+
+        def record_truth(record: dict) -> None:
+            truth.write((json.dumps(record, separators=(",", ":")) + "\n").encode())
+
         runner = Simulator(source, config, on_progress=progress,
-                           on_wire=writer.write if writer is not None else None)
+                           on_wire=writer.write if writer is not None else None,
+                           on_truth=record_truth if truth is not None else None)
     if baud is not None and fmt is not None:
         _warn_slow_baud(baud, *fmt, pty=use_pty)
     try:
         target, where = _open_target(port, use_pty, baud, as_json)
     except BaseException:
-        if writer is not None:
-            writer.discard()
+        for partial in (writer, truth):
+            if partial is not None:
+                partial.discard()
         raise
     try:
         _run(runner, target, None if replay is not None else duration,
@@ -158,8 +182,9 @@ def simulate_stream(port, use_pty, kind, dataset_path, session, seed, duration, 
                        err=True)
     finally:
         _close_quietly(target)
-        if writer is not None:
-            writer.close()
+        for complete in (writer, truth):
+            if complete is not None:
+                complete.close()
     _report(runner, where, replay, source, as_json)
 
 
@@ -196,7 +221,8 @@ def _open_replay(path: str, speed: float):
     return Replayer(path, speed=speed), fmt
 
 
-def _open_capture(path: str | None):
+def _open_capture(path: str | None, what: str = "capture"):
+    """An atomic writer for path (a capture, or the --truth lines), or None."""
     from phosphene.firmware_bridge.capture import CaptureWriter
 
     if path is None:
@@ -204,7 +230,7 @@ def _open_capture(path: str | None):
     try:
         return CaptureWriter(path)
     except OSError as exc:
-        raise click.ClickException(f"cannot write capture {path}: {exc.strerror or exc}") from None
+        raise click.ClickException(f"cannot write {what} {path}: {exc.strerror or exc}") from None
 
 
 def _warn_slow_baud(baud: int, n_channels: int, rate_hz: int, frame_samples: int, *,

@@ -24,11 +24,12 @@ import struct
 import zlib
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
 __all__ = [
+    "COMMAND_AT_SAMPLE",
     "CRC_BYTES",
     "DEFAULT_SAMPLE_FORMAT",
     "HEADER_BYTES",
@@ -37,6 +38,7 @@ __all__ = [
     "SAMPLE_FORMATS",
     "SYNC",
     "VERSION",
+    "AckStatus",
     "DecoderStats",
     "EventFrame",
     "Frame",
@@ -49,11 +51,15 @@ __all__ = [
     "StatusFlag",
     "StatusFrame",
     "StatusState",
+    "StimAck",
+    "StimCommand",
     "StreamDecoder",
     "encode_event_stim",
     "encode_frame",
     "encode_samples",
     "encode_status",
+    "encode_stim_ack",
+    "encode_stim_command",
     "frame_size",
     "parse_payload",
     "quantize_uv",
@@ -79,6 +85,8 @@ _U32 = struct.Struct("<I")
 _SAMPLES_HEAD = struct.Struct("<HHIf")  # n_channels, n_samples, sample_rate_hz, scale_uv
 _EVENT = struct.Struct("<HHI")  # electrode, reserved, current_na
 _STATUS = struct.Struct("<BBHIHHII")  # state, reserved, flags, rate, n_ch, frame_samples, dropped, boot_id
+_COMMAND = struct.Struct("<IHHII")  # command_id, electrode, flags, current_na, deadline_samples
+_ACK = struct.Struct("<IHBBI")  # command_id, electrode, status, reserved, current_na
 
 assert _HEAD.size + 4 == HEADER_BYTES
 
@@ -90,6 +98,8 @@ class FrameType:
     EVENT_STIM = 2
     STATUS = 3
     SAMPLES_F16 = 4  # IEEE-754 binary16 samples, same payload layout as SAMPLES
+    STIM_COMMAND = 5  # host -> device: stimulate (the only frame a host sends)
+    STIM_ACK = 6  # device -> host: what became of a STIM_COMMAND
 
 
 # Sample encodings on the wire. int16: a fixed LSB (scale_uv uV); the right choice for a
@@ -119,6 +129,22 @@ class StatusFlag:
     ADC_OVERRUN = 0x0002
     TX_OVERFLOW = 0x0004  # the device itself dropped frames (see device_dropped_frames)
     STIM_ARMED = 0x0008
+
+
+class AckStatus:
+    """Values of STIM_ACK.status: delivered, or why the device refused the command."""
+
+    DELIVERED = 0
+    EXPIRED = 1  # it could not be delivered by its deadline (or its requested sample had passed)
+    INVALID = 2  # no such electrode, or a current outside the device's range
+    BUSY = 3  # the stimulator is still in the previous stimulation's artifact period
+    UNAVAILABLE = 4  # the device cannot stimulate now (not acquiring, stimulator disarmed)
+
+    NAMES: ClassVar[dict[int, str]] = {0: "delivered", 1: "expired", 2: "invalid", 3: "busy",
+                                       4: "unavailable"}
+
+
+COMMAND_AT_SAMPLE = 0x0001  # STIM_COMMAND.flags: deliver at the header's sample_counter, not now
 
 
 # --- frames (what the handler side sees) ---------------------------------------------------
@@ -194,7 +220,48 @@ class StatusFrame:
         return bool(self.flags & StatusFlag.BOOT)
 
 
-Frame = SampleFrame | EventFrame | StatusFrame
+@dataclass(frozen=True)
+class StimCommand:
+    """Host -> device: stimulate `electrode` at `current_ua`.
+
+    `at_sample` False ("now"): the device delivers at its current sample; sample_counter is
+    the newest device sample the host had seen when it decided (the decision's basis), and
+    the device refuses (EXPIRED) if it would deliver more than `deadline_samples` after it.
+    `at_sample` True: deliver at sample_counter exactly (EXPIRED if that sample has passed).
+    deadline_samples 0: no deadline. `seq` is the host's own counter (one per command sent).
+    """
+
+    seq: int
+    sample_counter: int
+    command_id: int  # chosen by the host; the acknowledgement echoes it
+    electrode: int
+    current_ua: float  # carried on the wire as integer nA
+    at_sample: bool = False
+    deadline_samples: int = 0
+
+
+@dataclass(frozen=True)
+class StimAck:
+    """Device -> host: what became of command `command_id`. sample_counter is the onset
+    sample when delivered, else the device's sample when it refused."""
+
+    seq: int
+    sample_counter: int
+    command_id: int
+    electrode: int
+    current_ua: float
+    status: int  # AckStatus
+
+    @property
+    def delivered(self) -> bool:
+        return self.status == AckStatus.DELIVERED
+
+    @property
+    def status_name(self) -> str:
+        return AckStatus.NAMES.get(self.status, f"status_{self.status}")
+
+
+Frame = SampleFrame | EventFrame | StatusFrame | StimCommand | StimAck
 
 
 def _sample_format(data: np.ndarray) -> str:
@@ -274,12 +341,47 @@ def encode_samples(seq: int, sample_counter: int, data: np.ndarray, *, scale_uv:
 
 def encode_event_stim(seq: int, sample_counter: int, electrode: int, current_ua: float) -> bytes:
     """An EVENT_STIM frame; the current travels as integer nanoamps (rounded)."""
+    current_na = _current_na(current_ua)
+    return _frame(FrameType.EVENT_STIM, seq, sample_counter, _EVENT.pack(_electrode_id(electrode), 0,
+                                                                         current_na))
+
+
+def _current_na(current_ua: float) -> int:
     current_na = round(current_ua * 1000.0)
     if not 0 <= current_na <= 0xFFFFFFFF:
         raise ValueError(f"current_ua must be 0..4294967 uA, got {current_ua}")
+    return current_na
+
+
+def _electrode_id(electrode: int) -> int:
     if not 0 <= electrode <= 0xFFFF:
         raise ValueError(f"electrode id must be 0..65535, got {electrode}")
-    return _frame(FrameType.EVENT_STIM, seq, sample_counter, _EVENT.pack(electrode, 0, current_na))
+    return int(electrode)
+
+
+def encode_stim_command(seq: int, sample_counter: int, command_id: int, electrode: int,
+                        current_ua: float, *, at_sample: bool = False,
+                        deadline_samples: int = 0) -> bytes:
+    """A STIM_COMMAND frame (host -> device); see StimCommand for the fields' meaning."""
+    if not 0 <= command_id <= 0xFFFFFFFF:
+        raise ValueError(f"command_id must fit in u32, got {command_id}")
+    if not 0 <= deadline_samples <= 0xFFFFFFFF:
+        raise ValueError(f"deadline_samples must be 0..4294967295 (0: none), got {deadline_samples}")
+    payload = _COMMAND.pack(command_id, _electrode_id(electrode),
+                            COMMAND_AT_SAMPLE if at_sample else 0, _current_na(current_ua),
+                            deadline_samples)
+    return _frame(FrameType.STIM_COMMAND, seq, sample_counter, payload)
+
+
+def encode_stim_ack(seq: int, sample_counter: int, command_id: int, electrode: int,
+                    current_ua: float, status: int) -> bytes:
+    """A STIM_ACK frame (device -> host): sample_counter is the delivered onset sample."""
+    if not 0 <= command_id <= 0xFFFFFFFF:
+        raise ValueError(f"command_id must fit in u32, got {command_id}")
+    if not 0 <= status <= 0xFF:
+        raise ValueError(f"status must be 0..255, got {status}")
+    payload = _ACK.pack(command_id, _electrode_id(electrode), status, 0, _current_na(current_ua))
+    return _frame(FrameType.STIM_ACK, seq, sample_counter, payload)
 
 
 def encode_status(seq: int, sample_counter: int, *, state: int, flags: int, sample_rate_hz: int,
@@ -302,6 +404,13 @@ def encode_frame(frame: Frame) -> bytes:
                              sample_rate_hz=frame.sample_rate_hz, n_channels=frame.n_channels,
                              frame_samples=frame.frame_samples,
                              device_dropped_frames=frame.device_dropped_frames, boot_id=frame.boot_id)
+    if isinstance(frame, StimCommand):
+        return encode_stim_command(frame.seq, frame.sample_counter, frame.command_id, frame.electrode,
+                                   frame.current_ua, at_sample=frame.at_sample,
+                                   deadline_samples=frame.deadline_samples)
+    if isinstance(frame, StimAck):
+        return encode_stim_ack(frame.seq, frame.sample_counter, frame.command_id, frame.electrode,
+                               frame.current_ua, frame.status)
     raise TypeError(f"not a frame: {type(frame).__name__}")
 
 
@@ -412,6 +521,19 @@ def parse_payload(raw: RawFrame) -> Frame | None:
             raise PayloadError(f"STATUS payload must be >= {_STATUS.size} bytes, got {len(payload)}")
         state, _r, flags, rate, n_ch, fs, dropped, boot_id = _STATUS.unpack_from(payload)
         return StatusFrame(raw.seq, raw.sample_counter, state, flags, rate, n_ch, fs, dropped, boot_id)
+    if raw.frame_type == FrameType.STIM_COMMAND:
+        if len(payload) != _COMMAND.size:
+            raise PayloadError(f"STIM_COMMAND payload must be {_COMMAND.size} bytes, got {len(payload)}")
+        command_id, electrode, flags, current_na, deadline = _COMMAND.unpack(payload)
+        if flags & ~COMMAND_AT_SAMPLE:  # an unknown flag may change the meaning: never guess
+            raise PayloadError(f"STIM_COMMAND has unknown flags 0x{flags:04x}")
+        return StimCommand(raw.seq, raw.sample_counter, command_id, electrode, current_na / 1000.0,
+                           bool(flags & COMMAND_AT_SAMPLE), deadline)
+    if raw.frame_type == FrameType.STIM_ACK:
+        if len(payload) != _ACK.size:
+            raise PayloadError(f"STIM_ACK payload must be {_ACK.size} bytes, got {len(payload)}")
+        command_id, electrode, status, _r, current_na = _ACK.unpack(payload)
+        return StimAck(raw.seq, raw.sample_counter, command_id, electrode, current_na / 1000.0, status)
     return None
 
 
@@ -629,6 +751,8 @@ class DecoderStats:
     sample_frames: int = 0
     event_frames: int = 0
     status_frames: int = 0
+    command_frames: int = 0  # STIM_COMMAND (a device's decoder sees these)
+    ack_frames: int = 0  # STIM_ACK
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -648,7 +772,8 @@ class StreamDecoder:
         self.sequence = SequenceTracker(window=window)
         self.deliver_late = deliver_late
         self._counts = {"frames_delivered": 0, "unknown_frames": 0, "payload_errors": 0,
-                        "sample_frames": 0, "event_frames": 0, "status_frames": 0}
+                        "sample_frames": 0, "event_frames": 0, "status_frames": 0,
+                        "command_frames": 0, "ack_frames": 0}
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         out: list[Frame] = []
@@ -674,8 +799,12 @@ class StreamDecoder:
                 counts["sample_frames"] += 1
             elif isinstance(frame, EventFrame):
                 counts["event_frames"] += 1
-            else:
+            elif isinstance(frame, StatusFrame):
                 counts["status_frames"] += 1
+            elif isinstance(frame, StimAck):
+                counts["ack_frames"] += 1
+            else:
+                counts["command_frames"] += 1
             out.append(frame)
         counts["frames_delivered"] += len(out)
         return out

@@ -5,6 +5,13 @@ Map: sources (CortexSource, DatasetSource) -> FaultConfig / SimulatorConfig ->
 SimulatorCounts (what was injected, and what a correct decoder must therefore report) ->
 Simulator (pacing loop; run() in any thread, stop() from another) -> sinks.
 
+The device also obeys: a port it can read (a pty, a serial device) is read for
+STIM_COMMAND frames while the loop waits for the next frame's deadline. A command is
+delivered at the sample being acquired when it arrived (or at the sample it names) to a
+`closed-loop` virtual cortex, which decides perception from its state at that sample, and
+is answered with a STIM_ACK (and an EVENT_STIM) before the SAMPLES frame holding the
+onset; each answer's ground truth goes to `Simulator.truth` and `on_truth`.
+
 Pacing uses absolute deadlines on the monotonic clock: frame k leaves at
 t0 + (k + 1) * frame_period (when its last sample exists on a real device), so sleeps that
 overshoot never accumulate into drift, and a stall is followed by a catch-up burst, as a
@@ -35,15 +42,20 @@ import numpy as np
 from phosphene.firmware_bridge.protocol import (
     DEFAULT_SAMPLE_FORMAT,
     SAMPLE_FORMATS,
+    AckStatus,
     StatusFlag,
     StatusState,
+    StimCommand,
+    StreamDecoder,
     encode_event_stim,
     encode_samples,
     encode_status,
+    encode_stim_ack,
     quantize_uv,
 )
 
 __all__ = [
+    "CLOSED_LOOP_KIND",
     "DEFAULT_SCALE_UV",
     "DEFAULT_SCALE_UV_FLOAT16",
     "CortexSource",
@@ -64,6 +76,10 @@ log = logging.getLogger(__name__)
 DEFAULT_SCALE_UV = 0.02
 # float16: samples are microvolts, 11 significant bits at any amplitude up to +-65504 uV.
 DEFAULT_SCALE_UV_FLOAT16 = 1.0
+# A virtual-cortex session that stimulates only when commanded (STIM_COMMAND frames): the
+# resting session of the same seed, plus the commanded stimulations and their responses.
+CLOSED_LOOP_KIND = "closed-loop"
+CORTEX_KINDS = ("resting", "psychometric", "threshold", CLOSED_LOOP_KIND)
 
 
 def default_scale_uv(sample_format: str) -> float:
@@ -90,17 +106,43 @@ class StreamSource(Protocol):
 
 
 class CortexSource:
-    """An endless virtual-cortex session (phosphene.cortex.VirtualCortex.stream)."""
+    """An endless virtual-cortex session (phosphene.cortex.VirtualCortex.stream).
+
+    kind `closed-loop` schedules no stimulation of its own: it is `commanded`, and the
+    simulator delivers the host's STIM_COMMANDs to it (stimulate()); `state_at()` is the
+    true cortical state g of a recent sample (for an oracle's benchmark only).
+    """
 
     def __init__(self, kind: str = "resting", *, seed: int = 0, day: int = 0, session_index: int = 0,
                  channel_map=None):
         from phosphene.cortex import VirtualCortex
 
+        if kind not in CORTEX_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(CORTEX_KINDS)}, got {kind!r}")
         self.cortex = VirtualCortex(channel_map, seed=seed)
-        self.stream = self.cortex.stream(kind, day=day, session_index=session_index)
+        self.commanded = kind == CLOSED_LOOP_KIND
+        self.stream = self.cortex.stream("resting" if self.commanded else kind, day=day,
+                                         session_index=session_index)
+        if self.commanded:
+            self.stream.record_state(60.0)
         self.kind = kind
         self.n_channels = self.cortex.channel_map.n_channels
         self.sample_rate_hz = float(self.cortex.config.sample_rate_hz)
+
+    def stimulate(self, sample: int, electrode: int, current_ua: float, command_id: int) -> None:
+        """Deliver a stimulation with onset `sample` (not generated yet); closed-loop only."""
+        self.stream.stimulate(sample, electrode, current_ua, command_id)
+
+    def take_delivered(self) -> list:
+        """Ground truth of the commanded stimulations read since the last call."""
+        return self.stream.take_delivered()
+
+    def state_at(self, sample: int) -> float:
+        """The true cortical state g at a sample generated in the last minute (else NaN)."""
+        return self.stream.state_at(sample)
+
+    def has_electrode(self, electrode: int) -> bool:
+        return int(electrode) in self.cortex.i50_ua
 
     def describe(self) -> dict:
         return {"source": "virtual-cortex", "kind": self.kind, "seed": self.cortex.seed}
@@ -213,6 +255,9 @@ class SimulatorConfig:
     # Keep ground truth of every SAMPLES frame and whether an intact copy reached the wire
     # (memory grows with the run: for tests that check what a receiver may decide on).
     track_samples: bool = False
+    # The stimulator's own limits (commands beyond them are refused, whatever the host says):
+    max_current_ua: float = 100.0  # INVALID above this
+    busy_ms: float = 170.0  # BUSY within the previous onset's artifact period
 
     def __post_init__(self) -> None:
         if not 0 < self.frame_samples <= 0xFFFF:
@@ -266,6 +311,13 @@ class SimulatorCounts:
     tx_blocked_s: float = 0.0  # time spent waiting for the port to take bytes
     tx_overflow_frames: int = 0  # copies not (fully) written: nobody read the port in time
     tx_overflow_bytes: int = 0
+    # the way back (STIM_COMMAND in, STIM_ACK out)
+    commands_received: int = 0  # intact STIM_COMMAND frames
+    commands_delivered: int = 0
+    commands_refused: int = 0
+    ack_frames: int = 0
+    uplink_bytes: int = 0  # bytes read from the host
+    uplink_errors: int = 0  # damaged frames and payload errors in what the host sent
     done: bool = False
 
     FAULTS = ("bytes_dropped", "bits_flipped", "frames_corrupted", "frames_dropped",
@@ -285,27 +337,49 @@ class SimulatorCounts:
 
 # --- sinks ---------------------------------------------------------------------------------
 class _Sink:
-    """write(data, timeout_s) -> bytes written (all, or fewer when timeout_s ran out)."""
+    """write(data, timeout_s) -> bytes written (all, or fewer when timeout_s ran out);
+    read(timeout_s) -> what the host sent (b"" after timeout_s), None for a write-only sink."""
 
     def __init__(self, write: Callable[[bytes, float | None], int], close: Callable[[], None] | None,
-                 name: str):
-        self.write, self.close, self.name = write, close, name
+                 name: str, read: Callable[[float], bytes] | None = None):
+        self.write, self.close, self.name, self.read = write, close, name, read
+
+
+def _fd_reader(fd: int) -> Callable[[float], bytes]:
+    import errno
+    import select
+
+    def read(timeout_s: float) -> bytes:
+        ready, _, _ = select.select([fd], [], [], max(timeout_s, 0.0))
+        if not ready:
+            return b""
+        try:
+            return os.read(fd, 65536)
+        except BlockingIOError:
+            return b""
+        except OSError as exc:
+            if exc.errno == errno.EIO:  # nobody holds the other side open (yet)
+                return b""
+            raise
+    return read
 
 
 def _make_sink(port: Any, stop: threading.Event) -> _Sink:
     from phosphene.firmware_bridge.transport import PtyPair, open_port, write_fd
 
     if isinstance(port, PtyPair):
-        return _Sink(lambda b, t: port.write(b, stop=stop, timeout_s=t), None, port.device_path)
+        return _Sink(lambda b, t: port.write(b, stop=stop, timeout_s=t), None, port.device_path,
+                     _fd_reader(port.master_fd))
     if isinstance(port, str):
         ser = open_port(port, timeout_s=0.1)
         sink = _make_sink(ser, stop)
-        return _Sink(sink.write, ser.close, port)
+        return _Sink(sink.write, ser.close, port, sink.read)
     if hasattr(port, "write") and hasattr(port, "in_waiting"):  # an open pyserial port
         name = getattr(port, "name", None) or repr(port)
         fd = getattr(port, "fd", None)
         if isinstance(fd, int):  # a posix port (device path, pty): non-blocking fd + select
-            return _Sink(lambda b, t: write_fd(fd, b, stop=stop, timeout_s=t), None, name)
+            return _Sink(lambda b, t: write_fd(fd, b, stop=stop, timeout_s=t), None, name,
+                         _fd_reader(fd))
         return _Sink(_url_writer(port), None, name)
     if hasattr(port, "write"):  # a binary file (BytesIO in tests, a capture file)
         def write(b: bytes, t: float | None) -> int:
@@ -349,8 +423,10 @@ class Simulator:
     def __init__(self, source: StreamSource, config: SimulatorConfig = SimulatorConfig(), *,
                  on_progress: Callable[[SimulatorCounts], None] | None = None,
                  stop_event: threading.Event | None = None,
-                 on_wire: Callable[[bytes], None] | None = None):
+                 on_wire: Callable[[bytes], None] | None = None,
+                 on_truth: Callable[[dict], None] | None = None):
         self.source = source
+        self.on_truth = on_truth  # gets each STIM_ACK's ground truth (see `truth`)
         self.config = config
         self.on_progress = on_progress
         self.on_wire = on_wire  # gets every byte written, in order (e.g. CaptureWriter.write)
@@ -378,6 +454,13 @@ class Simulator:
         self._sample_frames: dict[tuple[int, int], tuple[int, int]] = {}
         self._delivered_all: set[tuple[int, int]] = set()
         self._late_all: set[tuple[int, int]] = set()
+        # the way back: the host's commands, and the answers owed to them
+        self.truth: list[dict] = []  # one record per STIM_ACK sent, in order
+        self._uplink = StreamDecoder(max_payload_bytes=64)  # commands are 16-byte payloads
+        self._commanded: dict[int, tuple[StimCommand, int]] = {}  # id -> (command, received at)
+        self._onsets: list[int] = []  # source samples of accepted onsets (BUSY checks)
+        self._acked: set[int] = set()  # delivered "now": acknowledged before generated
+        self._sink: _Sink | None = None
 
     # --- public control ----------------------------------------------------------------
     @property
@@ -418,7 +501,7 @@ class Simulator:
         """
         if duration_s is not None and not duration_s > 0:
             raise ValueError(f"duration_s must be > 0 (or None to run until stopped), got {duration_s}")
-        sink = _make_sink(port, self._stop)
+        sink = self._sink = _make_sink(port, self._stop)
         try:
             self._loop(sink, duration_s)
         finally:
@@ -452,23 +535,33 @@ class Simulator:
         t0 = time.monotonic()
         last_progress = t0
         self._send(sink, [self._boot_frame()], clean=True)
+        # a commanded source generates each frame after its wait, so that a command that
+        # arrives while the frame's samples are being acquired can still stimulate in it
+        commanded = bool(getattr(self.source, "commanded", False))
         k = 0
         while not self._stop.is_set() and (total_frames is None or k < total_frames):
             start = k * F
-            while len(mua_buf) < F:
-                chunk, events = self.source.read(max(cfg.chunk_samples, F))
-                mua_buf = np.concatenate([mua_buf, np.asarray(chunk, np.float32)])
-                pending_events += events
-            block, mua_buf = mua_buf[:F], mua_buf[F:]
+            if not commanded:
+                while len(mua_buf) < F:
+                    chunk, events = self.source.read(max(cfg.chunk_samples, F))
+                    mua_buf = np.concatenate([mua_buf, np.asarray(chunk, np.float32)])
+                    pending_events += events
+                block, mua_buf = mua_buf[:F], mua_buf[F:]
             if period_s:
                 deadline = t0 + (k + 1) * period_s
-                wait_s = deadline - time.monotonic()
-                if wait_s > 0 and self._stop.wait(wait_s):
-                    break
+                if sink.read is not None:
+                    if self._wait_reading(sink, t0 + k * period_s, deadline, start):
+                        break
+                else:
+                    wait_s = deadline - time.monotonic()
+                    if wait_s > 0 and self._stop.wait(wait_s):
+                        break
                 late_ms = (time.monotonic() - deadline) * 1e3
                 if late_ms > self._counts.max_late_ms:
                     with self._lock:
                         self._counts.max_late_ms = late_ms
+            if sink.read is not None:  # arrived since the wait (or unpaced): the frame's last sample
+                self._on_uplink(sink.read(0.0), start + F - 1 if period_s else start)
             if restart_at is not None and start >= restart_at:
                 restart_at = None
                 self._restart(sink, start)
@@ -486,6 +579,9 @@ class Simulator:
             if next_status is not None and start >= next_status:
                 next_status += status_every
                 frames.append(self._status_frame(start, StatusState.STREAMING, 0))
+            if commanded:  # its events are the commands', announced by _command or _answers
+                block = np.asarray(self.source.read(F)[0], np.float32)
+            frames += self._answers()
             end = start + F
             still = []
             for ev in pending_events:
@@ -523,6 +619,120 @@ class Simulator:
             self._counts.elapsed_s = time.monotonic() - t0
         if self.on_progress is not None:
             self.on_progress(self.counts)
+
+    # --- the way back: commands in, acknowledgements out ---------------------------------------
+    def _wait_reading(self, sink: _Sink, frame_t0: float, deadline: float, start: int) -> bool:
+        """Wait for the deadline while reading the host's commands; True if stopped.
+
+        A command is delivered at the sample being acquired when it arrived: frame k's F
+        samples are acquired between frame_t0 and its deadline, one per 1/F of that.
+        """
+        F = self.config.frame_samples
+        period_s = deadline - frame_t0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self._stop.is_set():
+                return True
+            data = sink.read(min(remaining, 0.05))  # wakes at once when bytes arrive
+            if data:
+                acquiring = int((time.monotonic() - frame_t0) / period_s * F)
+                self._on_uplink(data, start + min(max(acquiring, 0), F - 1))
+
+    def _on_uplink(self, data: bytes, source_sample: int) -> None:
+        """Decode what the host sent; accept or refuse each STIM_COMMAND at source_sample."""
+        if not data:
+            return
+        frames = self._uplink.feed(data)
+        s = self._uplink.stats
+        with self._lock:
+            self._counts.uplink_bytes += len(data)
+            self._counts.uplink_errors = int(s.crc_errors + s.header_errors + s.payload_errors)
+        for cmd in frames:
+            if isinstance(cmd, StimCommand):
+                self._command(cmd, source_sample)
+
+    def _command(self, cmd: StimCommand, now: int) -> None:
+        """Accept or refuse one command at source sample `now`, and answer it.
+
+        A refusal, or a stimulation now, is acknowledged at once (with its EVENT_STIM: the
+        onset is the sample being acquired, so both precede the SAMPLES frame holding it);
+        a stimulation at a later sample is acknowledged in the frame that holds its onset.
+        """
+        cfg, origin = self.config, self._run_origin
+        with self._lock:
+            self._counts.commands_received += 1
+        onset = cmd.sample_counter + origin if cmd.at_sample else now
+        busy = round(cfg.busy_ms * self.sample_rate_hz / 1000)
+        if not getattr(self.source, "commanded", False):
+            status = AckStatus.UNAVAILABLE  # this source cannot be stimulated (a recording)
+        elif (not self.source.has_electrode(cmd.electrode) or cmd.current_ua <= 0
+              or cmd.current_ua > cfg.max_current_ua):
+            status = AckStatus.INVALID
+        elif onset < now or (not cmd.at_sample and cmd.deadline_samples
+                             and now - origin > cmd.sample_counter + cmd.deadline_samples):
+            status = AckStatus.EXPIRED
+        elif any(abs(onset - other) < busy for other in self._onsets):
+            status = AckStatus.BUSY
+        else:
+            self.source.stimulate(onset, cmd.electrode, cmd.current_ua, cmd.command_id)
+            self._commanded[cmd.command_id] = (cmd, now)
+            self._onsets = [o for o in self._onsets if o > now - busy] + [onset]
+            if not cmd.at_sample:
+                self._send(self._sink, self._delivery_frames(cmd.command_id, onset, cmd.electrode,
+                                                             cmd.current_ua), clean=False)
+                self._acked.add(cmd.command_id)
+            return
+        self._send(self._sink, [self._number(encode_stim_ack(
+            self._seq, max(0, now - origin), cmd.command_id, cmd.electrode, cmd.current_ua, status))],
+            clean=False)
+        self._record({"command_id": cmd.command_id, "status": AckStatus.NAMES[status],
+                      "sample": max(0, now - origin), "electrode": cmd.electrode,
+                      "current_ua": cmd.current_ua, "command_sample": cmd.sample_counter,
+                      "received_sample": now - origin})
+
+    def _delivery_frames(self, command_id: int, onset: int, electrode: int,
+                         current_ua: float) -> list[tuple[bytes, int]]:
+        """STIM_ACK (delivered) and EVENT_STIM of a stimulation at source sample `onset`."""
+        counter = onset - self._run_origin
+        ack = self._number(encode_stim_ack(self._seq, counter, command_id, electrode, current_ua,
+                                           AckStatus.DELIVERED))
+        event = self._number(encode_event_stim(self._seq, counter, electrode, current_ua))
+        with self._lock:
+            self._counts.event_frames += 1
+        return [ack, event]
+
+    def _answers(self) -> list[tuple[bytes, int]]:
+        """Ground truth of the stimulations generated in this frame; the frames (ack and
+        event) of those that were scheduled for a sample, not acknowledged yet."""
+        out = []
+        if not getattr(self.source, "commanded", False):
+            return out
+        origin = self._run_origin
+        for d in self.source.take_delivered():
+            cmd, now = self._commanded.pop(d.command_id)
+            if d.command_id in self._acked:
+                self._acked.discard(d.command_id)
+            else:
+                out += self._delivery_frames(d.command_id, d.sample, d.electrode, d.current_ua)
+            self._record({"command_id": d.command_id, "status": "delivered",
+                          "sample": d.sample - origin, "electrode": d.electrode,
+                          "current_ua": d.current_ua, "perceived": d.perceived,
+                          "p_true": round(d.p_true, 6), "p_state": round(d.p_state, 6),
+                          "state": round(d.state, 6), "r_norm": round(d.r_norm, 6),
+                          "command_sample": cmd.sample_counter, "received_sample": now - origin})
+        return out
+
+    def _record(self, record: dict) -> None:
+        delivered = record["status"] == "delivered"
+        with self._lock:
+            self._counts.ack_frames += 1
+            self._counts.commands_delivered += delivered
+            self._counts.commands_refused += not delivered
+            self.truth.append(record)
+        if self.on_truth is not None:
+            self.on_truth(record)
 
     # --- frames ----------------------------------------------------------------------------------
     def _number(self, frame: bytes) -> tuple[bytes, int]:

@@ -32,6 +32,8 @@ COMMANDS: dict[str, str] = {
     "run": "phosphene.edge.cli:run",
     "bench": "phosphene.edge.cli:bench",
     "score": "phosphene.edge.score:score",
+    "bench-loop": "phosphene.edge.loop_bench:bench_loop",
+    "monitor": "phosphene.monitor_cli:monitor",
 }
 
 SIMULATE_COMMANDS: dict[str, str] = {
@@ -101,6 +103,8 @@ COMMAND_SUMMARIES = {
     "run": "Decode a live serial stream on the bedside device.",
     "bench": "Benchmark a bundle's decision latency on this device.",
     "score": "Score a run's decision log against the dataset it streamed.",
+    "bench-loop": "Closed loop on the virtual cortex: open loop vs gated vs an oracle.",
+    "monitor": "Render the bedside monitor's page and a PNG from a finished run's log.",
     "dataset": "Generate a virtual-cortex dataset (resting, psychometric, threshold).",
     "stream": "Stream virtual-cortex frames over serial at real-time pace.",
 }
@@ -115,7 +119,7 @@ def cli() -> None:
     \b
     Start here:
       phosphene demo --out demo-run        # the whole pipeline on the virtual cortex
-      phosphene simulate dataset data --preset demo
+      phosphene simulate dataset --out data --preset demo
       phosphene info data
     """
 

@@ -14,7 +14,11 @@ Map of the model (all processes seeded, generated in chunks with carried state):
                               distance from e (space constant grows with current)
   perception:                 R_norm = sigmoid(k log(I/I50_e) + beta g(onset) + eta)
                               perceived = [R_norm + nu > 0.5]; P_true = Phi((R_norm - .5)/sd_nu)
-The ideal observer knows R_norm, so P_true is the best any decoder can do.
+The ideal observer knows R_norm, so P_true is the best any decoder can do. Before the
+onset only g is knowable: perception_given_state() marginalises eta and nu, and
+pre_stimulus_ceiling() is the balanced accuracy of a predictor that knows g exactly.
+A stream also takes stimulations commanded from outside (SessionStream.stimulate: the
+closed loop), decided by the same model with draws of their own.
 """
 
 from __future__ import annotations
@@ -34,11 +38,14 @@ __all__ = [
     "THRESHOLD_ELECTRODES",
     "CortexConfig",
     "DatasetPreset",
+    "DeliveredStimulation",
     "SessionStream",
     "SimulatedTrial",
     "VirtualCortex",
     "generate_dataset",
     "ideal_balanced_accuracy",
+    "perception_given_state",
+    "pre_stimulus_ceiling",
 ]
 
 # The paper's stimulated electrodes (Table 2).
@@ -97,6 +104,21 @@ class SimulatedTrial:
     current_ua: float
     perceived: int
     p_true: float
+
+
+@dataclass(frozen=True)
+class DeliveredStimulation:
+    """A commanded stimulation as delivered, with its ground truth (SessionStream.stimulate)."""
+
+    command_id: int
+    sample: int  # onset, in the stream's own sample index
+    electrode: int
+    current_ua: float
+    perceived: int
+    p_true: float  # P(perceived | R_norm): what the ideal observer knows after the onset
+    p_state: float  # P(perceived | g at onset): what a predictor that knows the state knows
+    state: float  # g at the onset sample
+    r_norm: float
 
 
 class _OU:
@@ -219,6 +241,72 @@ class SessionStream:
         self._block: list[tuple[int, float]] = []
         self._next_onset = int(self.rng.uniform(*cfg.trial_interval_s) * cfg.sample_rate_hz) \
             if kind != "resting" else None
+        # commanded stimulations (the closed loop): drawn from a generator of their own, so
+        # the spontaneous activity of a seed is the same whenever and however often it is
+        # stimulated, and the offline datasets never see these draws
+        self._command_seed = [cortex.seed, 3, kind_id, day, session_index]
+        self._command_rng: np.random.Generator | None = None
+        self._commands: list[tuple[int, int, int, float]] = []  # (sample, id, electrode, uA)
+        self.delivered: list[DeliveredStimulation] = []  # taken by take_delivered()
+        self._state_log: np.ndarray | None = None  # g per sample, a ring (record_state)
+
+    # --- the closed loop: stimulations commanded from outside ----------------------------
+    def stimulate(self, sample: int, electrode: int, current_ua: float, command_id: int = 0) -> None:
+        """Stimulate `electrode` at `current_ua` with onset `sample` (not generated yet).
+
+        Perception is decided at the onset exactly as for a scheduled trial: the state g at
+        that sample, a response-noise draw eta and a decision-noise draw nu, through
+        VirtualCortex.perception_probability. The onset's artifact and evoked response are
+        added to the samples read() returns; its ground truth goes to `delivered`.
+        """
+        if sample < self.t:
+            raise ValueError(f"onset sample {sample} was already generated (next is {self.t})")
+        if int(electrode) not in self.cortex.i50_ua:
+            raise ValueError(f"electrode {electrode} is not on this array's channel map")
+        if not current_ua > 0:
+            raise ValueError(f"current must be > 0 uA, got {current_ua}")
+        self._commands.append((int(sample), int(command_id), int(electrode), float(current_ua)))
+        self._commands.sort()
+
+    def take_delivered(self) -> list[DeliveredStimulation]:
+        """The commanded stimulations generated since the last call (onsets in past reads)."""
+        out, self.delivered = self.delivered, []
+        return out
+
+    def record_state(self, seconds: float) -> None:
+        """Keep g of the last `seconds` of samples, for state_at() (an oracle's view)."""
+        n = max(1, int(seconds * self.cortex.config.sample_rate_hz))
+        self._state_log = np.full(n, np.nan)
+
+    def state_at(self, sample: int) -> float:
+        """g at an already generated sample (NaN if older than record_state keeps)."""
+        log_ = self._state_log
+        if log_ is None:
+            raise RuntimeError("call record_state(seconds) before state_at()")
+        if not (self.t - len(log_) <= sample < self.t):
+            return float("nan")
+        return float(log_[sample % len(log_)])
+
+    def _commanded(self, g: np.ndarray) -> list[SimulatedTrial]:
+        """Trials for the commanded onsets inside the chunk now being generated."""
+        cx, cfg = self.cortex, self.cortex.config
+        end = self.t + len(g)
+        events = []
+        while self._commands and self._commands[0][0] < end:
+            onset, command_id, electrode, current = self._commands.pop(0)
+            if self._command_rng is None:
+                self._command_rng = np.random.default_rng(self._command_seed)
+            state = float(g[onset - self.t])
+            eta = float(self._command_rng.normal(0.0, cfg.response_noise))
+            r_norm, p_true = cx.perception_probability(electrode, current, state, eta)
+            perceived = int(r_norm + self._command_rng.normal(0.0, cfg.decision_noise) > 0.5)
+            ev = SimulatedTrial(onset, electrode, current, perceived, float(p_true))
+            events.append(ev)
+            self._active.append((ev, r_norm))
+            self.delivered.append(DeliveredStimulation(
+                command_id, onset, electrode, current, perceived, float(p_true),
+                float(perception_given_state(cx, electrode, current, state)), state, float(r_norm)))
+        return events
 
     # --- slow latent processes ---------------------------------------------------------
     def _slow(self, n_samples: int) -> np.ndarray:
@@ -284,7 +372,10 @@ class SessionStream:
         mua += (padded[2:] + padded[1:-1] + padded[:-2]) / np.sqrt(3.0)
         self._noise_tail = padded[-2:]
         # stimulation events starting in this chunk
-        events: list[SimulatedTrial] = []
+        events: list[SimulatedTrial] = self._commanded(g) if self._commands else []
+        if self._state_log is not None:
+            n_log = len(self._state_log)
+            self._state_log[np.arange(self.t, self.t + n_samples)[-n_log:] % n_log] = g[-n_log:]
         while self._next_onset is not None and self._next_onset < self.t + n_samples:
             onset = self._next_onset
             electrode, current = self._schedule()
@@ -322,6 +413,64 @@ class SessionStream:
         mua[:, cx.dead] = 0.2 + 0.05 * self.rng.standard_normal((n_samples, len(cx.dead)))
         self.t += n_samples
         return np.maximum(mua, 0.0).astype(np.float32), events
+
+
+def perception_given_state(cortex: VirtualCortex, electrode: int, current_ua: float,
+                           state: float | np.ndarray, *, n_nodes: int = 48) -> float | np.ndarray:
+    """P(perceived | g): the perception model marginalised over the response noise eta and
+    the decision noise nu, for a stimulation of `electrode` at `current_ua` (uA) in state g.
+
+    What an oracle that knows the cortical state at the onset (and nothing after it) can
+    know. Gauss-Hermite quadrature over eta (n_nodes points: exact to ~1e-9 here); nu is
+    integrated in closed form. `state`: a float or an array of g values (same shape out).
+    """
+    cfg = cortex.config
+    nodes, weights = np.polynomial.hermite_e.hermegauss(n_nodes)  # weight exp(-x^2 / 2)
+    weights = weights / math.sqrt(2.0 * math.pi)
+    g = np.asarray(state, dtype=np.float64)
+    drive = (cfg.psychometric_slope * math.log(current_ua / cortex.i50_ua[int(electrode)])
+             + cfg.state_on_perception * g[..., None] + cfg.response_noise * nodes)
+    r_norm = 1.0 / (1.0 + np.exp(-drive))
+    z = (r_norm - 0.5) / (cfg.decision_noise * math.sqrt(2.0))
+    erf = np.vectorize(math.erf, otypes=[float])  # numpy has no erf; scipy is off the edge
+    p = (0.5 * (1.0 + erf(z))) @ weights
+    return float(p) if np.ndim(state) == 0 else p
+
+
+def pre_stimulus_ceiling(cortex: VirtualCortex,
+                         conditions: list[tuple[int, float]] | None = None, *,
+                         knows_condition: bool = False, n_grid: int = 2001) -> float:
+    """Balanced accuracy ceiling of a pre-stimulus predictor: one that knows the cortical
+    state g at the onset exactly, and nothing that happens after it.
+
+    conditions: the (electrode, current_ua) pairs the trials are drawn from, equally often;
+    default: each of THRESHOLD_ELECTRODES on the array at its own I50 (the threshold task).
+    knows_condition: whether the predictor also knows which pair comes next (a window that
+    ends at the onset does not say; the psychometric task mixes currents, so it matters
+    there, not at I50 where every pair has the same P(perceived | g)).
+
+    Expected over the state's stationary distribution (g ~ N(0, 1)) and the trials'
+    noise: the predictor says "perceived" when P(perceived | what it knows) exceeds the
+    overall P(perceived), which is the rule that maximises balanced accuracy. A decoder of
+    the pre-stimulus window can at best reach this; the ideal observer after the onset
+    (ideal_balanced_accuracy) knows eta too and goes higher.
+    """
+    if conditions is None:
+        ids = set(cortex.channel_map.ids)
+        conditions = [(e, cortex.i50_ua[e]) for e in THRESHOLD_ELECTRODES if e in ids]
+    if not conditions:
+        raise ValueError("conditions must name at least one (electrode, current_ua) pair")
+    g = np.linspace(-8.0, 8.0, n_grid)
+    w = np.exp(-0.5 * g**2)
+    w /= w.sum()
+    p = np.stack([perception_given_state(cortex, e, c, g) for e, c in conditions])  # (K, G)
+    w_kg = np.broadcast_to(w / len(conditions), p.shape)
+    prior = float((w_kg * p).sum())
+    score = p if knows_condition else np.broadcast_to(p.mean(axis=0), p.shape)
+    say_yes = score > prior
+    hit = float((w_kg * p * say_yes).sum()) / prior
+    correct_reject = float((w_kg * (1.0 - p) * ~say_yes).sum()) / (1.0 - prior)
+    return 0.5 * (hit + correct_reject)
 
 
 def ideal_balanced_accuracy(p_true: np.ndarray, perceived: np.ndarray) -> float:

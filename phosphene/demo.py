@@ -9,6 +9,7 @@ The edge stages run the real CLI in subprocesses, exactly as on a board.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -252,6 +253,10 @@ def run_demo(settings: DemoSettings) -> dict:
     def do_report():
         plot_latency(out / "decisions.jsonl", plots / "latency-histogram.png",
                      budget_ms=bench.get("budget_ms"))
+        # the bedside monitor's page for the streamed run, as a picture (phosphene monitor)
+        from phosphene.monitor_cli import render_png
+
+        render_png(out / "decisions.jsonl", plots / "monitor.png")
         report = build_report(settings, ds, pretrain_summary, probe_results, readout_choice,
                               diagnostics, distill_summary, parity, verify, stream, bench,
                               stages.timings)
@@ -610,19 +615,31 @@ def _us(v) -> str:
     return "n/a" if v is None else f"{v:.0f}"
 
 
+def _move_aside(out: Path) -> Path | None:
+    """Move an earlier run out of the way (`--overwrite`): OUT then holds one run only."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return None
+    previous = out.with_name(f".{out.name}.previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    os.replace(out, previous)
+    return previous
+
+
 @click.command("demo")
 @click.option("--out", default="demo-run", show_default=True, type=click.Path(path_type=Path),
               help="Directory for the dataset, models, bundle, plots and report.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--overwrite", is_flag=True, help="Reuse OUT even if it holds an earlier run.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier run in OUT. It is moved aside first and deleted only when "
+                   "the new run has finished, so OUT never mixes two runs' results.")
 @click.option("--quick", is_flag=True, help="Test-sized run: tiny data, a few steps (about 2 min).")
 @click.option("--reproduce", is_flag=True,
               help="The long run behind docs/results.md: 2 h of resting data, 6,000 evaluation "
                    "trials per task, 6,000 pretraining steps, 5 training draws (about 50 min).")
 @click.option("--results-md", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --reproduce: write Table 1 into this markdown file.")
-@click.option("--stream-seconds", type=float, default=None,
-              help="How long the simulated array streams to the runtime (default 60 s).")
+@click.option("--stream-s", "--stream-seconds", "stream_seconds", type=float, default=None,
+              help="How long the simulated array streams to the runtime, in s (default 60).")
 @click.option("--pretrain-steps", type=int, default=None, help="Override the teacher's step count.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout at the end.")
 def demo(out, seed, overwrite, quick, reproduce, results_md, stream_seconds, pretrain_steps,
@@ -640,7 +657,7 @@ def demo(out, seed, overwrite, quick, reproduce, results_md, stream_seconds, pre
       phosphene demo --out demo-run
       phosphene demo --out /tmp/quick --quick
     """
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise click.ClickException(f"{out} already exists and is not empty (pass --overwrite)")
     if quick and reproduce:
         raise click.UsageError("--quick and --reproduce are two different runs: pick one")
@@ -652,14 +669,22 @@ def demo(out, seed, overwrite, quick, reproduce, results_md, stream_seconds, pre
         settings = DemoSettings.quick(out, seed) if quick else DemoSettings(out=out, seed=seed)
     if stream_seconds is not None:
         if stream_seconds <= 0:
-            raise click.ClickException("--stream-seconds must be positive")
+            raise click.UsageError("--stream-s must be positive")
         settings = DemoSettings(**{**vars(settings), "stream_seconds": stream_seconds})
     if pretrain_steps is not None:
         settings = DemoSettings(**{**vars(settings), "pretrain_steps": pretrain_steps})
     t0 = time.perf_counter()
-    report = run_demo(settings)
-    report["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    write_json(out / "report.json", report)
+    previous = _move_aside(out)
+    try:
+        report = run_demo(settings)
+        report["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        write_json(out / "report.json", report)
+    except BaseException:
+        if previous is not None:
+            click.echo(f"demo: the earlier run in {out} is kept in {previous}", err=True)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
     print_summary(report) if not as_json else click.echo(json.dumps(report, indent=2))
     click.echo(f"\nreport: {out / 'report.json'}, {out / 'report.md'} ({report['wall_seconds']:.0f} s)",
                err=True)

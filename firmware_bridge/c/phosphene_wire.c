@@ -71,6 +71,21 @@ static void put64(uint8_t *p, uint64_t v)
     put32(p + 4, (uint32_t)(v >> 32));
 }
 
+static uint16_t get16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | (uint16_t)p[1] << 8);
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+    return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
+}
+
 static uint32_t float_bits(float f)
 {
     uint32_t u;
@@ -254,4 +269,136 @@ size_t pw_encode_status(uint8_t *out, size_t out_cap, uint32_t seq, uint64_t sam
     put32(p + 12, device_dropped_frames);
     put32(p + 16, boot_id);
     return finish_frame(out, PW_TYPE_STATUS, seq, sample_counter, PW_STATUS_PAYLOAD_BYTES);
+}
+
+size_t pw_encode_stim_command(uint8_t *out, size_t out_cap, uint32_t seq, uint64_t sample_counter,
+                              uint32_t command_id, uint16_t electrode, uint16_t flags,
+                              uint32_t current_na, uint32_t deadline_samples)
+{
+    uint8_t *p;
+    if (out == NULL || out_cap < PW_FRAME_OVERHEAD + PW_COMMAND_PAYLOAD_BYTES
+        || (flags & ~PW_CMD_AT_SAMPLE) != 0u) {
+        return 0;
+    }
+    p = out + PW_HEADER_BYTES;
+    put32(p, command_id);
+    put16(p + 4, electrode);
+    put16(p + 6, flags);
+    put32(p + 8, current_na);
+    put32(p + 12, deadline_samples);
+    return finish_frame(out, PW_TYPE_STIM_COMMAND, seq, sample_counter, PW_COMMAND_PAYLOAD_BYTES);
+}
+
+size_t pw_encode_stim_ack(uint8_t *out, size_t out_cap, uint32_t seq, uint64_t sample_counter,
+                          uint32_t command_id, uint16_t electrode, uint8_t status,
+                          uint32_t current_na)
+{
+    uint8_t *p;
+    if (out == NULL || out_cap < PW_FRAME_OVERHEAD + PW_ACK_PAYLOAD_BYTES) {
+        return 0;
+    }
+    p = out + PW_HEADER_BYTES;
+    put32(p, command_id);
+    put16(p + 4, electrode);
+    p[6] = status;
+    p[7] = 0; /* reserved */
+    put32(p + 8, current_na);
+    return finish_frame(out, PW_TYPE_STIM_ACK, seq, sample_counter, PW_ACK_PAYLOAD_BYTES);
+}
+
+/* The first position >= from where the sync pattern starts, or n if none does. */
+static size_t find_sync(const uint8_t *buf, size_t n, size_t from)
+{
+    size_t i;
+    for (i = from; i + 4u <= n; i++) {
+        if (buf[i] == PW_SYNC0 && buf[i + 1] == PW_SYNC1 && buf[i + 2] == PW_SYNC2
+            && buf[i + 3] == PW_SYNC3) {
+            return i;
+        }
+    }
+    return n;
+}
+
+int pw_scan(const uint8_t *buf, size_t n, size_t max_payload, pw_frame *frame, size_t *consumed,
+            size_t *discarded)
+{
+    size_t pos = 0, skipped = 0, i, end;
+    uint16_t len;
+    int found = PW_SCAN_NEED_MORE;
+    for (;;) {
+        i = find_sync(buf, n, pos);
+        if (i == n) { /* keep the last 3 bytes: a sync may be split across reads */
+            size_t keep = n > pos + 3u ? n - 3u : pos;
+            skipped += keep - pos;
+            pos = keep;
+            break;
+        }
+        skipped += i - pos;
+        pos = i;
+        if (n - pos < PW_HEADER_BYTES) {
+            break;
+        }
+        len = get16(buf + pos + 6);
+        if (pw_crc32(0, buf + pos, 20) != get32(buf + pos + 20) || len > max_payload) {
+            skipped++;
+            pos++;
+            continue;
+        }
+        end = pos + PW_HEADER_BYTES + len + PW_CRC_BYTES;
+        if (end > n) {
+            break; /* the rest of this frame has not arrived */
+        }
+        if (pw_crc32(0, buf + pos, end - PW_CRC_BYTES - pos) != get32(buf + end - PW_CRC_BYTES)) {
+            skipped++;
+            pos++;
+            continue;
+        }
+        frame->version = buf[pos + 4];
+        frame->type = buf[pos + 5];
+        frame->payload_len = len;
+        frame->seq = get32(buf + pos + 8);
+        frame->sample_counter = get64(buf + pos + 12);
+        frame->payload = buf + pos + PW_HEADER_BYTES;
+        pos = end;
+        found = PW_SCAN_FRAME;
+        break;
+    }
+    *consumed = pos;
+    if (discarded != NULL) {
+        *discarded += skipped;
+    }
+    return found;
+}
+
+int pw_decode_stim_command(const pw_frame *frame, pw_stim_command *cmd)
+{
+    const uint8_t *p = frame->payload;
+    if (frame->version != PW_VERSION || frame->type != PW_TYPE_STIM_COMMAND
+        || frame->payload_len != PW_COMMAND_PAYLOAD_BYTES) {
+        return -1;
+    }
+    cmd->seq = frame->seq;
+    cmd->sample_counter = frame->sample_counter;
+    cmd->command_id = get32(p);
+    cmd->electrode = get16(p + 4);
+    cmd->flags = get16(p + 6);
+    cmd->current_na = get32(p + 8);
+    cmd->deadline_samples = get32(p + 12);
+    return (cmd->flags & ~PW_CMD_AT_SAMPLE) == 0u ? 0 : -1; /* an unknown flag: never guess */
+}
+
+int pw_decode_stim_ack(const pw_frame *frame, pw_stim_ack *ack)
+{
+    const uint8_t *p = frame->payload;
+    if (frame->version != PW_VERSION || frame->type != PW_TYPE_STIM_ACK
+        || frame->payload_len != PW_ACK_PAYLOAD_BYTES) {
+        return -1;
+    }
+    ack->seq = frame->seq;
+    ack->sample_counter = frame->sample_counter;
+    ack->command_id = get32(p);
+    ack->electrode = get16(p + 4);
+    ack->status = p[6];
+    ack->current_na = get32(p + 8);
+    return 0;
 }

@@ -1,4 +1,5 @@
-/* phosphene_wire.h: C99 reference encoder for the phosphene wire protocol, version 1.
+/* phosphene_wire.h: C99 reference encoder for the phosphene wire protocol, version 1,
+ * and the decoder a device needs for the host's STIM_COMMAND frames.
  *
  * Dependency-free (stdint.h, stddef.h, string.h only), no allocation, no globals.
  * docs/protocol.md is the specification; this file and the Python decoder both pass
@@ -32,12 +33,26 @@ extern "C" {
 #define PW_SAMPLES_HEAD_BYTES 12u
 #define PW_EVENT_PAYLOAD_BYTES 8u
 #define PW_STATUS_PAYLOAD_BYTES 20u
+#define PW_COMMAND_PAYLOAD_BYTES 16u
+#define PW_ACK_PAYLOAD_BYTES 12u
 
 /* frame types (header byte 5) */
 #define PW_TYPE_SAMPLES 1u     /* int16 samples */
 #define PW_TYPE_EVENT_STIM 2u
 #define PW_TYPE_STATUS 3u
 #define PW_TYPE_SAMPLES_F16 4u /* IEEE-754 binary16 samples, same payload layout */
+#define PW_TYPE_STIM_COMMAND 5u /* host -> device */
+#define PW_TYPE_STIM_ACK 6u     /* device -> host */
+
+/* STIM_COMMAND.flags */
+#define PW_CMD_AT_SAMPLE 0x0001u /* deliver at the header's sample_counter (else: now) */
+
+/* STIM_ACK.status */
+#define PW_ACK_DELIVERED 0u
+#define PW_ACK_EXPIRED 1u       /* past its deadline, or its requested sample had passed */
+#define PW_ACK_INVALID 2u       /* no such electrode, or a current out of range */
+#define PW_ACK_BUSY 3u          /* still in the previous stimulation's artifact period */
+#define PW_ACK_UNAVAILABLE 4u  /* cannot stimulate now: not acquiring, or disarmed */
 
 /* binary16 bit patterns */
 #define PW_HALF_MAX 0x7BFFu /* 65504, the largest finite binary16 */
@@ -94,6 +109,69 @@ size_t pw_encode_status(uint8_t *out, size_t out_cap, uint32_t seq, uint64_t sam
                         uint8_t state, uint16_t flags, uint32_t sample_rate_hz,
                         uint16_t n_channels, uint16_t frame_samples,
                         uint32_t device_dropped_frames, uint32_t boot_id);
+
+/* STIM_COMMAND (host -> device). seq: the host's own command counter. flags 0 ("now"):
+ * sample_counter is the newest device sample the host had seen when it decided, and the
+ * device refuses (PW_ACK_EXPIRED) to deliver more than deadline_samples after it (0: no
+ * deadline). flags PW_CMD_AT_SAMPLE: deliver at sample_counter exactly. */
+size_t pw_encode_stim_command(uint8_t *out, size_t out_cap, uint32_t seq, uint64_t sample_counter,
+                              uint32_t command_id, uint16_t electrode, uint16_t flags,
+                              uint32_t current_na, uint32_t deadline_samples);
+
+/* STIM_ACK (device -> host), one per STIM_COMMAND received intact: sample_counter is the
+ * delivered onset sample (status PW_ACK_DELIVERED) or the device's sample at the refusal.
+ * Sent before the samples frame holding the onset, like EVENT_STIM. */
+size_t pw_encode_stim_ack(uint8_t *out, size_t out_cap, uint32_t seq, uint64_t sample_counter,
+                          uint32_t command_id, uint16_t electrode, uint8_t status,
+                          uint32_t current_na);
+
+/* --- decoding (what a device runs on the bytes the host sends) ------------------------ */
+
+/* An intact frame found in a buffer; payload points into that buffer. */
+typedef struct {
+    uint8_t version;
+    uint8_t type;
+    uint16_t payload_len;
+    uint32_t seq;
+    uint64_t sample_counter;
+    const uint8_t *payload;
+} pw_frame;
+
+typedef struct {
+    uint32_t seq;
+    uint64_t sample_counter;
+    uint32_t command_id;
+    uint16_t electrode;
+    uint16_t flags;
+    uint32_t current_na;
+    uint32_t deadline_samples;
+} pw_stim_command;
+
+typedef struct {
+    uint32_t seq;
+    uint64_t sample_counter;
+    uint32_t command_id;
+    uint16_t electrode;
+    uint8_t status;
+    uint32_t current_na;
+} pw_stim_ack;
+
+#define PW_SCAN_FRAME 1     /* *frame is an intact frame ending at buf + *consumed */
+#define PW_SCAN_NEED_MORE 0 /* no complete frame: drop *consumed bytes, append more, call again */
+
+/* Finds the next intact frame in buf[0..n) with the receiver algorithm of docs/protocol.md:
+ * search the sync, check header_crc, refuse payload_len > max_payload (a device that only
+ * takes commands passes PW_COMMAND_PAYLOAD_BYTES and needs a buffer of 44 bytes + what it
+ * reads at once), check frame_crc; on a failed check skip one byte and search again.
+ * *consumed is how many leading bytes are done with (the frame included, on
+ * PW_SCAN_FRAME); *discarded (if not NULL) is increased by the bytes skipped as no frame. */
+int pw_scan(const uint8_t *buf, size_t n, size_t max_payload, pw_frame *frame, size_t *consumed,
+            size_t *discarded);
+
+/* The fields of an intact frame's payload: 0 on success, -1 if it is another type or its
+ * payload has the wrong length (or, for a command, an unknown flag). */
+int pw_decode_stim_command(const pw_frame *frame, pw_stim_command *cmd);
+int pw_decode_stim_ack(const pw_frame *frame, pw_stim_ack *ack);
 
 #ifdef __cplusplus
 }

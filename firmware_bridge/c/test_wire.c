@@ -16,6 +16,12 @@
  *                                          to stdout; exit 3 if the encoder refuses one
  *   test_wire half2float                   write pw_half_to_float of all 65536 bit
  *                                          patterns as float32 (little-endian) to stdout
+ *   test_wire scan MAX_PAYLOAD CHUNK       read a byte stream on stdin CHUNK bytes at a
+ *                                          time through pw_scan (as a device reads the
+ *                                          host's commands) and print each intact frame
+ *                                          ("frame TYPE SEQ COUNTER LEN", then "command
+ *                                          ..." or "ack ..." for those types), then
+ *                                          "discarded N buffered M"
  *
  * Build: cc -std=c99 -Wall -Wextra -O2 -o test_wire test_wire.c phosphene_wire.c
  */
@@ -70,6 +76,22 @@ static int vectors(void)
     n = pw_encode_samples_f16(buf, sizeof buf, 7u, 160u, 2u, 3u, 1000u, 1.0f, halves);
     if (n == 0) return 1;
     print_hex("samples_f16", buf, n);
+    n = pw_encode_stim_command(buf, sizeof buf, 3u, 5000u, 7u, 25u, 0u, 12345u, 20u);
+    if (n == 0) return 1;
+    print_hex("stim_command", buf, n);
+    n = pw_encode_stim_command(buf, sizeof buf, 4u, ((uint64_t)1 << 33) + 16u, 0xFFFFFFFFu, 96u,
+                               PW_CMD_AT_SAMPLE, 80000u, 0u);
+    if (n == 0) return 1;
+    print_hex("stim_command_at", buf, n);
+    n = pw_encode_stim_ack(buf, sizeof buf, 9u, 5003u, 7u, 25u, PW_ACK_DELIVERED, 12345u);
+    if (n == 0) return 1;
+    print_hex("stim_ack", buf, n);
+    n = pw_encode_stim_ack(buf, sizeof buf, 10u, 6000u, 8u, 25u, PW_ACK_EXPIRED, 12345u);
+    if (n == 0) return 1;
+    print_hex("stim_ack_expired", buf, n);
+    /* an unknown command flag is refused by the encoder */
+    printf("command_bad_flag %lu\n", (unsigned long)pw_encode_stim_command(buf, sizeof buf, 0u, 0u, 1u,
+                                                                          1u, 0x0002u, 1u, 0u));
     /* a NaN sample: refused (0), nothing to send */
     printf("f16_nan %lu\n", (unsigned long)pw_encode_samples_f16(buf, sizeof buf, 0u, 0u, 2u, 1u, 1000u,
                                                                  1.0f, nan_pair));
@@ -240,6 +262,52 @@ static int f16_frames(const char *in_path, unsigned n_channels, unsigned n_sampl
     return fflush(stdout) == 0 ? 0 : 1;
 }
 
+/* The device's receive loop: bytes in CHUNK-sized reads, pw_scan, one line per frame. */
+static int scan(size_t max_payload, size_t chunk)
+{
+    size_t cap = PW_FRAME_OVERHEAD + max_payload + chunk;
+    uint8_t *buf = malloc(cap);
+    size_t have = 0, consumed, discarded = 0, got;
+    pw_frame f;
+    pw_stim_command cmd;
+    pw_stim_ack ack;
+    if (buf == NULL || chunk == 0 || max_payload > PW_MAX_PAYLOAD) return 2;
+    for (;;) {
+        got = fread(buf + have, 1, chunk, stdin);
+        have += got;
+        for (;;) {
+            int r = pw_scan(buf, have, max_payload, &f, &consumed, &discarded);
+            if (r == PW_SCAN_FRAME) {
+                printf("frame %u %lu %llu %u\n", f.type, (unsigned long)f.seq,
+                       (unsigned long long)f.sample_counter, f.payload_len);
+                if (f.type == PW_TYPE_STIM_COMMAND) {
+                    if (pw_decode_stim_command(&f, &cmd) == 0) {
+                        printf("command %lu %u %u %lu %lu\n", (unsigned long)cmd.command_id,
+                               cmd.electrode, cmd.flags, (unsigned long)cmd.current_na,
+                               (unsigned long)cmd.deadline_samples);
+                    } else {
+                        printf("command invalid\n");
+                    }
+                } else if (f.type == PW_TYPE_STIM_ACK) {
+                    if (pw_decode_stim_ack(&f, &ack) == 0) {
+                        printf("ack %lu %u %u %lu\n", (unsigned long)ack.command_id, ack.electrode,
+                               ack.status, (unsigned long)ack.current_na);
+                    } else {
+                        printf("ack invalid\n");
+                    }
+                }
+            }
+            memmove(buf, buf + consumed, have - consumed);
+            have -= consumed;
+            if (r != PW_SCAN_FRAME) break;
+        }
+        if (got < chunk) break; /* end of input */
+    }
+    printf("discarded %lu buffered %lu\n", (unsigned long)discarded, (unsigned long)have);
+    free(buf);
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
 static int half2float(void)
 {
     uint32_t h;
@@ -287,7 +355,11 @@ int main(int argc, char **argv)
     if (argc == 2 && strcmp(argv[1], "half2float") == 0) {
         return half2float();
     }
+    if (argc == 4 && strcmp(argv[1], "scan") == 0) {
+        return scan((size_t)strtoul(argv[2], NULL, 10), (size_t)strtoul(argv[3], NULL, 10));
+    }
     fprintf(stderr, "usage: %s vectors | stream [-f] [-b BOOT_ID] [-s SEED] PATH N_FRAMES "
-            "[CHANNELS [SAMPLES]] | f16 IN CHANNELS SAMPLES SCALE | half2float\n", argv[0]);
+            "[CHANNELS [SAMPLES]] | f16 IN CHANNELS SAMPLES SCALE | half2float | "
+            "scan MAX_PAYLOAD CHUNK\n", argv[0]);
     return 2;
 }

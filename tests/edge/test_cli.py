@@ -195,7 +195,7 @@ def test_a_captured_session_replays_to_the_same_decisions(edge_bundle_path, tmp_
         proc = phosphene("run", str(edge_bundle_path), "--port", pty.device_path, "--mode", "continuous",
                          "--json", "--status-s", "0")
         for line in proc.stderr:
-            if "mode, window" in line:  # the port is open
+            if " probe, window " in line:  # the port is open (the run header)
                 break
         Replayer(capture, speed=1.0).run(pty)
         time.sleep(0.3)

@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 
 from phosphene.firmware_bridge.protocol import (
+    AckStatus,
     StatusFlag,
     StatusState,
     encode_event_stim,
     encode_samples,
     encode_status,
+    encode_stim_ack,
+    encode_stim_command,
 )
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
@@ -42,4 +45,8 @@ def python_vectors() -> dict[str, bytes]:
         "samples_f16": encode_samples(7, 160, np.array([[1.0, -2.5], [0.1, -0.0], [65504.0, 2.0**-24]],
                                                        np.float16),
                                       scale_uv=1.0, sample_rate_hz=1000),
+        "stim_command": encode_stim_command(3, 5000, 7, 25, 12.345, deadline_samples=20),
+        "stim_command_at": encode_stim_command(4, (1 << 33) + 16, 0xFFFFFFFF, 96, 80.0, at_sample=True),
+        "stim_ack": encode_stim_ack(9, 5003, 7, 25, 12.345, AckStatus.DELIVERED),
+        "stim_ack_expired": encode_stim_ack(10, 6000, 8, 25, 12.345, AckStatus.EXPIRED),
     }

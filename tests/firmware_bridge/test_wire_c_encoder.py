@@ -210,3 +210,100 @@ def test_c_half_to_float_is_exact_for_all_65536_patterns(test_wire):
     nan = np.isnan(ref)
     assert len(c) == 65536 and np.array_equal(np.isnan(c), nan) and nan.sum() == 2 * 1023
     assert np.array_equal(c.view(np.uint32)[~nan], ref.view(np.uint32)[~nan])
+
+
+# --- the device's side of the way back: the C scanner and command decoder ----------------------
+def python_scan(data: bytes, max_payload: int) -> list[str]:
+    """What `test_wire scan` must print, from the Python decoder."""
+    from phosphene.firmware_bridge.protocol import Packetizer, PayloadError, StimAck, StimCommand, parse_payload
+
+    p = Packetizer(max_payload_bytes=max_payload)
+    lines = []
+    for raw in p.feed(data):
+        lines.append(f"frame {raw.frame_type} {raw.seq} {raw.sample_counter} {len(raw.payload)}")
+        if raw.frame_type in (FrameType.STIM_COMMAND, FrameType.STIM_ACK):
+            name = "command" if raw.frame_type == FrameType.STIM_COMMAND else "ack"
+            try:
+                f = parse_payload(raw)
+            except PayloadError:
+                lines.append(f"{name} invalid")
+                continue
+            current_na = round(f.current_ua * 1000)
+            lines.append(f"command {f.command_id} {f.electrode} {int(f.at_sample)} {current_na} "
+                         f"{f.deadline_samples}" if isinstance(f, StimCommand)
+                         else f"ack {f.command_id} {f.electrode} {f.status} {current_na}")
+            assert isinstance(f, (StimCommand, StimAck))
+    lines.append(f"discarded {p.bytes_discarded} buffered {p.bytes_buffered}")
+    return lines
+
+
+def command_stream(rng: np.random.Generator, n: int) -> bytes:
+    from phosphene.firmware_bridge.protocol import encode_stim_ack, encode_stim_command
+
+    frames = []
+    for seq in range(n):
+        kind = rng.integers(0, 4)
+        if kind == 0:
+            frames.append(encode_stim_ack(seq, int(rng.integers(0, 2**40)), int(rng.integers(0, 2**32)),
+                                          int(rng.integers(0, 97)), float(rng.integers(0, 10**6)) / 1000,
+                                          int(rng.integers(0, 5))))
+        elif kind == 1:  # a samples frame: more than a device's 16-byte payload limit
+            frames.append(encode_samples(seq, seq * 4, rng.integers(-9, 9, (4, 3)).astype(np.int16),
+                                         scale_uv=1.0, sample_rate_hz=1000))
+        else:
+            frames.append(encode_stim_command(seq, int(rng.integers(0, 2**40)), int(rng.integers(0, 2**32)),
+                                              int(rng.integers(0, 97)), float(rng.integers(0, 10**6)) / 1000,
+                                              at_sample=bool(rng.integers(0, 2)),
+                                              deadline_samples=int(rng.integers(0, 50))))
+    return b"".join(frames)
+
+
+def corrupt(rng: np.random.Generator, data: bytes, n_faults: int) -> bytes:
+    buf = bytearray(data)
+    for _ in range(n_faults):
+        pos = int(rng.integers(0, max(len(buf), 1)))
+        kind = rng.integers(0, 4)
+        if kind == 0 and buf:
+            buf[pos % len(buf)] ^= 1 << int(rng.integers(0, 8))
+        elif kind == 1 and buf:
+            del buf[pos % len(buf)]
+        elif kind == 2:
+            buf[pos:pos] = rng.integers(0, 256, int(rng.integers(1, 40)), dtype=np.uint8).tobytes()
+        else:  # a sync pattern with a forged length: the header CRC must catch it
+            buf[pos:pos] = bytes((0xA5, 0xC3, 0x9E, 0xD1, 1, 5, 0xFF, 0xFF))
+    return bytes(buf)
+
+
+@pytest.mark.parametrize("max_payload", [16, 65535])
+def test_c_scanner_finds_exactly_the_frames_python_finds_in_damaged_streams(test_wire, max_payload):
+    """The device's receive loop (pw_scan in CHUNK-sized reads) against the Python
+    Packetizer on clean and corrupted command streams: same frames, same fields, same bytes
+    discarded and buffered. With a 16-byte limit the samples frames are refused unread."""
+    rng = np.random.default_rng(max_payload)
+    for trial in range(40):
+        data = command_stream(rng, int(rng.integers(1, 30)))
+        if trial % 4:
+            data = corrupt(rng, data, int(rng.integers(1, 12)))
+        chunk = int(rng.integers(1, 200))
+        out = subprocess.run([str(test_wire), "scan", str(max_payload), str(chunk)], input=data,
+                             check=True, capture_output=True).stdout.decode().splitlines()
+        assert out == python_scan(data, max_payload), f"trial {trial}, chunk {chunk}"
+    clean = command_stream(np.random.default_rng(1), 20)
+    out = subprocess.run([str(test_wire), "scan", str(max_payload), "7"], input=clean, check=True,
+                         capture_output=True).stdout.decode().splitlines()
+    commands = [line for line in out if line.startswith("command ")]
+    assert commands and out[-1] == "discarded 0 buffered 0" if max_payload > 16 else commands
+
+
+def test_c_refuses_a_command_with_an_unknown_flag(test_wire):
+    out = subprocess.run([str(test_wire), "vectors"], check=True, capture_output=True, text=True).stdout
+    assert "command_bad_flag 0" in out
+    import struct
+
+    payload = struct.pack("<IHHII", 1, 2, 0x0004, 3, 4)
+    head = struct.pack("<4sBBHIQ", bytes((0xA5, 0xC3, 0x9E, 0xD1)), 1, FrameType.STIM_COMMAND, 16, 0, 9)
+    body = head + struct.pack("<I", zlib.crc32(head)) + payload
+    frame = body + struct.pack("<I", zlib.crc32(body))
+    out = subprocess.run([str(test_wire), "scan", "16", "64"], input=frame, check=True,
+                         capture_output=True).stdout.decode().splitlines()
+    assert out == ["frame 5 0 9 16", "command invalid", "discarded 0 buffered 0"]

@@ -17,6 +17,7 @@ from phosphene.firmware_bridge.protocol import (
     MAX_PAYLOAD_BYTES,
     SAMPLE_FORMATS,
     SYNC,
+    AckStatus,
     EventFrame,
     FrameType,
     SampleFrame,
@@ -24,11 +25,15 @@ from phosphene.firmware_bridge.protocol import (
     StatusFlag,
     StatusFrame,
     StatusState,
+    StimAck,
+    StimCommand,
     StreamDecoder,
     encode_event_stim,
     encode_frame,
     encode_samples,
     encode_status,
+    encode_stim_ack,
+    encode_stim_command,
     quantize_uv,
     required_baud,
     samples_frame_bytes,
@@ -45,15 +50,23 @@ def random_halves(rng, shape) -> np.ndarray:
 
 def make_stream(n_frames: int, *, n_channels: int = 8, n_samples: int = 4, seed: int = 0,
                 start_seq: int = 0) -> tuple[bytes, list[bytes]]:
-    """A valid stream mixing all four frame types (SAMPLES as int16 and as float16);
-    returns (bytes, per-frame bytes)."""
+    """A valid stream mixing every frame type (SAMPLES as int16 and as float16, commands
+    and acknowledgements too); returns (bytes, per-frame bytes)."""
     rng = np.random.default_rng(seed)
     frames = []
     counter = 0
     for i in range(n_frames):
         seq = (start_seq + i) & 0xFFFFFFFF
-        kind = i % 5
-        if kind == 3:
+        kind = i % 7
+        if kind == 5:
+            frames.append(encode_stim_command(seq, counter, int(rng.integers(0, 1 << 32)),
+                                              int(rng.integers(1, 97)), float(rng.integers(1, 81000)) / 1000,
+                                              at_sample=bool(rng.integers(0, 2)),
+                                              deadline_samples=int(rng.integers(0, 100))))
+        elif kind == 6:
+            frames.append(encode_stim_ack(seq, counter, int(rng.integers(0, 1 << 32)), int(rng.integers(1, 97)),
+                                          float(rng.integers(1, 81000)) / 1000, int(rng.integers(0, 5))))
+        elif kind == 3:
             frames.append(encode_event_stim(seq, counter + 1, int(rng.integers(1, 97)),
                                             float(rng.integers(1, 81000)) / 1000))
         elif kind == 4:
@@ -79,8 +92,9 @@ def test_python_encoder_reproduces_the_documented_test_vectors(doc_vectors, pyth
 def test_documented_vectors_decode_to_their_documented_fields(doc_vectors):
     d = StreamDecoder()
     frames = d.feed(b"".join(doc_vectors.values()))
-    assert [type(f) for f in frames] == [SampleFrame, EventFrame, StatusFrame, SampleFrame, SampleFrame]
-    s, e, st_, w, h = frames
+    assert [type(f) for f in frames] == [SampleFrame, EventFrame, StatusFrame, SampleFrame, SampleFrame,
+                                         StimCommand, StimCommand, StimAck, StimAck]
+    s, e, st_, w, h, now, at, ack, expired = frames
     assert s.data.tolist() == [[1, -1], [2, -2], [32767, -32768]] and s.scale_uv == 0.25
     assert (s.seq, s.sample_counter, s.sample_rate_hz, s.n_channels, s.n_samples) == (0, 0, 1000, 2, 3)
     assert (e.seq, e.sample_counter, e.electrode, e.current_ua) == (1, 170, 42, 2.5)
@@ -93,6 +107,12 @@ def test_documented_vectors_decode_to_their_documented_fields(doc_vectors):
     assert h.data.view(np.uint16).ravel().tolist() == [0x3C00, 0xC100, 0x2E66, 0x8000, 0x7BFF, 0x0001]
     assert h.to_uv().ravel().tolist() == [1.0, -2.5, 0.0999755859375, -0.0, 65504.0, 2.0**-24]
     assert doc_vectors["samples_f16"][5] == FrameType.SAMPLES_F16 == 4
+    assert now == StimCommand(3, 5000, 7, 25, 12.345, at_sample=False, deadline_samples=20)
+    assert at == StimCommand(4, (1 << 33) + 16, 0xFFFFFFFF, 96, 80.0, at_sample=True, deadline_samples=0)
+    assert ack == StimAck(9, 5003, 7, 25, 12.345, AckStatus.DELIVERED) and ack.delivered
+    assert (expired.status_name, expired.sample_counter, expired.delivered) == ("expired", 6000, False)
+    assert doc_vectors["stim_command"][5] == FrameType.STIM_COMMAND == 5
+    assert doc_vectors["stim_ack"][5] == FrameType.STIM_ACK == 6
 
 
 def test_header_layout_and_both_crcs(python_vectors):
@@ -429,3 +449,47 @@ def test_sequence_tracker_window_bounds_memory():
     t.observe(100_000, 1)  # a huge gap remembers only `window` missing numbers
     assert t.frames_lost == 99_999 and len(t._missing) == 16
     assert t.observe(99_999, 2) == "late" and t.frames_lost == 99_998
+
+
+# --- the way back: STIM_COMMAND and STIM_ACK ------------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(seq=st.integers(0, 2**32 - 1), counter=st.integers(0, 2**64 - 1), command_id=st.integers(0, 2**32 - 1),
+       electrode=st.integers(0, 65535), current_na=st.integers(0, 2**32 - 1), at_sample=st.booleans(),
+       deadline=st.integers(0, 2**32 - 1), status=st.integers(0, 255))
+def test_any_command_and_ack_round_trips_exactly(seq, counter, command_id, electrode, current_na, at_sample,
+                                                 deadline, status):
+    current_ua = current_na / 1000.0
+    cmd = encode_stim_command(seq, counter, command_id, electrode, current_ua, at_sample=at_sample,
+                              deadline_samples=deadline)
+    ack = encode_stim_ack(seq, counter, command_id, electrode, current_ua, status)
+    assert len(cmd) == 28 + 16 and len(ack) == 28 + 12
+    got_cmd, got_ack = StreamDecoder().feed(cmd + ack)
+    assert got_cmd == StimCommand(seq, counter, command_id, electrode, current_ua, at_sample, deadline)
+    assert got_ack == StimAck(seq, counter, command_id, electrode, current_ua, status)
+    assert encode_frame(got_cmd) == cmd and encode_frame(got_ack) == ack
+
+
+def test_command_encoder_rejects_out_of_range_fields():
+    for kwargs, match in (({"command_id": -1}, "command_id"), ({"command_id": 2**32}, "command_id"),
+                          ({"electrode": 70000}, "electrode"), ({"current_ua": -1.0}, "current_ua"),
+                          ({"deadline_samples": -5}, "deadline_samples")):
+        args = {"command_id": 1, "electrode": 25, "current_ua": 10.0, **kwargs}
+        deadline = args.pop("deadline_samples", 0)
+        with pytest.raises(ValueError, match=match):
+            encode_stim_command(0, 0, args["command_id"], args["electrode"], args["current_ua"],
+                                deadline_samples=deadline)
+    with pytest.raises(ValueError, match="status"):
+        encode_stim_ack(0, 0, 1, 25, 10.0, 256)
+
+
+def test_a_command_with_an_unknown_flag_or_size_is_a_payload_error_never_a_stimulation():
+    good = struct.pack("<IHHII", 7, 25, 0, 12345, 20)
+    unknown_flag = struct.pack("<IHHII", 7, 25, 0x0002, 12345, 20)
+    d = StreamDecoder()
+    out = d.feed(_raw_frame(1, FrameType.STIM_COMMAND, 0, unknown_flag)
+                 + _raw_frame(1, FrameType.STIM_COMMAND, 1, good + b"\0")
+                 + _raw_frame(1, FrameType.STIM_ACK, 2, bytes(11))
+                 + _raw_frame(1, FrameType.STIM_COMMAND, 3, good))
+    assert out == [StimCommand(3, 0, 7, 25, 12.345, False, 20)]
+    assert (d.stats.payload_errors, d.stats.command_frames, d.stats.frames_lost) == (3, 1, 0)
+    assert d.stats.ack_frames == 0 and AckStatus.NAMES[AckStatus.UNAVAILABLE] == "unavailable"

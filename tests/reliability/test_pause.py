@@ -78,7 +78,7 @@ def test_no_decision_later_than_the_bound_after_writer_and_runtime_pauses(bundle
         reader = threading.Thread(target=read_stdout, daemon=True)
         reader.start()
         for line in proc.stderr:  # the runtime prints its banner once the port is open
-            if "mode, window" in line:
+            if " probe, window " in line:  # the run header: the port is open
                 break
         threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining stderr
         t0 = time.monotonic() + 0.2
