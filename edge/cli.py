@@ -15,6 +15,8 @@ import threading
 
 import click
 
+from phosphene.errors import ConfigError, PhospheneError
+
 __all__ = ["bench", "run"]
 
 _SIM_KINDS = ("resting", "psychometric", "threshold", "closed-loop")
@@ -40,13 +42,12 @@ _pin_option = click.option(
 
 
 def _make_decoder(bundle, *, threads: int, runtime: str, task: str | None = None):
-    from phosphene.edge.bundle import BundleError
     from phosphene.edge.interpreter import RuntimeUnavailable
     from phosphene.edge.runtime import BundleDecoder
 
     try:
         return BundleDecoder(bundle, threads=threads, runtime=runtime, task=task)
-    except (BundleError, RuntimeUnavailable, ValueError, OSError) as exc:
+    except (PhospheneError, RuntimeUnavailable, OSError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -66,7 +67,7 @@ def _check_cpu(cpu: int) -> None:
 
     try:
         check_cpu(cpu)
-    except ValueError as exc:
+    except ConfigError as exc:
         raise click.ClickException(f"--cpu {cpu}: {exc}") from None
 
 
@@ -184,7 +185,7 @@ def _gate_plan(mode: str, gate: dict):
                         quantile=gate["gate_quantile"], warmup_s=gate["warmup_s"],
                         policy="open-loop" if gate["open_loop"] else "gated",
                         deadline_ms=gate["deadline_ms"])
-    except ValueError as exc:
+    except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
 @click.command("run")
 @click.argument("bundle", type=click.Path(path_type=str))
@@ -292,7 +293,7 @@ def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, capture, dur
                                stall_ms=stall_ms, stale_ms=stale_ms, max_lost_samples=max_lost_samples,
                                refuse_unhealthy=refuse_unhealthy,
                                status_interval_s=status_s)
-    except ValueError as exc:
+    except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
     array = None
@@ -485,7 +486,7 @@ def _simulated_array(b, kind, speed, seed, channels, drop_frames, stall_ms, stal
         faults = FaultConfig(drop_frames_p=drop_frames, stall_ms=stall_ms, stall_every_s=stall_every_s)
         return SimulatedArray(channel_map, kind=kind, speed=speed, seed=seed,
                               frame_samples=b.window_spec.patch_samples, faults=faults)
-    except (ValueError, OSError) as exc:
+    except (PhospheneError, OSError) as exc:
         raise click.ClickException(f"cannot start the simulator: {exc}") from None
 
 
@@ -559,7 +560,7 @@ def bench(bundle, threads, runs, warmup, runtime_name, budget_ms, stream, durati
                                             runtime=runtime_name, latency_budget_ms=result["budget_ms"],
                                             realtime_priority=realtime, cpu=cpu, load=load)
             result["budget_ok"] = bool(result["budget_ok"] and result["stream"]["budget_ok"])
-    except (ValueError, OSError) as exc:
+    except (PhospheneError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -600,7 +601,7 @@ def verify(bundle, runtime_name, as_json, key_file, pin):
 
     try:
         report = verify_bundle(bundle, runtime=runtime_name, key=key_file, pin=pin)
-    except (ValueError, OSError, ImportError) as exc:
+    except (PhospheneError, OSError, ImportError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(report, indent=2))

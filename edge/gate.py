@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from phosphene.errors import ConfigError
 from phosphene.firmware_bridge.protocol import StimAck, encode_stim_command
 
 __all__ = ["POLICIES", "CommandLink", "Gate", "GatePlan"]
@@ -63,27 +64,27 @@ class GatePlan:
 
     def __post_init__(self) -> None:
         if not self.electrodes:
-            raise ValueError("a plan needs at least one electrode")
+            raise ConfigError("a plan needs at least one electrode")
         if len(self.currents_ua) not in (1, len(self.electrodes)):
-            raise ValueError(f"give one current for all electrodes or one per electrode "
-                             f"({len(self.electrodes)}), got {len(self.currents_ua)}")
+            raise ConfigError(f"give one current for all electrodes or one per electrode "
+                              f"({len(self.electrodes)}), got {len(self.currents_ua)}")
         if not all(c > 0 for c in self.currents_ua):
-            raise ValueError(f"stimulation currents must be > 0 uA, got {self.currents_ua}")
+            raise ConfigError(f"stimulation currents must be > 0 uA, got {self.currents_ua}")
         if self.count < 1:
-            raise ValueError(f"count must be >= 1, got {self.count}")
+            raise ConfigError(f"count must be >= 1, got {self.count}")
         if self.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+            raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         if (self.threshold is None) == (self.quantile is None):
-            raise ValueError("give exactly one of threshold (P in (0, 1)) and quantile (in (0, 1))")
+            raise ConfigError("give exactly one of threshold (P in (0, 1)) and quantile (in (0, 1))")
         for name in ("threshold", "quantile"):
             v = getattr(self, name)
             if v is not None and not 0.0 < v < 1.0:
-                raise ValueError(f"{name} must be in (0, 1), got {v}")
+                raise ConfigError(f"{name} must be in (0, 1), got {v}")
         for name in ("min_interval_s", "max_wait_s", "warmup_s", "refractory_s", "history_s"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0 s, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 0 s, got {getattr(self, name)}")
         if not self.deadline_ms > 0 or not self.ack_timeout_s > 0:
-            raise ValueError("deadline_ms and ack_timeout_s must be > 0")
+            raise ConfigError("deadline_ms and ack_timeout_s must be > 0")
 
     def target(self, index: int) -> tuple[int, float]:
         """(electrode, current_ua) of the index-th command (0-based): electrodes in turn."""

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import click
 import numpy as np
 
+from phosphene.errors import PhospheneError
+
 __all__ = ["LoopConfig", "bench_loop", "compare", "newcombe_diff_ci", "run_policy", "wilson_ci"]
 
 Z95 = 1.959963984540054
@@ -359,7 +361,7 @@ def bench_loop(bundle, policies, count, electrodes, min_interval_s, max_wait_s, 
     try:
         result = run_benchmark(b, config, tuple(policies) or ("open-loop", "gated", "oracle"),
                                threads=threads, progress=lambda m: click.echo(f"[bench-loop] {m}", err=True))
-    except (ValueError, OSError, RuntimeError) as exc:
+    except (PhospheneError, OSError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     if out:
         from phosphene.io import write_json

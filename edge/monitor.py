@@ -34,7 +34,7 @@ from importlib import resources
 
 import numpy as np
 
-from phosphene.errors import PhospheneError
+from phosphene.errors import ConfigError, PhospheneError
 
 __all__ = [
     "MonitorError",
@@ -210,7 +210,7 @@ class MonitorFeed:
     def __init__(self, channel_map, *, threshold: float | None, interval_s: float = 1.0,
                  history_s: float = 60.0, max_events: int = 2048):
         if not interval_s > 0:
-            raise ValueError(f"monitor interval must be > 0 s, got {interval_s}")
+            raise ConfigError(f"monitor interval must be > 0 s, got {interval_s}")
         self.channel_map = channel_map
         self.threshold = threshold
         self.interval_ns = int(interval_s * 1e9)

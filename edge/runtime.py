@@ -34,6 +34,7 @@ import numpy as np
 from phosphene.edge.health import HealthReport, InputHealth
 from phosphene.edge.normaliser import EdgeNormaliser
 from phosphene.edge.stats import LatencyHistogram, peak_rss_mb, rss_mb
+from phosphene.errors import ConfigError
 from phosphene.firmware_bridge.protocol import StimAck
 from phosphene.signal import NormaliserConfig, WindowSpec
 
@@ -137,15 +138,15 @@ class RuntimeConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not self.latency_budget_ms > 0:
-            raise ValueError(f"latency budget must be > 0 ms, got {self.latency_budget_ms}")
+            raise ConfigError(f"latency budget must be > 0 ms, got {self.latency_budget_ms}")
         if not self.stall_ms > 0:
-            raise ValueError(f"stall time must be > 0 ms, got {self.stall_ms}")
+            raise ConfigError(f"stall time must be > 0 ms, got {self.stall_ms}")
         if not self.stale_ms > 0:
-            raise ValueError(f"staleness bound must be > 0 ms, got {self.stale_ms}")
+            raise ConfigError(f"staleness bound must be > 0 ms, got {self.stale_ms}")
         if self.max_lost_samples < 0:
-            raise ValueError(f"max lost samples must be >= 0, got {self.max_lost_samples}")
+            raise ConfigError(f"max lost samples must be >= 0, got {self.max_lost_samples}")
 
 
 # --------------------------------------------------------------------------------------
@@ -687,7 +688,6 @@ class _Pending:
     onset: StimOnset
     start: int
     stop: int
-    t_event_ns: int
 
 
 @dataclass
@@ -748,7 +748,6 @@ class Runtime:
         self._last_stall_line_ns = 0
         self._stall_lines = 0  # lines in the current stall: their spacing doubles up to a minute
         self._stale_run: tuple | None = None  # skipped stale windows not yet written: start, stop, age, n, t0
-        self._mismatch_ns = 0  # last time a mismatched block arrived
         self._last_mismatch_line_ns = 0
         self._mismatch_detail = ""
         self._decision_index = 0
@@ -907,7 +906,7 @@ class Runtime:
         if len(self._pending) >= self.config.max_pending:
             p = self._pending.popleft()
             self._no_decision("window_expired", t_read_ns, onset=p.onset, window=(p.start, p.stop))
-        self._pending.append(_Pending(onset, start, stop, t_read_ns))
+        self._pending.append(_Pending(onset, start, stop))
 
     def _decide_ready_triggers(self, head: int, t_read_ns: int, read_parse_ns: int,
                                normalise_ns: int) -> None:
@@ -1067,7 +1066,6 @@ class Runtime:
             return True
         self.counters.mismatched_blocks += 1
         now = self.clock_ns()
-        self._mismatch_ns = now
         self._mismatch_detail = (f"stream has {C} channels at {rate if rate is not None else '?'} Hz, "
                                  f"bundle expects {self.n_channels} at {self.spec.sample_rate_hz:g} Hz")
         # one line per stall_ms at most: explicit, but a mismatched stream must not flood the log

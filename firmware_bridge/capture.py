@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Self
 
+from phosphene.errors import ConfigError
 from phosphene.firmware_bridge.protocol import (
     SYNC,
     VERSION,
@@ -235,7 +236,7 @@ class Replayer:
     def __init__(self, path: str | os.PathLike, *, speed: float = 1.0,
                  stop_event: threading.Event | None = None):
         if not (speed >= 0 and speed != float("inf")):
-            raise ValueError(f"speed must be >= 0 (0 = unpaced), got {speed}")
+            raise ConfigError(f"speed must be >= 0 (0 = unpaced), got {speed}")
         self.path = Path(path)
         self.speed = speed
         self.error: BaseException | None = None
@@ -259,7 +260,7 @@ class Replayer:
     def start(self, port: Any, duration_s: float | None = None) -> threading.Thread:
         """run() in a daemon thread; errors land in `.error`. duration_s must be None."""
         if duration_s is not None:
-            raise ValueError("a replay sends the whole capture; it takes no duration")
+            raise ConfigError("a replay sends the whole capture; it takes no duration")
         from phosphene.firmware_bridge.simulator import _run_in_thread
 
         return _run_in_thread(self, "replay", lambda: self.run(port))

@@ -7,6 +7,8 @@ import json
 
 import click
 
+from phosphene.errors import ConfigError, PhospheneError
+
 __all__ = ["simulate_stream"]
 
 _PROB = click.FloatRange(0.0, 1.0)
@@ -142,7 +144,7 @@ def simulate_stream(port, use_pty, kind, dataset_path, session, seed, duration, 
             config = SimulatorConfig(frame_samples=frame_samples, sample_format=wire_format,
                                      scale_uv=scale_uv, speed=speed, status_every_s=status_every,
                                      seed=seed, faults=faults)
-        except ValueError as exc:
+        except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
         source = _open_source(dataset_path, session, kind, seed)
         fmt = (int(source.n_channels), round(source.sample_rate_hz), frame_samples)
@@ -298,14 +300,13 @@ def _report(runner, where: str, replay: str | None, source, as_json: bool) -> No
 
 
 def _open_source(dataset_path, session, kind, seed):
-    from phosphene.dataset import DatasetError
     from phosphene.firmware_bridge.simulator import CortexSource, DatasetSource
 
     try:
         if dataset_path is not None:
             return DatasetSource(dataset_path, session)
         return CortexSource(kind or "psychometric", seed=seed)
-    except (DatasetError, KeyError, ValueError, OSError) as exc:
+    except (PhospheneError, KeyError, OSError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         raise click.ClickException(str(msg)) from None
 

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from phosphene.errors import ConfigError, InputError
 from phosphene.firmware_bridge.protocol import (
     DEFAULT_SAMPLE_FORMAT,
     SAMPLE_FORMATS,
@@ -85,7 +86,7 @@ CORTEX_KINDS = ("resting", "psychometric", "threshold", CLOSED_LOOP_KIND)
 def default_scale_uv(sample_format: str) -> float:
     """The simulator's scale_uv for a wire sample format."""
     if sample_format not in SAMPLE_FORMATS:
-        raise ValueError(f"sample_format must be one of {SAMPLE_FORMATS}, got {sample_format!r}")
+        raise ConfigError(f"sample_format must be one of {SAMPLE_FORMATS}, got {sample_format!r}")
     return DEFAULT_SCALE_UV if sample_format == "int16" else DEFAULT_SCALE_UV_FLOAT16
 
 
@@ -118,7 +119,7 @@ class CortexSource:
         from phosphene.cortex import VirtualCortex
 
         if kind not in CORTEX_KINDS:
-            raise ValueError(f"kind must be one of {', '.join(CORTEX_KINDS)}, got {kind!r}")
+            raise ConfigError(f"kind must be one of {', '.join(CORTEX_KINDS)}, got {kind!r}")
         self.cortex = VirtualCortex(channel_map, seed=seed)
         self.commanded = kind == CLOSED_LOOP_KIND
         self.stream = self.cortex.stream("resting" if self.commanded else kind, day=day,
@@ -176,7 +177,7 @@ class DatasetSource:
         self._currents = trials.current_ua[mask][order].astype(np.float64)
         self.n_samples = int(info.n_samples)
         if self.n_samples <= 0:
-            raise ValueError(f"session {session!r} of {dataset.path} is empty")
+            raise InputError(f"session {session!r} of {dataset.path} is empty")
         self.t = 0
 
     def describe(self) -> dict:
@@ -224,13 +225,13 @@ class FaultConfig:
                      "reorder_frames_p"):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name} is a probability in [0, 1], got {p}")
+                raise ConfigError(f"{name} is a probability in [0, 1], got {p}")
         if self.stall_ms < 0 or self.stall_every_s < 0 or self.garbage_every_s < 0:
-            raise ValueError("stall_ms, stall_every_s and garbage_every_s must be >= 0")
+            raise ConfigError("stall_ms, stall_every_s and garbage_every_s must be >= 0")
         if self.garbage_burst_bytes < 0:
-            raise ValueError(f"garbage_burst_bytes must be >= 0, got {self.garbage_burst_bytes}")
+            raise ConfigError(f"garbage_burst_bytes must be >= 0, got {self.garbage_burst_bytes}")
         if self.restart_seq_at_s is not None and self.restart_seq_at_s <= 0:
-            raise ValueError(f"restart_seq_at_s must be > 0 s, got {self.restart_seq_at_s}")
+            raise ConfigError(f"restart_seq_at_s must be > 0 s, got {self.restart_seq_at_s}")
 
     @property
     def any(self) -> bool:
@@ -261,18 +262,18 @@ class SimulatorConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.frame_samples <= 0xFFFF:
-            raise ValueError(f"frame_samples must be 1..65535, got {self.frame_samples}")
+            raise ConfigError(f"frame_samples must be 1..65535, got {self.frame_samples}")
         if self.sample_format not in SAMPLE_FORMATS:
-            raise ValueError(f"sample_format must be one of {SAMPLE_FORMATS}, "
-                             f"got {self.sample_format!r}")
+            raise ConfigError(f"sample_format must be one of {SAMPLE_FORMATS}, "
+                              f"got {self.sample_format!r}")
         if self.scale_uv is None:
             object.__setattr__(self, "scale_uv", default_scale_uv(self.sample_format))
         if not (self.scale_uv > 0 and math.isfinite(self.scale_uv)):
-            raise ValueError(f"scale_uv must be a positive uV per LSB, got {self.scale_uv}")
+            raise ConfigError(f"scale_uv must be a positive uV per LSB, got {self.scale_uv}")
         if not (self.speed >= 0 and math.isfinite(self.speed)):
-            raise ValueError(f"speed must be >= 0 (0 = unpaced), got {self.speed}")
+            raise ConfigError(f"speed must be >= 0 (0 = unpaced), got {self.speed}")
         if self.status_every_s < 0:
-            raise ValueError(f"status_every_s must be >= 0, got {self.status_every_s}")
+            raise ConfigError(f"status_every_s must be >= 0, got {self.status_every_s}")
 
 
 @dataclass
@@ -500,7 +501,7 @@ class Simulator:
         file-like object.
         """
         if duration_s is not None and not duration_s > 0:
-            raise ValueError(f"duration_s must be > 0 (or None to run until stopped), got {duration_s}")
+            raise ConfigError(f"duration_s must be > 0 (or None to run until stopped), got {duration_s}")
         sink = self._sink = _make_sink(port, self._stop)
         try:
             self._loop(sink, duration_s)

@@ -25,7 +25,7 @@ from typing import Self
 
 import serial
 
-from phosphene.errors import PhospheneError
+from phosphene.errors import ConfigError, PhospheneError
 from phosphene.firmware_bridge.protocol import Frame, StreamDecoder
 
 __all__ = [
@@ -240,7 +240,7 @@ class SerialReader:
                  exclusive: bool = True, on_connect: Callable[[int], None] | None = None,
                  name: str | None = None):
         if backoff_initial_s <= 0 or backoff_max_s < backoff_initial_s:
-            raise ValueError("need 0 < backoff_initial_s <= backoff_max_s")
+            raise ConfigError("need 0 < backoff_initial_s <= backoff_max_s")
         self.port = port
         self._named = name is not None or isinstance(port, str)
         if name is not None:
