@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from phosphene.errors import ConfigError
 from phosphene.geometry import ChannelMap, utah_96
 
 __all__ = [
@@ -210,7 +211,7 @@ class SessionStream:
     def __init__(self, cortex: VirtualCortex, kind: str, *, day: int, session_index: int,
                  electrodes: tuple[int, ...] | None, currents_ua: tuple[float, ...] | None):
         if kind not in ("resting", "psychometric", "threshold"):
-            raise ValueError(f"session kind must be resting, psychometric or threshold, got {kind!r}")
+            raise ConfigError(f"session kind must be resting, psychometric or threshold, got {kind!r}")
         self.cortex = cortex
         self.kind = kind
         cfg = cortex.config
@@ -459,7 +460,7 @@ def pre_stimulus_ceiling(cortex: VirtualCortex,
         ids = set(cortex.channel_map.ids)
         conditions = [(e, cortex.i50_ua[e]) for e in THRESHOLD_ELECTRODES if e in ids]
     if not conditions:
-        raise ValueError("conditions must name at least one (electrode, current_ua) pair")
+        raise ConfigError("conditions must name at least one (electrode, current_ua) pair")
     g = np.linspace(-8.0, 8.0, n_grid)
     w = np.exp(-0.5 * g**2)
     w /= w.sum()
@@ -573,7 +574,7 @@ def generate_dataset(out: str | Path, *, preset: str | DatasetPreset = "demo", s
 
     if isinstance(preset, str):
         if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         preset = PRESETS[preset]
     cortex = VirtualCortex(channel_map, seed=seed, config=config)
     plan = _session_plan(preset)

@@ -90,7 +90,7 @@ def simulate_dataset(out, preset, seed, channels, map_file, resting_hours, eval_
                               overwrite=overwrite, progress=lambda label, f: bar.update(f, label))
     except FileExistsError as exc:
         raise click.ClickException(str(exc)) from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         raise click.ClickException(f"could not write {out}: {exc}") from None
     bar.close(f"wrote {out}")
     summary = _with_evaluation(ds)
