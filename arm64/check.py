@@ -142,7 +142,7 @@ def pty_run(bundle: Path, out: Path, seconds: float) -> dict:
     """Host simulator -> pty -> arm64 `phosphene run --mode triggered`."""
     host_phosphene = HOST_PY.parent / "phosphene"
     sim = subprocess.Popen([str(host_phosphene), "simulate", "stream", "--pty", "--kind", "psychometric",
-                            "--seed", "0", "--duration", str(seconds + STEP_TIMEOUT_S), "--quiet", "--json"],
+                            "--seed", "0", "--duration-s", str(seconds + STEP_TIMEOUT_S), "--quiet", "--json"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = sim.stderr.readline()  # {"pty": "/dev/pts/N"}, printed before streaming starts
@@ -155,7 +155,7 @@ def pty_run(bundle: Path, out: Path, seconds: float) -> dict:
         # Emulation runs the runtime several times slower than a board: a generous stall bound
         # keeps 'stall' no-decisions from hiding the decisions this step is about.
         proc = run_cmd([launcher("litert"), "-m", "phosphene", "run", str(bundle), "--port", pty,
-                        "--mode", "triggered", "--duration", str(seconds), "--json",
+                        "--mode", "triggered", "--duration-s", str(seconds), "--json",
                         "--stall-ms", "2000", "--status-s", "0", "--out", str(log_file)],
                        what="arm64 phosphene run", timeout_s=seconds + 300)
     finally:

@@ -204,7 +204,7 @@ def _gate_plan(mode: str, gate: dict):
 @click.option("--capture", type=click.Path(dir_okay=False, path_type=str), metavar="FILE",
               help="Also write every byte read to FILE (complete when the run ends), to replay "
                    "the session later with `phosphene simulate stream --replay FILE`.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="S",
+@click.option("--duration-s", "--duration", "duration", type=click.FloatRange(min=0, min_open=True), metavar="S",
               help="Stop after S seconds (default: run until SIGINT/SIGTERM).")
 @click.option("--budget-ms", type=click.FloatRange(min=0, min_open=True),
               help="Latency budget per decision (default: the bundle's).")
@@ -270,7 +270,7 @@ def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, capture, dur
 
     \b
     Examples:
-      phosphene run bundle --pty-from-simulator --mode triggered --duration 20
+      phosphene run bundle --pty-from-simulator --mode triggered --duration-s 20
       phosphene run bundle --port /dev/ttyACM0 --mode continuous --json --out decisions.jsonl
       phosphene run bundle --pty-from-simulator --monitor 8080     # then open http://127.0.0.1:8080/
       phosphene run bundle --pty-from-simulator --mode gated --stim-electrode 25 \\
@@ -506,7 +506,8 @@ def _simulated_array(b, kind, speed, seed, channels, drop_frames, stall_ms, stal
               help="Latency budget to check (default: the bundle's).")
 @click.option("--stream", is_flag=True,
               help="Also measure end to end: the live runtime reading a pty fed by the simulator at real time.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+@click.option("--duration-s", "--duration", "duration",
+              type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               metavar="S", help="With --stream: seconds of stream.")
 @click.option("--realtime", type=click.IntRange(1, 99), metavar="PRIO",
               help="Measure at SCHED_FIFO priority PRIO, as a dedicated board would run (root or "
@@ -539,8 +540,8 @@ def bench(bundle, threads, runs, warmup, runtime_name, budget_ms, stream, durati
       phosphene bench bundle
       phosphene bench bundle --threads 1 --runs 5000 --json
       phosphene bench bundle --runs 3000 --load 1 --json
-      phosphene bench bundle --stream --duration 60
-      phosphene bench bundle --stream --duration 600 --realtime 50 --cpu 1 --load 1
+      phosphene bench bundle --stream --duration-s 60
+      phosphene bench bundle --stream --duration-s 600 --realtime 50 --cpu 1 --load 1
     """
     from phosphene.edge.benchmark import BenchConfig, bench_bundle, format_bench
 

@@ -331,7 +331,7 @@ def score(decisions, dataset_path, session, task, bundle_path, probe, as_json):
     \b
     Example:
       phosphene simulate stream --pty --dataset data/eval --session psyc-e000
-      phosphene run bundle --port /dev/pts/5 --out decisions.jsonl --duration 60
+      phosphene run bundle --port /dev/pts/5 --out decisions.jsonl --duration-s 60
       phosphene score decisions.jsonl --dataset data --bundle bundle
     """
     try:

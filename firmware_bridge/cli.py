@@ -30,13 +30,16 @@ def _fault_options(func):
                      help="Probability that a frame is sent after the next one."),
         click.option("--stall-ms", type=_NONNEG, default=0.0, show_default=True,
                      help="Stall the link for N ms (then catch up, as a buffered device does)."),
-        click.option("--stall-every", type=_NONNEG, default=0.0, show_default=True,
+        click.option("--stall-every-s", "--stall-every", "stall_every", type=_NONNEG, default=0.0, show_default=True,
                      help="Repeat the stall every S seconds of stream (0: once, at 1 s)."),
-        click.option("--garbage-burst", type=click.IntRange(min=0), default=0, show_default=True,
+        click.option("--garbage-burst-bytes", "--garbage-burst", "garbage_burst",
+                     type=click.IntRange(min=0), default=0, show_default=True,
                      help="Insert a burst of N random bytes between two frames."),
-        click.option("--garbage-every", type=_NONNEG, default=0.0, show_default=True,
+        click.option("--garbage-every-s", "--garbage-every", "garbage_every",
+                     type=_NONNEG, default=0.0, show_default=True,
                      help="Repeat the garbage burst every S seconds of stream (0: once, at 1 s)."),
-        click.option("--restart-seq-at", type=click.FloatRange(min=0.0, min_open=True), default=None,
+        click.option("--restart-seq-at-s", "--restart-seq-at", "restart_seq_at",
+                     type=click.FloatRange(min=0.0, min_open=True), default=None,
                      help="Reboot the device once at S seconds: sequence and sample counter restart at 0."),
     ]
     for option in reversed(options):
@@ -59,7 +62,7 @@ def _fault_options(func):
 @click.option("--session", default=None, help="Session id in --dataset (default: the first).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the virtual cortex and the fault generator.")
-@click.option("--duration", type=click.FloatRange(min=0.0, min_open=True), default=None,
+@click.option("--duration-s", "--duration", "duration", type=click.FloatRange(min=0.0, min_open=True), default=None,
               help="Seconds of stream to send (default: until Ctrl-C).")
 @click.option("--speed", type=_NONNEG, default=1.0, show_default=True,
               help="Pace: 1 = real time, 10 = ten times faster, 0 = as fast as the port takes it.")
@@ -73,7 +76,7 @@ def _fault_options(func):
               help="Microvolts per unit on the wire (default 0.02 for int16, 1.0 for float16). "
                    "With float16 it only moves the range (+-65504 x scale) and keeps the "
                    "relative precision; 1.0 suits MUA.")
-@click.option("--status-every", type=_NONNEG, default=1.0, show_default=True,
+@click.option("--status-every-s", "--status-every", "status_every", type=_NONNEG, default=1.0, show_default=True,
               help="Seconds between STATUS frames (0: only at start and end).")
 @click.option("--baud", type=click.IntRange(min=1), default=None,
               help="Baud rate for a real serial port (default 3000000; ignored by ptys and URLs). "
@@ -110,13 +113,13 @@ def simulate_stream(port, use_pty, kind, dataset_path, session, seed, duration, 
 
     \b
     Examples:
-      phosphene simulate stream --pty --duration 60 --kind psychometric
+      phosphene simulate stream --pty --duration-s 60 --kind psychometric
       phosphene simulate stream --port /dev/ttyUSB0 --baud 3000000
       phosphene simulate stream --pty --speed 10 --drop-frames 0.01 --flip-bits 1e-6 --json
       phosphene simulate stream --port socket://localhost:7777 --dataset data --session rest-0
-      phosphene simulate stream --pty --duration 60 --capture session.wire
+      phosphene simulate stream --pty --duration-s 60 --capture session.wire
       phosphene simulate stream --pty --replay session.wire --speed 2
-      phosphene simulate stream --pty --kind closed-loop --truth truth.jsonl --duration 120
+      phosphene simulate stream --pty --kind closed-loop --truth truth.jsonl --duration-s 120
     """
     from phosphene.firmware_bridge.simulator import FaultConfig, Simulator, SimulatorConfig
 

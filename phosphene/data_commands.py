@@ -22,7 +22,7 @@ def simulate() -> None:
     \b
     Examples:
       phosphene simulate dataset --out data --preset demo --seed 0
-      phosphene simulate stream --pty --duration 60 --kind psychometric
+      phosphene simulate stream --pty --duration-s 60 --kind psychometric
     """
 
 

@@ -243,7 +243,7 @@ def run_demo(settings: DemoSettings) -> dict:
     verify = stages.run("verify", _phosphene, "verify", str(bundle_dir), "--json", capture_json=True)
     stream = stages.run(
         "stream", _phosphene, "run", str(bundle_dir), "--pty-from-simulator", "--mode", "triggered",
-        "--duration", f"{settings.stream_seconds:g}", "--sim-kind", "psychometric", "--json",
+        "--duration-s", f"{settings.stream_seconds:g}", "--sim-kind", "psychometric", "--json",
         "--out", str(out / "decisions.jsonl"), capture_json=True, log=out / "run.log",
         timeout_s=settings.stream_seconds + 120)
     bench = stages.run("bench", _phosphene, "bench", str(bundle_dir), "--threads", "1", "--runs",

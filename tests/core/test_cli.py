@@ -137,3 +137,31 @@ def test_a_missing_package_is_named_but_a_broken_phosphene_module_is_not_hidden(
     assert r.exit_code == 1 and "needs a package that is not installed (no_such_package_for_phosphene)" in r.output
     r = CliRunner().invoke(group, ["broken"])
     assert isinstance(r.exception, ModuleNotFoundError) and "not installed" not in r.output
+
+
+def test_every_quantity_option_names_its_unit():
+    """CLI convention: a number with a unit says it in the option's name (--duration-s,
+    --stall-ms, --current-ua); older spellings stay as aliases. Only unitless numbers
+    (ratios, probabilities, learning rates) are exempt, and they are listed here."""
+    unitless = {"--speed", "--sim-speed", "--flip-bits", "--drop-bytes", "--drop-frames", "--duplicate-frames",
+                "--reorder-frames", "--sim-drop-frames", "--lr", "--lr-min", "--min-cosine",
+                "--min-agreement", "--min-wire-agreement", "--gate-threshold", "--gate-quantile",
+                "--quantile"}
+    ctx = click.Context(cli)
+    missing, seen = [], 0
+
+    def walk(cmd, path):
+        nonlocal seen
+        if isinstance(cmd, click.Group):
+            for name in cmd.list_commands(ctx):
+                walk(cmd.get_command(ctx, name), f"{path} {name}")
+            return
+        for p in cmd.params:
+            if isinstance(p, click.Option) and (p.type is click.FLOAT or isinstance(p.type, click.FloatRange)):
+                seen += 1
+                name = next(o for o in p.opts if o.startswith("--"))
+                if name not in unitless and not name.endswith(("-s", "-ms", "-ua", "-hz", "-uv", "-hours")):
+                    missing.append(f"{path} {name}")
+
+    walk(cli, "phosphene")
+    assert seen > 30 and missing == []

@@ -260,8 +260,8 @@ def test_split_at_cuts_resting_and_task_and_reports_warmup_trials(tmp_path, rec)
     lines, log = collect()
     import_array(tmp_path / "rec.npy", out=tmp_path / "ds2", bin_ms=50,
                  trials_csv=tmp_path / "events.csv", label_column="choice", split_at=30.0, log=log)
-    assert any(ln.startswith("warning: ") and "lie before --split-at 30 s" in ln for ln in lines)
-    with pytest.raises(RecordingError, match=r"--split-at 99 s is outside the recording"):
+    assert any(ln.startswith("warning: ") and "lie before --split-at-s 30 s" in ln for ln in lines)
+    with pytest.raises(RecordingError, match=r"--split-at-s 99 s is outside the recording"):
         import_array(tmp_path / "rec.npy", out=tmp_path / "ds3", bin_ms=50, split_at=99, log=quiet)
 
 

@@ -317,7 +317,7 @@ def import_blackrock(nsx: str | Path, *, out: str | Path, nev: str | Path | None
         log(f"note: {warning}")
     if split_at is not None:
         if len(specs) != 1:
-            raise RecordingError(f"--split-at cuts a recording of one segment; {nsx} has "
+            raise RecordingError(f"--split-at-s cuts a recording of one segment; {nsx} has "
                                  f"{len(specs)} (each is already a session)")
         specs = split_session(specs[0], split_at, log=log)
     report = ImportReport(dataset=str(out), format="blackrock", notes=notes)

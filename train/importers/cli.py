@@ -70,7 +70,8 @@ def dataset_options(f):
                   show_default=True,
                   help="Broadband after each stimulation onset interpolated across before the "
                        "band-pass (0: off).")
-    @click.option("--split-at", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+    @click.option("--split-at-s", "--split-at", "split_at", type=click.FloatRange(min=0, min_open=True),
+                  metavar="SECONDS",
                   help="Cut the recording at SECONDS (its clock): the part before becomes the "
                        "resting session <session>-rest, the part after the task session.")
     @click.option("--append", is_flag=True, help="Add the sessions to an existing dataset.")
@@ -224,7 +225,7 @@ def array(file, input_kind, bin_ms, rate_hz, variable, layout, drop_columns, nor
       phosphene import array counts.npy --input-kind binned --bin-ms 20 --out data
       phosphene import array rec.mat --variable counts --layout channel-by-time --bin-ms 50 \\
           --trials events.csv --label-column choice --window-offset-ms 0 --window-ms 400 \\
-          --split-at 600 --out data
+          --split-at-s 600 --out data
     """
     if input_kind == "binned" and bin_ms is None:
         raise click.UsageError("--input-kind binned needs --bin-ms")

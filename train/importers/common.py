@@ -771,14 +771,14 @@ def split_session(spec: SessionSpec, at_s: float, *, log: Log = logger.info) -> 
     k = round((at_s - spec.t0_s) * spec.rate_hz)
     if not 0 < k < spec.n_input:
         raise RecordingError(
-            f"--split-at {at_s:g} s is outside the recording ({spec.t0_s:g}..."
+            f"--split-at-s {at_s:g} s is outside the recording ({spec.t0_s:g}..."
             f"{spec.t0_s + spec.n_input / spec.rate_hz:g} s on its clock)")
     cut_s = spec.t0_s + k / spec.rate_hz
     if abs(cut_s - at_s) > 1e-9:
-        log(f"note: --split-at {at_s:g} s falls inside an input sample; cutting at {cut_s:g} s")
+        log(f"note: --split-at-s {at_s:g} s falls inside an input sample; cutting at {cut_s:g} s")
     before = [e for e in spec.events if e.time_s < cut_s]
     if before:
-        log(f"warning: {len(before)} of {len(spec.events)} trials lie before --split-at "
+        log(f"warning: {len(before)} of {len(spec.events)} trials lie before --split-at-s "
             f"{cut_s:g} s and are left out (the resting part carries no trials)")
     read = spec.read
 

@@ -441,7 +441,7 @@ def import_nwb(path: str | Path, *, out: str | Path, series: list[str] | None = 
             sp.events = by_session[sp.session]
         if split_at is not None:
             if len(specs) != 1 or (specs[0].events and specs[0].events[0].onset_sample is not None):
-                raise RecordingError("--split-at cuts one recorded series; pick one with --series "
+                raise RecordingError("--split-at-s cuts one recorded series; pick one with --series "
                                      "(a phosphene export already holds its sessions)")
             specs = split_session(specs[0], split_at, log=log)
         report = ImportReport(dataset=str(out), format="nwb", notes=notes)
