@@ -1007,6 +1007,11 @@ class Runtime:
             return None
         self._decision_index += 1
         self.counters.decisions += 1
+        if self.gate is not None:  # only a decision made on valid input can stimulate; the
+            # command goes out before the decision line is formatted and written (it precedes
+            # that line in the log), so the log's write never delays a stimulation
+            self.gate.on_decision(stop - 1, float(p), t_decided, decision_index=self._decision_index,
+                                  refuse=self.health_report.refuse_reason() if self.health_report else None)
         record = {"type": "decision", "index": self._decision_index, "mode": self.config.mode,
                   "seq": ring.seq_at(stop - 1), "sample": stop - 1, "window": [start, stop],
                   "p_perceived": float(p), "decision": int(p >= self.decoder.threshold)}
@@ -1036,9 +1041,6 @@ class Runtime:
         self.stage_latency["decision"].add(max(decide_ns, 1) / 1e3)
         if total_ns > self._budget_ns:
             self.counters.budget_misses += 1
-        if self.gate is not None:  # only a decision made on valid input can stimulate
-            self.gate.on_decision(stop - 1, float(p), t_decided, decision_index=self._decision_index,
-                                  refuse=self.health_report.refuse_reason() if self.health_report else None)
         return None
 
     def _no_decision(self, reason: str, now_ns: int, *, onset: StimOnset | None = None,
