@@ -60,3 +60,21 @@ def save(name: str, result: dict) -> Path:
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def bench_bundle_path(path: str | None, tmp: Path) -> tuple[Path, str]:
+    """(bundle, what it is): the one given, else the demo's (demo-run/bundle), else the
+    tests' tiny bundle built in `tmp` (and said so: its figures are not the demo bundle's)."""
+    if path:
+        return Path(path), "given"
+    root = Path(__file__).resolve().parent.parent
+    demo = root / "demo-run" / "bundle"
+    if demo.is_dir():
+        return demo, "demo (demo-run/bundle)"
+    print("no demo bundle at demo-run/bundle: building the tests' tiny bundle instead "
+          "(its figures are NOT the demo bundle's)", file=sys.stderr)
+    sys.path.insert(0, str(root / "tests" / "edge"))
+    from tiny_bundle import make_tiny_bundle
+
+    return make_tiny_bundle(tmp / "tiny-bundle"), "tiny test bundle (no demo bundle found)"
+

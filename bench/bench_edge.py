@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, save, table
+from _common import bench_bundle_path, machine, save, table
 
 ROOT = Path(__file__).resolve().parent.parent
 # issue 15 (decision at the interpreter's floor, a tail that holds under load); rss: issue 6
@@ -36,18 +36,6 @@ TARGETS = {"decision_p50_over_invoke_p50": 1.5, "decision_p99_over_invoke_p99": 
            "e2e_p99_us": 1000.0, "rss_mb": 150.0}
 
 
-def _bundle(path: str | None, tmp: Path) -> tuple[Path, str]:
-    if path:
-        return Path(path), "given"
-    demo = ROOT / "demo-run" / "bundle"
-    if demo.is_dir():
-        return demo, "demo (demo-run/bundle)"
-    print("no demo bundle at demo-run/bundle: building the tests' tiny bundle instead "
-          "(its figures are NOT the demo bundle's)", file=sys.stderr)
-    sys.path.insert(0, str(ROOT / "tests" / "edge"))
-    from tiny_bundle import make_tiny_bundle
-
-    return make_tiny_bundle(tmp / "tiny-bundle"), "tiny test bundle (no demo bundle found)"
 
 
 def main(argv: list[str]) -> int:
@@ -68,7 +56,7 @@ def main(argv: list[str]) -> int:
     from phosphene.edge.bundle import load_bundle
 
     with tempfile.TemporaryDirectory() as tmp:
-        path, kind = _bundle(args.bundle, Path(tmp))
+        path, kind = bench_bundle_path(args.bundle, Path(tmp))
         runs = args.runs or (2000 if args.quick else 10_000)
         stream_s = 60.0 * args.minutes if args.minutes else (20.0 if args.quick else 60.0)
         print(f"decision latency: {runs} runs, 1 thread ...", file=sys.stderr, flush=True)

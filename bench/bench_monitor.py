@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import save, table
+from _common import bench_bundle_path, save, table
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_P99_RATIO = 1.10  # the issue: within 10% of no client
@@ -63,17 +63,6 @@ print(n, failed, flush=True)
 """
 
 
-def _bundle(path: str | None, tmp: Path) -> tuple[Path, str]:
-    if path:
-        return Path(path), "given"
-    demo = ROOT / "demo-run" / "bundle"
-    if demo.is_dir():
-        return demo, "demo (demo-run/bundle)"
-    print("no demo bundle at demo-run/bundle: building the tests' tiny bundle instead", file=sys.stderr)
-    sys.path.insert(0, str(ROOT / "tests" / "edge"))
-    from tiny_bundle import make_tiny_bundle
-
-    return make_tiny_bundle(tmp / "tiny-bundle"), "tiny test bundle (no demo bundle found)"
 
 
 def _percentiles(counts: np.ndarray, hist) -> dict:
@@ -107,7 +96,7 @@ def main(argv: list[str]) -> int:
     from phosphene.edge.source import SimulatedArrayProcess, run_live
 
     with tempfile.TemporaryDirectory() as tmp:
-        path, kind = _bundle(args.bundle, Path(tmp))
+        path, kind = bench_bundle_path(args.bundle, Path(tmp))
         bundle = load_bundle(path)
         decoder = BundleDecoder(bundle, threads=1)
         runtime = Runtime(decoder, spec=bundle.window_spec, normaliser_config=bundle.normaliser_config,
