@@ -247,22 +247,28 @@ def test_int8_runtime_decides_as_the_float_runtime(edge_bundle, edge_decoder, ps
     assert np.array_equal(latent8, latent)
 
 
+def _warm_ingest(bundle, decoder, *, seed: int, n_patches: int):
+    """An int8 StreamIngest past its warm-up (3 s of resting virtual cortex) and the next
+    n_patches 16-sample blocks of the same stream, for the steady-state tests."""
+    from phosphene.cortex import VirtualCortex
+
+    P = bundle.window_spec.patch_samples
+    ingest = StreamIngest(bundle.n_channels, bundle.normaliser_config, 1312, quant=decoder.input_quant,
+                          window_samples=bundle.window_spec.window_samples)
+    stream = VirtualCortex(bundle.channel_map, seed=seed).stream("resting")
+    x, _ = stream.read(3000)
+    ingest.add(SampleBlock(0, 0, x))
+    patches, _ = stream.read(n_patches * P)
+    return ingest, [SampleBlock(k, 3000 + k * P, patches[k * P:(k + 1) * P]) for k in range(n_patches)]
+
+
 def test_decision_path_allocates_nothing_collects_nothing_faults_nothing(edge_bundle, edge_decoder):
     """Steady state, 16-sample patches: ingest (normalise + quantise into the ring) and
     decode_int8 allocate no numpy memory, no garbage collection starts, no page fault."""
     import resource
 
-    from phosphene.cortex import VirtualCortex
-
-    spec, C = edge_bundle.window_spec, edge_bundle.n_channels
-    W, P = spec.window_samples, spec.patch_samples
-    ingest = StreamIngest(C, edge_bundle.normaliser_config, 1312, quant=edge_decoder.input_quant,
-                          window_samples=W)
-    stream = VirtualCortex(edge_bundle.channel_map, seed=1).stream("resting")
-    x, _ = stream.read(3000)
-    ingest.add(SampleBlock(0, 0, x))
-    patches, _ = stream.read(2000 * P)
-    blocks = [SampleBlock(k, 3000 + k * P, patches[k * P:(k + 1) * P]) for k in range(2000)]
+    W, P = edge_bundle.window_spec.window_samples, edge_bundle.window_spec.patch_samples
+    ingest, blocks = _warm_ingest(edge_bundle, edge_decoder, seed=1, n_patches=2000)
 
     def decide(block):
         ingest.add(block)
@@ -318,18 +324,9 @@ def test_numpy_allocates_nothing_per_decision(edge_bundle, edge_decoder):
     what was held before it) is a few array headers and Python scalars (~0.7 KB), never an
     array buffer (the float window was 48 KB, its int8 copy 12 KB, a 16-sample block 6 KB);
     the block that crosses a refresh boundary merges its statistics (~35 KB, freed)."""
-    from phosphene.cortex import VirtualCortex
-
-    spec, C = edge_bundle.window_spec, edge_bundle.n_channels
-    W, P = spec.window_samples, spec.patch_samples
+    W, P = edge_bundle.window_spec.window_samples, edge_bundle.window_spec.patch_samples
     R = edge_bundle.normaliser_config.refresh_samples
-    ingest = StreamIngest(C, edge_bundle.normaliser_config, 1312, quant=edge_decoder.input_quant,
-                          window_samples=W)
-    stream = VirtualCortex(edge_bundle.channel_map, seed=2).stream("resting")
-    x, _ = stream.read(3000)
-    ingest.add(SampleBlock(0, 0, x))
-    patches, _ = stream.read(500 * P)
-    blocks = [SampleBlock(k, 3000 + k * P, patches[k * P:(k + 1) * P]) for k in range(500)]
+    ingest, blocks = _warm_ingest(edge_bundle, edge_decoder, seed=2, n_patches=500)
 
     def decide(block):
         ingest.add(block)

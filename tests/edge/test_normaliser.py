@@ -5,20 +5,10 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from streams import stream_through
 
 from phosphene.edge.normaliser import EdgeNormaliser
 from phosphene.signal import Normaliser, NormaliserConfig
-
-
-def _stream(normaliser, x, chunks, prepare=True):
-    out, pos = [], 0
-    for n in chunks:
-        out.append(normaliser.process(x[pos:pos + n]))
-        if prepare:
-            normaliser.prepare()
-            normaliser._prepared and normaliser._prepared.future.result()  # deterministic: sorted now
-        pos += n
-    return np.concatenate(out)
 
 
 @settings(deadline=None, max_examples=25)
@@ -38,7 +28,7 @@ def test_edge_normaliser_equals_core(seed, quantised, wide, frame, lead):
     chunks = [frame] * (T // frame) + ([T % frame] if T % frame else [])
     expected = Normaliser(C, cfg).process(x)
     edge = EdgeNormaliser(C, cfg, lead_samples=lead)
-    got = _stream(edge, x, chunks)
+    got = stream_through(edge, x, chunks)
     assert np.array_equal(got, expected, equal_nan=True)
     if lead >= frame and not wide:  # every refresh could be prepared one frame ahead: the fast path ran
         # (a lead as long as the refresh period leaves the first refresh too few known samples)
@@ -54,13 +44,13 @@ def test_edge_normaliser_paper_config_fast_path_and_fallbacks():
     cfg = NormaliserConfig()
     expected = Normaliser(C, cfg).process(x)
     edge = EdgeNormaliser(C, cfg)
-    assert np.array_equal(_stream(edge, x, [16] * (len(x) // 16) + [len(x) % 16]), expected,
+    assert np.array_equal(stream_through(edge, x, [16] * (len(x) // 16) + [len(x) % 16]), expected,
                           equal_nan=True)
     assert edge.fast_refreshes == 12 and edge.slow_refreshes == 0
     # never prepared (or the z-score method): the core refresh runs, same output
     lazy = EdgeNormaliser(C, cfg)
-    assert np.array_equal(_stream(lazy, x, [500] * 25, prepare=False), expected, equal_nan=True)
+    assert np.array_equal(stream_through(lazy, x, [500] * 25, prepare=False), expected, equal_nan=True)
     assert lazy.fast_refreshes == 0 and lazy.slow_refreshes == 12
     z = NormaliserConfig(method="zscore")
-    assert np.array_equal(_stream(EdgeNormaliser(C, z), x, [16] * 781 + [4]),
+    assert np.array_equal(stream_through(EdgeNormaliser(C, z), x, [16] * 781 + [4]),
                           Normaliser(C, z).process(x), equal_nan=True)

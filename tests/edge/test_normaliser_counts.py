@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from streams import stream_through
 
 from phosphene.edge.normaliser import EdgeNormaliser
 from phosphene.signal import Normaliser, NormaliserConfig
@@ -25,16 +26,6 @@ def _held_counts(rng, T: int, C: int, bin_ms: int, rates_hz: np.ndarray) -> np.n
     counts = rng.poisson(rates_hz[None, :] * bin_ms / 1000.0, (n_bins, C))
     return np.repeat(counts * np.float32(1000.0 / bin_ms), bin_ms, axis=0)[:T].astype(np.float32)
 
-
-def _stream(normaliser, x, chunks, prepare=True):
-    out, pos = [], 0
-    for n in chunks:
-        out.append(normaliser.process(x[pos:pos + n]))
-        if prepare:
-            normaliser.prepare()
-            normaliser._prepared and normaliser._prepared.future.result()
-        pos += n
-    return np.concatenate(out)
 
 
 @settings(deadline=None, max_examples=20)
@@ -49,7 +40,7 @@ def test_edge_poisson_floor_equals_core(seed, bin_ms, frame, lead, method):
     cfg = NormaliserConfig.for_counts(bin_ms, window_s=0.8, refresh_s=0.2, method=method)
     expected = Normaliser(C, cfg).process(x)
     edge = EdgeNormaliser(C, cfg, lead_samples=lead)
-    got = _stream(edge, x, [frame] * (T // frame) + ([T % frame] if T % frame else []))
+    got = stream_through(edge, x, [frame] * (T // frame) + ([T % frame] if T % frame else []))
     assert np.array_equal(got, expected, equal_nan=True)
     if method == "robust":
         assert edge.fast_refreshes > 0  # the prepared path ran, not only the core's refresh
@@ -68,12 +59,12 @@ def test_edge_counts_normaliser_paper_window():
     counts = NormaliserConfig.for_counts(bin_ms)  # what a binned import records
     expected = Normaliser(C, counts).process(x)
     edge = EdgeNormaliser(C, counts)
-    assert np.array_equal(_stream(edge, x, chunks), expected, equal_nan=True)
+    assert np.array_equal(stream_through(edge, x, chunks), expected, equal_nan=True)
     assert edge.slow_refreshes == 12  # z-score: the core's own refresh, on the edge too
     # robust statistics with the same floor: the prepared fast path, same bytes as the core
     robust = NormaliserConfig.for_counts(bin_ms, method="robust")
     edge = EdgeNormaliser(C, robust)
-    assert np.array_equal(_stream(edge, x, chunks), Normaliser(C, robust).process(x), equal_nan=True)
+    assert np.array_equal(stream_through(edge, x, chunks), Normaliser(C, robust).process(x), equal_nan=True)
     assert edge.fast_refreshes == 12 and edge.slow_refreshes == 0
     # the MUA normaliser on the same counts saturates; the counts one does not
     mua = Normaliser(C, NormaliserConfig()).process(x)[1000:]

@@ -38,6 +38,14 @@ def _check_kind(ctx, param, value):
     return value
 
 
+normaliser_option = click.option(
+    "--normaliser", type=click.Choice(["auto", "counts", "mua"]), default="auto", show_default=True,
+    help="The normaliser recorded in the dataset (pretraining, probes and bundles use it): counts = "
+         "rolling z-score whose scale is at least the Poisson SD of each unit's count (one count "
+         "per bin at least); mua = the paper's robust median/MAD. auto: counts for binned "
+         "counts, else mua.")
+
+
 def dataset_options(f):
     """Options every import shares: where to write, the map, trials and session labels."""
     @click.option("--out", "-o", "out", required=True, type=click.Path(path_type=Path),
@@ -156,12 +164,7 @@ def blackrock(nsx, nev, nev_events, out, map_path, trials_csv, label_column, win
                    "binned: spike counts per bin.")
 @click.option("--bin-ms", type=click.FloatRange(min=0, min_open=True),
               help="Bin width of binned counts in ms (default: 1000 / the series' rate).")
-@click.option("--normaliser", type=click.Choice(["auto", "counts", "mua"]), default="auto",
-              show_default=True,
-              help="The normaliser recorded in the dataset (pretraining, probes and bundles use "
-                   "it): counts = rolling z-score whose scale is at least the Poisson SD of each "
-                   "unit's count (one count per bin at least); mua = the paper's robust median/"
-                   "MAD. auto: counts for binned counts, else mua.")
+@normaliser_option
 @dataset_options
 def nwb(file, series, input_kind, bin_ms, normaliser, out, map_path, trials_csv, label_column,
         window_offset_ms, window_ms, kind, session, day, blank_ms, split_at, append, overwrite,
@@ -202,12 +205,7 @@ def nwb(file, series, input_kind, bin_ms, normaliser, out, map_path, trials_csv,
 @click.option("--drop-column", "drop_columns", multiple=True, metavar="NAME",
               help="A CSV header column that is not an electrode (repeatable); a leading "
                    "index or time column is left out on its own.")
-@click.option("--normaliser", type=click.Choice(["auto", "counts", "mua"]), default="auto",
-              show_default=True,
-              help="The normaliser recorded in the dataset (pretraining, probes and bundles use "
-                   "it): counts = rolling z-score whose scale is at least the Poisson SD of each "
-                   "unit's count (one count per bin at least); mua = the paper's robust median/"
-                   "MAD. auto: counts for binned counts, else mua.")
+@normaliser_option
 @dataset_options
 def array(file, input_kind, bin_ms, rate_hz, variable, layout, drop_columns, normaliser, out,
           map_path, trials_csv, label_column, window_offset_ms, window_ms, kind, session, day,
