@@ -4,8 +4,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# Re-install when the dependency declarations change.
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+# Re-install when the dependency declarations or the compiled kernel change.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile setup.py edge/_kernel.c | cksum | cut -d' ' -f1)
 OUT    ?= demo-run
 
 .PHONY: help venv demo reproduce test test-fast bench soak arm64-check tflite-env lint browser clean
@@ -21,7 +21,11 @@ help:
 	@echo "make lint         ruff and the import-layer contracts (part of make test)"
 	@echo "make browser      Debian's chromium + chromium-driver for the monitor's browser test (part of make test)"
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile setup.py edge/_kernel.c
+	# the edge's compiled kernel (edge/_kernel.c) needs a C compiler: Debian's gcc if none
+	@command -v cc >/dev/null || command -v gcc >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends gcc libc6-dev; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[edge,train,quantize,io,dev]'
@@ -71,4 +75,4 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-liberation; }
 
 clean:
-	rm -rf $(VENV) .venv-* build *.egg-info $(OUT) reproduce-run bench/results .pytest_cache
+	rm -rf $(VENV) .venv-* build *.egg-info $(OUT) reproduce-run bench/results .pytest_cache edge/_kernel*.so

@@ -142,7 +142,7 @@ fetch_site tflite "${TFLITE_WHEELS[@]}"
 src="$(mktemp -d)"; trap 'rm -rf "$src"' EXIT
 (cd "$REPO" && cp -r pyproject.toml README.md phosphene edge firmware_bridge train quantize "$src"/) 2>/dev/null \
   || die "cannot copy the phosphene sources from $REPO"
-find "$src" \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
+find "$src" \( -name __pycache__ -o -name '*.egg-info' -o -name '*.so' \) -prune -exec rm -rf {} +
 src_hash="$(cd "$src" && find . -type f | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)"
 if ! stamp_ok "$CACHE/site-phosphene/.stamp" "$src_hash"; then
   rm -rf "$CACHE/wheels-phosphene" "$CACHE/site-phosphene.new"; mkdir -p "$CACHE/site-phosphene.new"

@@ -34,10 +34,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from phosphene.edge.kernel import KERNEL
 from phosphene.signal import Normaliser, NormaliserConfig, inverse_scale
 
 __all__ = ["EdgeNormaliser"]
@@ -58,7 +60,8 @@ class _Prepared:
     prepared_at: int  # samples_seen when prepared: the helper saw the samples t < prepared_at
     future: concurrent.futures.Future | None = None  # -> the same as `work`
     # set by the helper when done (read without taking the future's lock):
-    work: _Exact | _Sorted | str | None = None  # str: why it cannot be used
+    work: _Exact | _Sorted | _SortedRows | str | None = None  # str: why it cannot be used
+    fallback: _Prepared | None = None  # an earlier, finished preparation for the same boundary
 
 
 @dataclass
@@ -100,6 +103,23 @@ class _Sorted:
     all_sure: bool
 
 
+@dataclass
+class _SortedRows:
+    """All but the last `m` decimated samples of the refresh window, sorted: the compiled
+    kernel's merge_stats takes the m samples in at the boundary (edge/_kernel.c). The bands
+    are short copies of each row where the merge is expected to read (a few cache lines per
+    channel instead of the ~1 MB the helper sorted on another core); they decide how fast,
+    never what: a read outside them goes to the row."""
+
+    rows: np.ndarray  # (C, nA) float32, each row sorted
+    m: int
+    recent_slots: np.ndarray  # (m,) ring slots of the samples still to come
+    band: np.ndarray  # (C, 3, width): copies of the rows where the merge will read
+    start: np.ndarray  # (C, 4) int64: the bands' first indices, the split's first guess
+    center: np.ndarray  # (C,) float32, written by the merge: the refresh's new arrays
+    out: np.ndarray  # (C,) float32: 1 / scale (a constant floor) or the MAD
+
+
 def _core_stats(data: np.ndarray, config: NormaliserConfig) -> tuple[np.ndarray, np.ndarray]:
     """Normaliser._refresh's arithmetic (robust), on data: (n, C) float32; the scale floor
     is the core's own (phosphene.signal.inverse_scale: MUA constant or the count floor)."""
@@ -119,7 +139,7 @@ def _prepare_into(prepared: _Prepared, *args) -> _Exact | _Sorted | str:
 
 
 def _prepare_stats(ring: np.ndarray, slots: np.ndarray, m: int, recent_slots: np.ndarray,
-                   config: NormaliserConfig, rows_n: int) -> _Exact | _Sorted | str:
+                   config: NormaliserConfig, rows_n: int, kernel=None) -> _Exact | _Sorted | _SortedRows | str:
     """The helper's work: copy the known samples out of the ring (their slots are not
     written again before the boundary) and work them up. Never on the decision path."""
     known = ring[slots]  # (nA, C)
@@ -127,12 +147,19 @@ def _prepare_stats(ring: np.ndarray, slots: np.ndarray, m: int, recent_slots: np
         return "non-finite samples in the window"  # the core refresh propagates them
     if m == 0:
         center, inv_scale = _core_stats(known, config)
-        if 0 < rows_n <= _TILE_ROWS:
+        if 0 < rows_n <= _TILE_ROWS and kernel is None:  # the numpy path's per-row operands
             return _Exact(center, inv_scale, np.repeat(center[None], rows_n, axis=0),
                           np.repeat(inv_scale[None], rows_n, axis=0))
         return _Exact(center, inv_scale)
     rows = np.ascontiguousarray(known.T)
     rows.sort(axis=1)
+    if kernel is not None:  # the kernel merges from the sorted rows, reading the bands
+        C = rows.shape[0]
+        band = np.zeros((C, 3, 8 + 2 * m), np.float32)
+        start = np.zeros((C, 4), np.int64)
+        kernel.bands(rows, m, band, start)
+        return _SortedRows(rows, m, recent_slots, band, start,
+                           np.zeros(C, np.float32), np.zeros(C, np.float32))
     return _build_sorted(rows, m, recent_slots)
 
 
@@ -277,9 +304,12 @@ class EdgeNormaliser(Normaliser):
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="normaliser-prepare", initializer=_below_caller_priority)
         self._quant: tuple | None = None
+        self._qvec: np.ndarray | None = None  # the same, as the kernel's 7 float32 values
+        self._kernel = KERNEL  # None: the numpy path (tests set it to compare both)
         self._last_n = 0  # size of the last block processed
         C = self.n_channels
         self._scratch = np.zeros((_TILE_ROWS, C), dtype=np.float32)
+        self._ones = np.ones(_TILE_ROWS * C, dtype=np.float32)  # has_nan's dot product
         self._center_rows = np.zeros((_TILE_ROWS, C), dtype=np.float32)
         self._inv_rows = np.zeros((_TILE_ROWS, C), dtype=np.float32)
         self._rows_of: tuple = (None, None)  # the (center, inv_scale) the row copies hold
@@ -311,6 +341,8 @@ class EdgeNormaliser(Normaliser):
                        np.array(merged[0] if merged else np.float32(quant.qmin)),
                        np.array(merged[1] if merged else np.float32(quant.qmax)),
                        None if merged else (np.array(-clip), np.array(clip)))
+        self._qvec = np.array([scale, zp, self._quant[2], self._quant[3], -clip, clip,
+                               0.0 if merged else 1.0], dtype=np.float32)
 
     def process(self, x: np.ndarray) -> np.ndarray:
         self.flush()
@@ -318,9 +350,34 @@ class EdgeNormaliser(Normaliser):
         self._fast_from, self._fast_to = 1, 0
         return super().process(x)
 
+    def has_nan(self, x: np.ndarray) -> bool:
+        """Does x (float32) hold a NaN? One kernel call, or one dot product with ones (NaN
+        there also comes from +inf and -inf together: then np.isnan confirms)."""
+        k = self._kernel
+        if k is not None:
+            try:
+                return k.has_nan(x)
+            except (BufferError, ValueError, TypeError):  # not C-contiguous float32
+                pass
+        flat = x.reshape(-1)
+        if flat.size > self._ones.size or not x.flags.c_contiguous:
+            return bool(np.isnan(x).any())
+        return math.isnan(flat.dot(self._ones[:flat.size])) and bool(np.isnan(x).any())
+
     def _quantised(self, x: np.ndarray, buf: np.ndarray, center, inv, out: np.ndarray) -> None:
         """out = the model's int8 of the normalised x, computed in buf (no allocation): the
-        core's (x - center) * inv_scale and clip, then quantise as QuantParams does."""
+        core's (x - center) * inv_scale and clip, then quantise as QuantParams does.
+
+        The compiled kernel does the same float32 steps, element by element, in one call; it
+        declines (False) a block holding NaN and refuses (ValueError, BufferError) a layout it
+        does not take (not C-contiguous, a broadcast filler): both go the numpy way, so every
+        input gives the numpy bytes."""
+        if self._kernel is not None:
+            try:
+                if self._kernel.quantise(x, center, inv, self._qvec, out):
+                    return
+            except (BufferError, ValueError, TypeError):
+                pass
         scale, zp, lo, hi, zclip = self._quant
         np.subtract(x, center, buf)
         np.multiply(buf, inv, buf)
@@ -332,25 +389,44 @@ class EdgeNormaliser(Normaliser):
         np.rint(buf, buf)
         out[:] = buf  # whole numbers in range: the cast is exact
 
+    def steady_int8(self, x: np.ndarray, out: np.ndarray) -> bool:
+        """process_int8(x, out) of the steady state, or False with nothing done.
+
+        Takes the block only where process_int8 takes its fast path (inside one refresh
+        period, same block size as the last) and x (float32) holds no NaN; the NaN check is
+        the kernel's own pass. The caller then handles the block its general way."""
+        t = self.samples_seen
+        n = x.shape[0]
+        if not (self._fast_from <= t and t + n <= self._fast_to and n == self._n_rows):
+            return False
+        k = self._kernel
+        done = None
+        if k is not None:
+            try:  # one row of center and 1/scale, broadcast (the per-row copies are numpy's)
+                done = k.quantise(x, self.center, self.inv_scale, self._qvec, out)  # False: NaN
+            except (BufferError, ValueError, TypeError):  # a layout or type it does not take
+                done = None
+            if done is False:
+                return False
+        if done is None:
+            if self.has_nan(x):
+                return False
+            self._quantised(x, *self._n_views, out)  # the current statistics (see _cut_rows)
+        self._last_n = n
+        if self._unstored is not None:
+            self.flush()
+        self._unstored = (t % self._W, x)
+        self.samples_seen = t + n
+        return True
+
     def process_int8(self, x: np.ndarray, out: np.ndarray) -> None:
         """x: (n, C) float32 uV -> out: (n, C) int8, equal to quant.quantize(self.process(x))
         bit for bit (+-inf as the core clips it; NaN has no int8 value: the caller keeps it
         out). A block of up to 64 samples inside one refresh period allocates nothing."""
+        if self.steady_int8(x, out):  # the steady state (declines NaN: computed below)
+            return
         n = x.shape[0]
         self._last_n = n
-        t = self.samples_seen
-        if self._fast_from <= t and t + n <= self._fast_to and n == self._n_rows:
-            # the steady state: inside one refresh period, no wrap of the statistics' ring,
-            # operands already cut for n rows and current (_cut_rows resets _fast_to)
-            buf, center, inv = self._n_views
-            self._quantised(x, buf, center, inv, out)
-            # the statistics' ring (as the core keeps it) is only read at a refresh or by
-            # the helper: this block is stored there in idle time (prepare(), flush())
-            if self._unstored is not None:
-                self.flush()
-            self._unstored = (t % self._W, x)
-            self.samples_seen = t + n
-            return
         self.flush()
         R, W = self._R, self._W
         pos = 0
@@ -397,6 +473,10 @@ class EdgeNormaliser(Normaliser):
         """Views of n rows of the scratch and of per-row copies of center and 1/scale
         (same-shape operands: a ufunc on them costs half a broadcasting one)."""
         self._fast_from, self._fast_to = 1, 0  # until process_int8 says where it holds
+        if self._kernel is not None:  # the kernel broadcasts one row: nothing to copy
+            self._n_rows = n
+            self._n_views = (self._scratch[:n], self.center, self.inv_scale)
+            return
         current = self._rows_of[0] is self.center and self._rows_of[1] is self.inv_scale
         if current and n == self._n_rows:
             return
@@ -444,33 +524,57 @@ class EdgeNormaliser(Normaliser):
         if boundary - t > self.lead_samples:
             return False
         p = self._prepared
+        fallback = None
         if p is not None and p.boundary == boundary:
-            if t == boundary and isinstance(p.work, _Sorted):
+            if t == boundary and isinstance(p.work, (_Sorted, _SortedRows)):
                 self._finish(p)
-            return False
+                return False
+            # the next block of this size crosses the boundary: with the kernel, prepare again
+            # with every sample but that block's known, so the boundary merges a frame's worth
+            # of values instead of the lead's; the first preparation stays the fallback
+            if not (self._kernel is not None and isinstance(p.work, _SortedRows)
+                    and p.fallback is None and p.prepared_at < t < boundary < t + self._last_n):
+                return False
+            fallback = p
         W = cfg.window_samples
         known = self._decimated_times(boundary, t) % W
         recent = self._decimated_times(boundary, boundary)[len(known):] % W
         # the helper reads these slots while this thread writes later samples: they are not
         # overwritten before the boundary (window >= refresh), and the refresh uses the
         # result only if the helper finished before the boundary's first sample was written
-        prepared = self._prepared = _Prepared(boundary, t)
+        prepared = self._prepared = _Prepared(boundary, t, fallback=fallback)
         prepared.future = self._pool.submit(_prepare_into, prepared, self._ring, known, len(recent),
-                                            recent, cfg, self._last_n)
+                                            recent, cfg, self._last_n, self._kernel)
         return True
 
     def _finish(self, p: _Prepared) -> None:
         """Every sample of p's window has arrived: its final statistics, now (idle time)."""
-        work = p.work
-        recent = self._ring[work.recent_slots]
-        if not np.isfinite(recent).all():
-            p.work = "non-finite samples in the window"
+        merged = self._merged_stats(p.work)
+        if isinstance(merged, str):
+            p.work = merged
             return
-        center, inv_scale = self._stats_from(*_merge_recent(work, recent))
+        center, inv_scale = merged
         n = self._last_n
         rows = ((np.repeat(center[None], n, axis=0), np.repeat(inv_scale[None], n, axis=0))
-                if 0 < n <= _TILE_ROWS else (None, None))
+                if 0 < n <= _TILE_ROWS and self._kernel is None else (None, None))
         p.work = _Exact(center, inv_scale, *rows)
+
+    def _merged_stats(self, work: _Sorted | _SortedRows) -> tuple[np.ndarray, np.ndarray] | str:
+        """(center, 1 / scale) of the prepared rows plus the samples still to come (now in
+        the ring), exactly as the core computes them, or why not (a non-finite sample: the
+        core's own arithmetic then)."""
+        if isinstance(work, _SortedRows):  # made only where KERNEL is built
+            floor = self.config.floor_uv if self.config.scale_floor == "constant" else None
+            args = (work.rows, self._ring, work.recent_slots, work.center, work.out, work.band,
+                    work.start)
+            if not KERNEL.merge_stats(*args, *(() if floor is None else (float(floor),))):
+                return "non-finite samples in the window"
+            # with a constant floor the kernel applied it (out = 1 / scale); else out = MAD
+            return (work.center, work.out) if floor is not None else self._stats_from(work.center, work.out)
+        recent = self._ring[work.recent_slots]
+        if not np.isfinite(recent).all():
+            return "non-finite samples in the window"
+        return self._stats_from(*_merge_recent(work, recent))
 
     def _stats_from(self, center: np.ndarray, mad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(center, 1 / scale) from the median and MAD: exactly the core's arithmetic (float32)."""
@@ -491,6 +595,8 @@ class EdgeNormaliser(Normaliser):
 
     def _refresh(self) -> None:
         p, self._prepared = self._prepared, None
+        if p is not None and p.work is None and p.fallback is not None:  # not finished in time
+            p = p.fallback
         why = self._apply(p) if p is not None and p.boundary == self.samples_seen else "not prepared"
         if why is not None:
             self._inline_refresh(why)
@@ -508,10 +614,10 @@ class EdgeNormaliser(Normaliser):
                 self._adopt_rows(work.center_rows, work.inv_rows)
             self.exact_refreshes += 1
         else:
-            recent = self._ring[work.recent_slots]
-            if not np.isfinite(recent).all():
-                return "non-finite samples in the window"
-            self.center, self.inv_scale = self._stats_from(*_merge_recent(work, recent))
+            merged = self._merged_stats(work)
+            if isinstance(merged, str):
+                return merged
+            self.center, self.inv_scale = merged
         self.fast_refreshes += 1
         return None
 

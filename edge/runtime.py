@@ -437,7 +437,7 @@ class StreamIngest:
     and marked invalid. A gap longer than the ring, or a counter that jumps back by more
     than the ring (device restart), resets the normaliser: decisions wait for a new
     warm-up. Frames that arrive late or twice are dropped and counted. On the int8 path a
-    block holding a non-finite sample (the wire rejects those; a direct caller might not)
+    block holding a NaN (the wire rejects those; a direct caller might not; +-inf is clipped)
     is counted and stored as lost, like a gap, instead of poisoning the statistics.
     """
 
@@ -450,9 +450,8 @@ class StreamIngest:
             self.normaliser.set_output_quant(quant)
             self.ring = Int8Ring(n_channels, capacity, window_samples or capacity)
             self._rows8 = np.zeros((64, n_channels), dtype=np.int8)  # a block that wraps the ring
-            self._ones = np.ones(64 * n_channels, dtype=np.float32)
-            self._ones_by_size = {k * n_channels: self._ones[:k * n_channels] for k in range(1, 65)}
             self._rows, self._capacity = self.ring.rows, self.ring.capacity
+            self._steady_int8 = self.normaliser.steady_int8
         else:
             self.ring = SampleRing(n_channels, capacity)
         self.nonfinite_blocks = 0
@@ -496,11 +495,9 @@ class StreamIngest:
         sample = block.sample
         if self.int8 and sample == self.next_sample and self.started:
             # the steady state: the next block in order, float32, no NaN, not wrapping the ring
-            ones = self._ones_by_size.get(data.size)
             slot = sample % self._capacity
-            if (ones is not None and slot + n <= self._capacity and data.dtype == np.float32
-                    and not math.isnan(data.reshape(-1).dot(ones))):
-                self.normaliser.process_int8(data, self._rows[slot:slot + n])
+            if (slot + n <= self._capacity and data.dtype == np.float32
+                    and self._steady_int8(data, self._rows[slot:slot + n])):
                 self.ring.append(slot, sample, n, block.seq)
                 self.next_sample = sample + n
                 self.samples_received += n
@@ -549,10 +546,9 @@ class StreamIngest:
         return np.broadcast_to(self._hold, (n, self.n_channels))
 
     def _has_nan(self, data: np.ndarray) -> bool:
-        """Any NaN? One dot product with ones (NaN, or +inf and -inf together, give NaN).
-        +-inf needs no check: the normaliser clips it exactly as the core does."""
-        if data.size <= self._ones.size and data.flags.c_contiguous:
-            return math.isnan(data.reshape(-1).dot(self._ones[:data.size]))
+        """Any NaN? (+-inf needs no check: the normaliser clips it exactly as the core does.)"""
+        if data.dtype == np.float32:
+            return self.normaliser.has_nan(data)
         return bool(np.isnan(data).any())
 
     def _store(self, sample: int, data: np.ndarray, valid: bool, seq: int) -> None:

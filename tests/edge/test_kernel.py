@@ -1,0 +1,209 @@
+"""edge/_kernel.c, the compiled per-patch work of the int8 decision path, against numpy.
+
+The numpy path (EdgeNormaliser._quantised, the probe's copy and dot product) is the
+reference the kernel must reproduce byte for byte; the stream-level checks against the core
+Normaliser run both implementations (tests/edge/test_int8_path.py, `impl`). Here: the
+kernel's own contract, its refusals, and the decoder's probe on it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from phosphene.edge.bundle import QuantParams
+from phosphene.edge.kernel import KERNEL, kernel_name
+from phosphene.edge.normaliser import EdgeNormaliser
+from phosphene.signal import NormaliserConfig
+
+PURE = os.environ.get("PHOSPHENE_PURE_PYTHON") == "1"
+
+
+def test_the_kernel_is_built_where_a_compiler_is():
+    """`pip install -e .` (make venv) builds it; PHOSPHENE_PURE_PYTHON=1 installs without."""
+    assert kernel_name() == ("numpy" if PURE else "c")
+
+
+def _numpy_quantised(x, center, inv, quant: QuantParams, clip: float) -> np.ndarray:
+    """The numpy path itself (EdgeNormaliser._quantised without the kernel)."""
+    norm = EdgeNormaliser(x.shape[1], NormaliserConfig(clip=clip))
+    norm.set_output_quant(quant)
+    norm._kernel = None
+    out = np.zeros(x.shape, np.int8)
+    norm._quantised(x, np.empty_like(x), center, inv, out)
+    return out, norm._qvec
+
+
+needs_kernel = pytest.mark.skipif(PURE, reason="PHOSPHENE_PURE_PYTHON=1: no kernel to test")
+
+
+@needs_kernel
+@pytest.mark.parametrize("seed", range(40))
+def test_quantise_gives_the_numpy_bytes(seed):
+    """Random blocks, scales and zero points, both clip layouts (merged into the int8 range,
+    or the normaliser's +-clip kept apart), +-inf, broadcast and per-row statistics."""
+    rng = np.random.default_rng(seed)
+    n, C = int(rng.integers(1, 65)), int(rng.choice([1, 3, 8, 96]))
+    x = (rng.standard_normal((n, C)) * rng.choice([1.0, 30.0, 1e4])).astype(np.float32)
+    x[rng.integers(n), rng.integers(C)] = np.inf
+    x[rng.integers(n), rng.integers(C)] = -np.inf
+    center = rng.standard_normal(C).astype(np.float32)
+    inv = (1.0 / (rng.random(C) * 5 + 0.01)).astype(np.float32)
+    # a coarse scale: the +-clip falls inside the int8 range and merges with it; a fine one
+    # (seed odd): the int8 range is narrower than the clip's image and both clips apply
+    scale = float(rng.uniform(0.05, 0.1) if seed % 2 == 0 else rng.uniform(0.001, 0.01))
+    quant = QuantParams(scale=scale, zero_point=int(rng.integers(-40, 40)), dtype="int8",
+                        shape=(1, n, C))
+    want, qvec = _numpy_quantised(x, center, inv, quant, clip=float(rng.choice([4.0, 8.0])))
+    for c, v in ((center, inv), (np.tile(center, (n, 1)), np.tile(inv, (n, 1)))):
+        out = np.full((n, C), 99, np.int8)
+        assert KERNEL.quantise(x, c, v, qvec, out) is True
+        assert np.array_equal(out, want)
+
+
+@needs_kernel
+def test_quantise_rounds_half_to_even_and_clips_like_numpy():
+    x = (np.arange(-600, 600, dtype=np.float32) * np.float32(0.25)).reshape(-1, 1)
+    quant = QuantParams(scale=1.0, zero_point=0, dtype="int8", shape=(1, len(x), 1))
+    want, qvec = _numpy_quantised(x, np.zeros(1, np.float32), np.ones(1, np.float32), quant, clip=1e6)
+    out = np.zeros(x.shape, np.int8)
+    assert KERNEL.quantise(x, np.zeros(1, np.float32), np.ones(1, np.float32), qvec, out)
+    assert np.array_equal(out, want)
+    assert out[x[:, 0] == 2.5][0, 0] == 2 and out[x[:, 0] == -3.5][0, 0] == -4  # ties to even
+    assert out.min() == -128 and out.max() == 127
+
+
+@needs_kernel
+def test_quantise_declines_nan_and_refuses_what_it_cannot_read():
+    x = np.ones((4, 3), np.float32)
+    c, v = np.zeros(3, np.float32), np.ones(3, np.float32)
+    q = np.array([0.1, 0, -128, 127, -8, 8, 0], np.float32)
+    out = np.full((4, 3), 7, np.int8)
+    x[2, 1] = np.nan
+    assert KERNEL.quantise(x, c, v, q, out) is False
+    assert (out == 7).all()  # nothing written
+    assert KERNEL.has_nan(x) and not KERNEL.has_nan(np.full(5, np.inf, np.float32))
+    x[2, 1] = 1.0
+    with pytest.raises(TypeError):
+        KERNEL.quantise(x.astype(np.float64), c, v, q, out)
+    with pytest.raises(TypeError):
+        KERNEL.quantise(x, c, v, q, out.astype(np.int16))
+    with pytest.raises(ValueError):  # center neither one row nor all of x
+        KERNEL.quantise(x, np.zeros(2, np.float32), np.ones(2, np.float32), q, out)
+    with pytest.raises(ValueError):  # out a different size
+        KERNEL.quantise(x, c, v, q, out[:3])
+    with pytest.raises(ValueError):  # q not 7 values
+        KERNEL.quantise(x, c, v, q[:6], out)
+    with pytest.raises((ValueError, BufferError)):  # not C-contiguous
+        KERNEL.quantise(np.ones((3, 4), np.float32).T, c, v, q, out)
+    readonly = out.copy()
+    readonly.flags.writeable = False
+    with pytest.raises((ValueError, BufferError)):
+        KERNEL.quantise(x, c, v, q, readonly)
+    with pytest.raises(TypeError):
+        KERNEL.quantise(x, c, v, q)
+
+
+@needs_kernel
+def test_dot_int8_is_the_dot_product_in_double():
+    rng = np.random.default_rng(3)
+    codes = rng.integers(-128, 128, 96).astype(np.int8)
+    w = rng.standard_normal(96)
+    assert KERNEL.dot_int8(codes, w) == pytest.approx(float(codes.astype(np.float64) @ w), rel=1e-13)
+    assert KERNEL.dot_int8(codes.reshape(1, 96), w) == KERNEL.dot_int8(codes, w)
+    with pytest.raises(ValueError):
+        KERNEL.dot_int8(codes[:95], w)
+    with pytest.raises(TypeError):
+        KERNEL.dot_int8(codes.astype(np.float32), w)
+
+
+@needs_kernel
+def test_the_decoders_probe_on_the_kernel_equals_numpys(edge_bundle, edge_decoder):
+    """P from the kernel's dot product and from numpy's copy + dot differ only in the order
+    of 96 float64 additions."""
+    rng = np.random.default_rng(11)
+    W, C = edge_bundle.window_spec.window_samples, edge_bundle.n_channels
+    enc = edge_decoder.encoder
+    assert enc._dot_int8 is not None
+    kernel_dot = enc._dot_int8
+    try:
+        for _ in range(20):
+            rows = rng.integers(-128, 128, (1, W, C)).astype(np.int8)
+            enc._dot_int8 = kernel_dot
+            p_c = edge_decoder.decode_int8(rows)[0]
+            enc._dot_int8 = None
+            p_np = edge_decoder.decode_int8(rows)[0]
+            assert abs(p_c - p_np) < 1e-12
+    finally:
+        enc._dot_int8 = kernel_dot
+
+
+def _merge_case(rng, trial):
+    """Known rows (sorted), values still to come in a ring, and the whole window."""
+    C, n, m = int(rng.integers(1, 10)), int(rng.integers(2, 400)), int(rng.integers(0, 20))
+    kind = trial % 4
+    if kind == 0:
+        data = rng.standard_normal((n + m, C))
+    elif kind == 1:  # few values, long runs of ties (quantised wire values)
+        data = np.rint(rng.normal(10, 1, (n + m, C))) * 0.02
+    elif kind == 2:  # spans decades
+        data = rng.lognormal(1.5, 2.0, (n + m, C))
+    else:  # three values only: the median and the MAD among ties
+        data = rng.integers(0, 3, (n + m, C))
+    data = data.astype(np.float32)
+    if trial % 5 == 0:  # the new values far from the old: the bands' guesses are off
+        data[n:] += np.float32(rng.normal(0, 3))
+    rows = np.ascontiguousarray(data[:n].T)
+    rows.sort(axis=1)
+    ring = rng.standard_normal((m + 7, C)).astype(np.float32)
+    slots = rng.permutation(m + 7)[:m].astype(np.int64)
+    ring[slots] = data[n:]
+    width = int(rng.choice([1, 3, 8, 24, 1000]))  # where to read: never what comes out
+    band, start = np.zeros((C, 3, width), np.float32), np.zeros((C, 4), np.int64)
+    KERNEL.bands(rows, m, band, start)
+    return data, rows, ring, slots, band, start
+
+
+@needs_kernel
+def test_merge_stats_gives_the_cores_median_mad_and_scale():
+    """Against the core's own arithmetic (np.median, then inverse_scale) on the whole window."""
+    from phosphene.signal import inverse_scale
+
+    rng = np.random.default_rng(1)
+    for trial in range(600):
+        data, rows, ring, slots, band, start = _merge_case(rng, trial)
+        C = data.shape[1]
+        center, mad = np.full(C, -1, np.float32), np.full(C, -1, np.float32)
+        assert KERNEL.merge_stats(rows, ring, slots, center, mad, band, start)
+        want_center = np.median(data, axis=0)
+        want_mad = np.median(np.abs(data - want_center), axis=0)
+        assert np.array_equal(center, want_center) and np.array_equal(mad, want_mad), trial
+        cfg = NormaliserConfig(floor_uv=float(rng.choice([0.01, 0.5])))
+        inv = np.zeros(C, np.float32)
+        assert KERNEL.merge_stats(rows, ring, slots, center, inv, band, start, cfg.floor_uv)
+        assert np.array_equal(inv, inverse_scale(1.4826 * want_mad, want_center, cfg)), trial
+
+
+@needs_kernel
+def test_merge_stats_declines_non_finite_and_refuses_bad_input():
+    rng = np.random.default_rng(2)
+    slots = ()
+    while len(slots) == 0:  # a case with values still to come
+        _, rows, ring, slots, band, start = _merge_case(rng, 3)
+    C = rows.shape[0]
+    center, out = np.full(C, 5, np.float32), np.full(C, 5, np.float32)
+    ring[slots[0], 0] = np.inf
+    assert KERNEL.merge_stats(rows, ring, slots, center, out, band, start) is False
+    assert (center == 5).all() and (out == 5).all()  # nothing written
+    ring[slots[0], 0] = 1.0
+    with pytest.raises(IndexError):
+        KERNEL.merge_stats(rows, ring, np.array([len(ring)], np.int64), center, out, band, start)
+    with pytest.raises(ValueError):  # center for another channel count
+        KERNEL.merge_stats(rows, ring, slots, center[:-1] if C > 1 else np.zeros(2, np.float32),
+                           out, band, start)
+    with pytest.raises(TypeError):
+        KERNEL.merge_stats(rows, ring, slots.astype(np.int32), center, out, band, start)
+    with pytest.raises(TypeError):
+        KERNEL.merge_stats(rows, ring, slots, center, out)
