@@ -298,6 +298,7 @@ class EdgeNormaliser(Normaliser):
     fast_refreshes: int = field(default=0, init=False)
     slow_refreshes: int = field(default=0, init=False)
     exact_refreshes: int = field(default=0, init=False)
+    crossing_blocks: int = field(default=0, init=False)  # boundary blocks on the kernel's short path
     inline_reasons: dict = field(default_factory=dict, init=False)  # why a refresh ran inline
 
     def __post_init__(self) -> None:
@@ -398,7 +399,7 @@ class EdgeNormaliser(Normaliser):
         t = self.samples_seen
         n = x.shape[0]
         if not (self._fast_from <= t and t + n <= self._fast_to and n == self._n_rows):
-            return False
+            return self._crossing_int8(x, out, t, n)
         k = self._kernel
         done = None
         if k is not None:
@@ -418,6 +419,51 @@ class EdgeNormaliser(Normaliser):
         self._unstored = (t % self._W, x)
         self.samples_seen = t + n
         return True
+
+    def _crossing_int8(self, x: np.ndarray, out: np.ndarray, t: int, n: int) -> bool:
+        """steady_int8 of a block that crosses or starts on a refresh boundary, or False with
+        nothing done.
+
+        The general loop's steps, with the kernel and without its generality: the samples
+        before the boundary with the statistics they belong to, the refresh (prepared: an
+        assignment or the kernel's merge), the rest with the new statistics. Only for a block
+        of the steady size whose boundary ends the fast span, no NaN in it, no wrap of the
+        statistics' ring after the boundary."""
+        k = self._kernel
+        R, W = self._R, self._W
+        b = self._fast_to  # the boundary, when the fast span ends on one (or the block starts on it)
+        split = b - t
+        if (k is None or n != self._n_rows or not self._fast_from <= t <= b < t + n
+                or b % R or b % W + n - split > W or k.has_nan(x)):
+            return False
+        if split:
+            try:
+                if not k.quantise(x[:split], self.center, self.inv_scale, self._qvec, out[:split]):
+                    return False
+            except (BufferError, ValueError, TypeError):  # a layout or type it does not take
+                return False
+        self.flush()
+        if split:
+            slot = t % W  # the fast span ends at a wrap of the statistics' ring at the latest
+            self._ring[slot:slot + split] = x[:split]
+            self.samples_seen = b
+        self._refresh()  # the samples the merge reads are all in the ring now
+        self._quantised(x[split:], self._scratch[:n - split], self.center, self.inv_scale, out[split:])
+        self._unstored = (b % W, x[split:])  # stored in idle time
+        self.samples_seen = t + n
+        self._last_n = n
+        self._open_fast_span(n)
+        self.crossing_blocks += 1
+        return True
+
+    def _open_fast_span(self, n: int) -> None:
+        """From samples_seen on, blocks of n take the fast path up to the next refresh (or
+        wrap of the statistics' ring)."""
+        t, R, W = self.samples_seen, self._R, self._W
+        self._cut_rows(n)
+        k = t // R
+        self._fast_from = k * R + 1 if t % R else t + 1  # a refresh is due at k * R
+        self._fast_to = min((k + 1) * R, (t // W + 1) * W)
 
     def process_int8(self, x: np.ndarray, out: np.ndarray) -> None:
         """x: (n, C) float32 uV -> out: (n, C) int8, equal to quant.quantize(self.process(x))
@@ -454,10 +500,7 @@ class EdgeNormaliser(Normaliser):
             pos += take
         t = self.samples_seen
         if 0 < n <= _TILE_ROWS and t >= R:  # where the next blocks of n can take the fast path
-            self._cut_rows(n)
-            k = t // R
-            self._fast_from = k * R + 1 if t % R else t + 1  # a refresh is due at k * R
-            self._fast_to = min((k + 1) * R, (t // W + 1) * W)
+            self._open_fast_span(n)
 
     def flush(self) -> None:
         """Store the block process_int8 left for idle time in the statistics' ring.

@@ -200,6 +200,8 @@ def test_int8_ring_equals_quantised_float_ring_through_gaps_resets_and_nan(frame
     assert q_ingest.nonfinite_blocks == 1 and q_ingest.resets == f_ingest.resets == 1
     assert q_ingest.samples_lost == f_ingest.samples_lost
     assert q_ingest.normaliser.fast_refreshes > 20
+    # with the kernel, blocks that cross or start on a boundary took its short path
+    assert (q_ingest.normaliser.crossing_blocks > 10) == (impl == "c")
 
 
 def test_int8_ring_views_wrap_and_mirror():
