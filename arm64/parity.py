@@ -59,6 +59,14 @@ def _qemu_cpu() -> str | None:
     return os.environ.get("QEMU_CPU") or None
 
 
+def _kernel_name() -> str:
+    try:
+        from phosphene.edge.kernel import kernel_name
+    except ImportError:  # a phosphene from before the kernel
+        return "numpy"
+    return kernel_name()
+
+
 def run_windows(bundle_path: str, windows: np.ndarray, runtime: str = "auto") -> dict:
     """Decode every window with the bundle; -> arrays and the side's description."""
     from phosphene.edge.bundle import load_bundle
@@ -83,6 +91,7 @@ def run_windows(bundle_path: str, windows: np.ndarray, runtime: str = "auto") ->
         "numpy": np.__version__,
         "runtime": encoder.model.runtime_name,
         "runtime_version": encoder.model.runtime_version,
+        "kernel": _kernel_name(),  # the wheel the arm64 check builds is pure Python: "numpy"
         "qemu_cpu": _qemu_cpu() if platform.machine() != "x86_64" else None,
         "bundle": str(bundle.path),
         "model_sha256": bundle.manifest["files"][bundle.manifest["model"]["file"]]["sha256"],

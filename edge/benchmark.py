@@ -54,6 +54,7 @@ class BenchConfig:
     cpu: int | None = None  # pin the measuring process to this CPU while measuring
     load: int = 0  # busy processes kept running while measuring
     float_path: bool = True  # also measure the float path (the pipeline before the int8 ring)
+    kernel: bool = True  # the compiled kernel where built; False: the numpy int8 path
 
     def __post_init__(self) -> None:
         if self.threads < 1 or self.runs < 1 or self.warmup < 0 or self.load < 0:
@@ -220,6 +221,10 @@ def _measure(bundle, config: BenchConfig, load_ms: float, progress) -> dict:
 
     clock = time.perf_counter_ns
     ingest = StreamIngest(C, norm_cfg, capacity, quant=decoder.input_quant, window_samples=W)
+    use_kernel = config.kernel and kernel_name() == "c"
+    if not use_kernel:  # the numpy int8 path (same bytes), to compare against the kernel
+        ingest.normaliser._kernel = None
+        enc._dot_int8 = None
     float_ingest = None
     ring = ingest.ring
     add, lost_in, view, decode_int8 = ingest.add, ring.lost_in, ring.view, decoder.decode_int8
@@ -335,7 +340,7 @@ def _measure(bundle, config: BenchConfig, load_ms: float, progress) -> dict:
                    "decision_p99_over_invoke_p99": round(decision["p99"] / invoke["p99"], 2),
                    "decision_p99_over_invoke_after_decision_p99":
                        round(decision["p99"] / invoke_after["p99"], 2)},
-        "kernel": kernel_name(),  # "c": edge/_kernel.c, "numpy": not built here
+        "kernel": "c" if use_kernel else "numpy",  # edge/_kernel.c, or the numpy int8 path
         "gc_during_decisions": collections[0],
         "page_faults_during_decisions": int(faults[steady].sum()),
         "normaliser_refreshes": {"prepared": norm.fast_refreshes, "exact": norm.exact_refreshes,
@@ -382,7 +387,8 @@ def format_bench(r: dict) -> str:
         extra.append(f"{r['load']['processes']} busy process(es) running")
     lines = [
         f"bundle        {r['bundle']}",
-        f"interpreter   {r['runtime']} {r['runtime_version']}, {r['threads']} thread(s)",
+        f"interpreter   {r['runtime']} {r['runtime_version']}, {r['threads']} thread(s); int8 path: "
+        + ("compiled kernel" if r.get("kernel") == "c" else "numpy (the compiled kernel is not built)"),
         f"cpu           {r['cpu']}",
         f"window        {r['window']['window_samples']} samples x {r['n_channels']} channels "
         f"at {r['window']['sample_rate_hz']:g} Hz",

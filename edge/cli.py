@@ -41,6 +41,12 @@ _pin_option = click.option(
     help="Require the bundle's digest (as `phosphene verify` prints it) to be this one.")
 
 
+def _kernel_label() -> str:
+    from phosphene.edge.kernel import kernel_name
+
+    return "compiled kernel" if kernel_name() == "c" else "numpy (compiled kernel not built)"
+
+
 def _make_decoder(bundle, *, threads: int, runtime: str, task: str | None = None):
     from phosphene.edge.interpreter import RuntimeUnavailable
     from phosphene.edge.runtime import BundleDecoder
@@ -329,7 +335,7 @@ def run(bundle, port, baud, pty_from_simulator, mode, as_json, out, capture, dur
     click.echo(f"[phosphene run] {b.path} on {port}: {mode} mode, {decoder.task} probe, window "
                f"{spec.window_samples} samples from {spec.offset_ms:+g} ms, budget "
                f"{config.latency_budget_ms:g} ms, {decoder.runtime_name} {decoder.runtime_version}, "
-               f"{threads} thread(s)", err=True)
+               f"{threads} thread(s), int8 path: {_kernel_label()}", err=True)
     try:
         sinks = DecisionSinks(stdout=sys.stdout, json_stdout=as_json, out_path=out)
     except OSError as exc:

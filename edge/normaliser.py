@@ -434,7 +434,7 @@ class EdgeNormaliser(Normaliser):
         b = self._fast_to  # the boundary, when the fast span ends on one (or the block starts on it)
         split = b - t
         if (k is None or n != self._n_rows or not self._fast_from <= t <= b < t + n
-                or b % R or b % W + n - split > W or k.has_nan(x)):
+                or b % R or b % W + n - split > W or self.has_nan(x)):
             return False
         if split:
             try:

@@ -207,3 +207,49 @@ def test_merge_stats_declines_non_finite_and_refuses_bad_input():
         KERNEL.merge_stats(rows, ring, slots.astype(np.int32), center, out, band, start)
     with pytest.raises(TypeError):
         KERNEL.merge_stats(rows, ring, slots, center, out)
+
+
+@needs_kernel
+def test_boundary_blocks_of_any_layout_give_the_cores_bytes():
+    """Blocks that cross or start on a refresh boundary take the kernel's short path; a block
+    it cannot read (a gap's broadcast filler, a strided view) goes the general way. Bytes
+    equal the core's either way."""
+    from phosphene.edge.bundle import QuantParams as QP
+    from phosphene.signal import Normaliser
+
+    C, frame = 8, 16
+    cfg = NormaliserConfig(window_s=0.8, refresh_s=0.2)
+    rng = np.random.default_rng(4)
+    x = rng.lognormal(1.5, 0.6, (4000, C)).astype(np.float32)
+    quant = QP(scale=0.0508, zero_point=-31, dtype="int8", shape=(1, 128, C))
+    want = quant.quantize(np.nan_to_num(Normaliser(C, cfg).process(x), nan=0.0))
+    edge = EdgeNormaliser(C, cfg)
+    edge.set_output_quant(quant)
+    got = np.zeros((len(x), C), np.int8)
+    wide = np.zeros((len(x), 2 * C), np.float32)
+    wide[:, ::2] = x  # x as a strided view
+    for k, i in enumerate(range(0, len(x), frame)):
+        block = x[i:i + frame]
+        if k % 5 == 1:  # the same values, not C-contiguous
+            block = wide[i:i + frame, ::2]
+        edge.process_int8(block, got[i:i + frame])
+        edge.prepare()
+        edge.wait_prepared()
+    assert np.array_equal(got[cfg.warmup_samples:], want[cfg.warmup_samples:])
+    assert edge.crossing_blocks > 5
+    # a broadcast filler of the steady size across a boundary: the general way, same bytes
+    edge2 = EdgeNormaliser(C, cfg)
+    edge2.set_output_quant(quant)
+    y = x.copy()
+    got2 = np.zeros((len(y), C), np.int8)
+    for i in range(0, len(y), frame):
+        if (i // cfg.refresh_samples) != ((i + frame - 1) // cfg.refresh_samples) and i > 1000:
+            y[i:i + frame] = y[i - 1]  # what a gap filler holds: the last sample, repeated
+            block = np.broadcast_to(y[i - 1], (frame, C))
+        else:
+            block = y[i:i + frame]
+        edge2.process_int8(block, got2[i:i + frame])
+        edge2.prepare()
+        edge2.wait_prepared()
+    want2 = quant.quantize(np.nan_to_num(Normaliser(C, cfg).process(y), nan=0.0))
+    assert np.array_equal(got2[cfg.warmup_samples:], want2[cfg.warmup_samples:])
