@@ -426,6 +426,9 @@ def test_bench_reports_stages_ratios_and_ends_its_load(edge_bundle_path):
     assert set(r["ratios"]) == {"decision_p50_over_invoke_p50", "decision_p99_over_invoke_p99",
                                 "decision_p99_over_invoke_after_decision_p99"}
     assert set(r["invoke_after_decision_us"]) == set(r["invoke_us"])
+    # decisions split by whether their patch meets a statistics refresh
+    assert set(r["other_decision_us"]) == set(r["decision_us"])
+    assert r["refresh_decision_us"] is None or set(r["refresh_decision_us"]) == set(r["decision_us"])
     assert r["kernel"] == kernel_name()
     assert r["gc_during_decisions"] == 0
     assert r["load"]["processes"] == 2 and len(r["load"]["pids"]) == 2
