@@ -83,6 +83,8 @@ quantise_rows(const float *restrict xs, const float *restrict cs, const float *r
                 b = b < zlo ? zlo : (b > zhi ? zhi : b);
             b = b / scale + zp;
             b = b < lo ? lo : (b > hi ? hi : b);
+            b = b == b ? b : 0.0f;  /* NaN (non-finite statistics): 0, as numpy's cast gives on x86,
+                                     * without the undefined float -> int conversion */
             /* round half to even: lo and hi are whole numbers within +-2^22, where adding and
              * subtracting 1.5 * 2^23 rounds to the nearest integer, ties to even, exactly */
             b = (b + ROUND_MAGIC) - ROUND_MAGIC;
@@ -197,9 +199,10 @@ k_dot_int8(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 typedef struct {
     const float *row;
     Py_ssize_t n;
-    const float *band;  /* N_BANDS x width, or NULL */
+    const float *band;  /* N_BANDS x stride, or NULL */
     const long long *start;  /* N_BANDS first indices */
-    Py_ssize_t width;
+    Py_ssize_t width;  /* values of each band that hold the row: min(stride, n) */
+    Py_ssize_t stride;  /* the band array's last dimension */
 } Row;
 
 static inline float
@@ -207,9 +210,9 @@ at(const Row *r, Py_ssize_t i)
 {
     if (r->band != NULL) {
         for (int b = 0; b < N_BANDS; b++) {
-            size_t off = (size_t)(i - (Py_ssize_t)r->start[b]);
+            size_t off = (size_t)i - (size_t)r->start[b];  /* unsigned: no overflow for any start */
             if (off < (size_t)r->width)
-                return r->band[b * r->width + (Py_ssize_t)off];
+                return r->band[b * r->stride + (Py_ssize_t)off];
         }
     }
     return r->row[i];
@@ -332,13 +335,14 @@ channel_stats(const Row *s, float *ev, float *dv, Py_ssize_t m, Py_ssize_t guess
     sort_small(ev, m);
     float v1 = 0.0f, v2 = 0.0f;
     two_ranks(s, ev, m, r1, &v1, &v2);
-    const float c = r1 == r2 ? v1 : (v1 + v2) / 2.0f;  /* np.median: the two middles halved */
+    /* np.median: the mean of the middle value(s), summed from +0.0 as numpy sums (so never -0.0) */
+    const float c = r1 == r2 ? 0.0f + v1 : ((0.0f + v1) + v2) / 2.0f;
     for (Py_ssize_t t = 0; t < m; t++)
         dv[t] = fabsf(ev[t] - c);
     sort_small(dv, m);
     two_distance_ranks(s, c, r1, r2, dv, m, r1, guess, &v1, &v2);
     *center = c;
-    *mad = r1 == r2 ? v1 : (v1 + v2) / 2.0f;
+    *mad = r1 == r2 ? 0.0f + v1 : ((0.0f + v1) + v2) / 2.0f;
 }
 
 static Py_ssize_t
@@ -376,10 +380,10 @@ k_bands(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *result = NULL;
-    if (r.ndim != 2 || b.ndim != 3 || st.ndim != 2 || r.shape[1] < 2 || m < 0
+    if (r.ndim != 2 || b.ndim != 3 || st.ndim != 2 || r.shape[1] < 2 || m < 0 || m > MERGE_MAX_RECENT
         || b.shape[0] != r.shape[0] || b.shape[1] != N_BANDS || st.shape[0] != r.shape[0]
         || st.shape[1] != N_BANDS + 1 || b.shape[2] < 1) {
-        PyErr_SetString(PyExc_ValueError, "bands: rows (C, n >= 2), m >= 0, band (C, 3, width), "
+        PyErr_SetString(PyExc_ValueError, "bands: rows (C, n >= 2), 0 <= m <= 256, band (C, 3, width), "
                         "start (C, 4)");
         goto done;
     }
@@ -389,7 +393,7 @@ k_bands(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     float *band = (float *)b.buf;
     long long *start = (long long *)st.buf;
     for (Py_ssize_t ch = 0; ch < C; ch++) {
-        const Row s = {rows + ch * n, n, NULL, NULL, 0};
+        const Row s = {rows + ch * n, n, NULL, NULL, 0, 0};
         float center = 0.0f, mad = 0.0f;
         channel_stats(&s, NULL, NULL, 0, (n - 1) / 2 / 2, &center, &mad);
         /* the MAD run's two ends in the row: the first value >= center - mad, the last <= center + mad */
@@ -486,7 +490,8 @@ k_merge_stats(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         float ev[MERGE_MAX_RECENT], dv[MERGE_MAX_RECENT];
         for (Py_ssize_t ch = 0; ch < C; ch++) {
             const long long *chs = (const long long *)st->buf + ch * (N_BANDS + 1);
-            Row s = {rows + ch * n, n, (const float *)b->buf + ch * N_BANDS * b->shape[2], chs, W};
+            Row s = {rows + ch * n, n, (const float *)b->buf + ch * N_BANDS * b->shape[2], chs, W,
+                     b->shape[2]};
             for (Py_ssize_t t = 0; t < m; t++)
                 ev[t] = values[slots[t] * C + ch];
             float mad;

@@ -301,9 +301,13 @@ class Encoder:
         self._set_tensor(self._in_index, rows)
         self._invoke()
         t1 = clock()
+        z = None
         if self._dot_int8 is not None:  # the compiled kernel: one pass over the output view
-            z = self._dot_int8(self._output(), self._folded_w) + self._folded_b
-        else:
+            try:
+                z = self._dot_int8(self._output(), self._folded_w) + self._folded_b
+            except (BufferError, ValueError, TypeError):  # an output view it cannot read
+                z = None
+        if z is None:
             np.copyto(self._codes, self._output())  # the int8 output codes (a view, let go at once)
             z = self._codes_flat.dot(self._folded_w) + self._folded_b
         p = 0.5 * (1.0 + math.tanh(0.5 * z))  # the logistic function without overflow

@@ -153,7 +153,7 @@ def _prepare_stats(ring: np.ndarray, slots: np.ndarray, m: int, recent_slots: np
         return _Exact(center, inv_scale)
     rows = np.ascontiguousarray(known.T)
     rows.sort(axis=1)
-    if kernel is not None:  # the kernel merges from the sorted rows, reading the bands
+    if kernel is not None and m <= 256:  # the kernel merges from the sorted rows, reading the bands
         C = rows.shape[0]
         band = np.zeros((C, 3, 8 + 2 * m), np.float32)
         start = np.zeros((C, 4), np.int64)
@@ -245,7 +245,9 @@ def _merge_recent(s: _Sorted, recent: np.ndarray) -> tuple[np.ndarray, np.ndarra
     M[:, s.wM:] = recent.T
     M.sort(axis=1)  # (sorting rows this short beats np.partition's per-row cost)
     # np.median of float32: the middle value, or the two middle values summed and halved
-    center = M[:, s.i1].copy() if s.i1 == s.i2 else (M[:, s.i1] + M[:, s.i2]) / np.float32(2)
+    # (summed from +0.0 as numpy's mean sums: a median is never -0.0)
+    zero = np.float32(0)
+    center = zero + M[:, s.i1] if s.i1 == s.i2 else (zero + M[:, s.i1] + M[:, s.i2]) / np.float32(2)
     X, D = s.xbuf, s.dbuf
     X[:, Bw:Bw + m] = recent.T
     np.subtract(X, center[:, None], out=D)
@@ -256,7 +258,7 @@ def _merge_recent(s: _Sorted, recent: np.ndarray) -> tuple[np.ndarray, np.ndarra
     J2 = J + (s.r2 - s.r1)
     candidates.sort(axis=1)
     v1, v2 = candidates[:, J], candidates[:, J2]
-    mad = v1.copy() if s.r1 == s.r2 else (v1 + v2) / np.float32(2)
+    mad = zero + v1 if s.r1 == s.r2 else (zero + v1 + v2) / np.float32(2)
     E = s.check
     _clip_ufunc(D[:, L:], s.edge_lo, s.edge_hi, E)  # missing edges -> -inf / +inf
     np.subtract(E[:, :2], v1[:, None], out=E[:, :2])  # inner - answer: <= 0
@@ -607,7 +609,10 @@ class EdgeNormaliser(Normaliser):
         the ring), exactly as the core computes them, or why not (a non-finite sample: the
         core's own arithmetic then)."""
         if isinstance(work, _SortedRows):  # made only where KERNEL is built
-            floor = self.config.floor_uv if self.config.scale_floor == "constant" else None
+            # the kernel floors in float32, as numpy does with a Python number (not a numpy float64)
+            floor = self.config.floor_uv
+            if self.config.scale_floor != "constant" or type(floor) not in (float, int):
+                floor = None
             args = (work.rows, self._ring, work.recent_slots, work.center, work.out, work.band,
                     work.start)
             if not KERNEL.merge_stats(*args, *(() if floor is None else (float(floor),))):

@@ -188,6 +188,10 @@ class NormaliserConfig:
             raise ConfigError("decimate must be >= 1")
         if self.window_samples % self.decimate or self.refresh_samples % self.decimate:
             raise ConfigError("window and refresh must be whole multiples of `decimate` samples")
+        if not (np.isfinite(self.clip) and self.clip > 0):
+            raise ConfigError(f"normaliser clip must be a positive number of SDs, got {self.clip!r}")
+        if not (np.isfinite(self.floor_uv) and self.floor_uv >= 0):
+            raise ConfigError(f"normaliser floor_uv must be a finite number >= 0, got {self.floor_uv!r}")
 
     @property
     def window_samples(self) -> int:

@@ -253,3 +253,49 @@ def test_boundary_blocks_of_any_layout_give_the_cores_bytes():
         edge2.wait_prepared()
     want2 = quant.quantize(np.nan_to_num(Normaliser(C, cfg).process(y), nan=0.0))
     assert np.array_equal(got2[cfg.warmup_samples:], want2[cfg.warmup_samples:])
+
+
+@needs_kernel
+def test_merge_hints_never_change_the_result_and_zeros_keep_numpys_sign():
+    """The bands are read-location hints: correct copies at any starts (in range or not, bands
+    wider than the row) give the same bits as no useful hint; a window of signed zeros gives
+    numpy's +0.0 median, bit for bit."""
+    rng = np.random.default_rng(6)
+    for trial in range(400):
+        n, m = int(rng.integers(2, 12)), int(rng.integers(0, 6))
+        data = rng.choice(np.array([-0.0, 0.0, 1.0, -1.0, 2.5], np.float32), size=(n + m, 1))
+        rows = np.sort(data[:n].T, axis=1)
+        ring, slots = np.ascontiguousarray(data[n:]), np.arange(m, dtype=np.int64)
+        want_c = np.median(data, axis=0)
+        want_d = np.median(np.abs(data - want_c), axis=0)
+        width = int(rng.integers(1, n + 6))
+        band = np.zeros((1, 3, width), np.float32)
+        start = np.zeros((1, 4), np.int64)
+        for b in range(3):  # a hint: a true copy of the row from here (or a start nowhere near it)
+            s0 = int(rng.integers(-5, n + 5)) if trial % 3 else int(rng.choice([-2**62, 2**62]))
+            start[0, b] = s0
+            for j in range(width):
+                if 0 <= s0 + j < n:
+                    band[0, b, j] = rows[0, s0 + j]
+        start[0, 3] = int(rng.integers(-3, n + 3))  # the split's guess
+        center, mad = np.zeros(1, np.float32), np.zeros(1, np.float32)
+        assert KERNEL.merge_stats(rows, ring.reshape(-1, 1), slots, center, mad, band, start)
+        assert center.view(np.uint32)[0] == want_c.astype(np.float32).view(np.uint32)[0], trial
+        assert mad.view(np.uint32)[0] == want_d.astype(np.float32).view(np.uint32)[0], trial
+    with pytest.raises(ValueError):  # more values to come than the kernel merges
+        KERNEL.bands(rows, 257, np.zeros((1, 3, 4), np.float32), np.zeros((1, 4), np.int64))
+
+
+@needs_kernel
+def test_quantise_with_non_finite_statistics_writes_numpys_zero():
+    """After a refresh over a window with +-inf the core's statistics can be NaN: the kernel
+    writes 0 there (numpy's cast gives 0 on this machine too), not an undefined conversion."""
+    x = np.ones((2, 3), np.float32)
+    center = np.array([np.nan, 0.0, np.inf], np.float32)
+    inv = np.array([1.0, np.nan, 1.0], np.float32)
+    quant = QuantParams(scale=0.05, zero_point=3, dtype="int8", shape=(1, 2, 3))
+    with np.errstate(invalid="ignore"):
+        want, qvec = _numpy_quantised(x, center, inv, quant, clip=8.0)
+    out = np.full((2, 3), 9, np.int8)
+    assert KERNEL.quantise(x, center, inv, qvec, out)
+    assert np.array_equal(out, want) and (out[:, :2] == 0).all()
