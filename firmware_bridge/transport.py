@@ -98,7 +98,9 @@ def write_fd(fd: int, data: bytes, *, stop: threading.Event | None = None,
     """Write to a non-blocking descriptor, waiting in select() while it is full.
 
     Returns the bytes written: all of them, or fewer if `stop` was set or timeout_s passed
-    (timeout_s=0: only what fits now; None: no limit). Never busy-waits.
+    (timeout_s=0: only what fits now; None: no limit). Never busy-waits. An error after some
+    bytes went out (the port vanished mid-write) returns those bytes, so that the caller counts
+    and captures them; the next write raises it.
     """
     view = memoryview(data)
     written = 0
@@ -109,6 +111,10 @@ def write_fd(fd: int, data: bytes, *, stop: threading.Event | None = None,
             continue
         except BlockingIOError:
             pass
+        except OSError:
+            if written:
+                return written
+            raise
         if stop is not None and stop.is_set():
             break
         now = time.monotonic()
