@@ -19,6 +19,8 @@ from phosphene.edge.normaliser import EdgeNormaliser
 from phosphene.signal import NormaliserConfig
 
 PURE = os.environ.get("PHOSPHENE_PURE_PYTHON") == "1"
+# The tests below exercise the kernel itself: they need it built (`make venv` builds it; an
+# environment installed with PHOSPHENE_PURE_PYTHON=1 has none and fails them, by design).
 
 
 def test_the_kernel_is_built_where_a_compiler_is():
@@ -36,10 +38,6 @@ def _numpy_quantised(x, center, inv, quant: QuantParams, clip: float) -> np.ndar
     return out, norm._qvec
 
 
-needs_kernel = pytest.mark.skipif(PURE, reason="PHOSPHENE_PURE_PYTHON=1: no kernel to test")
-
-
-@needs_kernel
 @pytest.mark.parametrize("seed", range(40))
 def test_quantise_gives_the_numpy_bytes(seed):
     """Random blocks, scales and zero points, both clip layouts (merged into the int8 range,
@@ -63,7 +61,6 @@ def test_quantise_gives_the_numpy_bytes(seed):
         assert np.array_equal(out, want)
 
 
-@needs_kernel
 def test_quantise_rounds_half_to_even_and_clips_like_numpy():
     x = (np.arange(-600, 600, dtype=np.float32) * np.float32(0.25)).reshape(-1, 1)
     quant = QuantParams(scale=1.0, zero_point=0, dtype="int8", shape=(1, len(x), 1))
@@ -75,7 +72,6 @@ def test_quantise_rounds_half_to_even_and_clips_like_numpy():
     assert out.min() == -128 and out.max() == 127
 
 
-@needs_kernel
 def test_quantise_declines_nan_and_refuses_what_it_cannot_read():
     x = np.ones((4, 3), np.float32)
     c, v = np.zeros(3, np.float32), np.ones(3, np.float32)
@@ -106,7 +102,6 @@ def test_quantise_declines_nan_and_refuses_what_it_cannot_read():
         KERNEL.quantise(x, c, v, q)
 
 
-@needs_kernel
 def test_dot_int8_is_the_dot_product_in_double():
     rng = np.random.default_rng(3)
     codes = rng.integers(-128, 128, 96).astype(np.int8)
@@ -119,7 +114,6 @@ def test_dot_int8_is_the_dot_product_in_double():
         KERNEL.dot_int8(codes.astype(np.float32), w)
 
 
-@needs_kernel
 def test_the_decoders_probe_on_the_kernel_equals_numpys(edge_bundle, edge_decoder):
     """P from the kernel's dot product and from numpy's copy + dot differ only in the order
     of 96 float64 additions."""
@@ -166,7 +160,6 @@ def _merge_case(rng, trial):
     return data, rows, ring, slots, band, start
 
 
-@needs_kernel
 def test_merge_stats_gives_the_cores_median_mad_and_scale():
     """Against the core's own arithmetic (np.median, then inverse_scale) on the whole window."""
     from phosphene.signal import inverse_scale
@@ -186,7 +179,6 @@ def test_merge_stats_gives_the_cores_median_mad_and_scale():
         assert np.array_equal(inv, inverse_scale(1.4826 * want_mad, want_center, cfg)), trial
 
 
-@needs_kernel
 def test_merge_stats_declines_non_finite_and_refuses_bad_input():
     rng = np.random.default_rng(2)
     slots = ()
@@ -209,7 +201,6 @@ def test_merge_stats_declines_non_finite_and_refuses_bad_input():
         KERNEL.merge_stats(rows, ring, slots, center, out)
 
 
-@needs_kernel
 def test_boundary_blocks_of_any_layout_give_the_cores_bytes():
     """Blocks that cross or start on a refresh boundary take the kernel's short path; a block
     it cannot read (a gap's broadcast filler, a strided view) goes the general way. Bytes
@@ -255,7 +246,6 @@ def test_boundary_blocks_of_any_layout_give_the_cores_bytes():
     assert np.array_equal(got2[cfg.warmup_samples:], want2[cfg.warmup_samples:])
 
 
-@needs_kernel
 def test_merge_hints_never_change_the_result_and_zeros_keep_numpys_sign():
     """The bands are read-location hints: correct copies at any starts (in range or not, bands
     wider than the row) give the same bits as no useful hint; a window of signed zeros gives
@@ -286,7 +276,6 @@ def test_merge_hints_never_change_the_result_and_zeros_keep_numpys_sign():
         KERNEL.bands(rows, 257, np.zeros((1, 3, 4), np.float32), np.zeros((1, 4), np.int64))
 
 
-@needs_kernel
 def test_quantise_with_non_finite_statistics_writes_numpys_zero():
     """After a refresh over a window with +-inf the core's statistics can be NaN: the kernel
     writes 0 there (numpy's cast gives 0 on this machine too), not an undefined conversion."""
