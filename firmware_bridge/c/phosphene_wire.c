@@ -370,11 +370,16 @@ int pw_scan(const uint8_t *buf, size_t n, size_t max_payload, pw_frame *frame, s
     return found;
 }
 
+/* A frame of this version, type and payload length (the stimulation frames' fixed layouts). */
+static int is_frame(const pw_frame *frame, uint8_t type, uint16_t payload_len)
+{
+    return frame->version == PW_VERSION && frame->type == type && frame->payload_len == payload_len;
+}
+
 int pw_decode_stim_command(const pw_frame *frame, pw_stim_command *cmd)
 {
     const uint8_t *p = frame->payload;
-    if (frame->version != PW_VERSION || frame->type != PW_TYPE_STIM_COMMAND
-        || frame->payload_len != PW_COMMAND_PAYLOAD_BYTES) {
+    if (!is_frame(frame, PW_TYPE_STIM_COMMAND, PW_COMMAND_PAYLOAD_BYTES)) {
         return -1;
     }
     cmd->seq = frame->seq;
@@ -390,8 +395,7 @@ int pw_decode_stim_command(const pw_frame *frame, pw_stim_command *cmd)
 int pw_decode_stim_ack(const pw_frame *frame, pw_stim_ack *ack)
 {
     const uint8_t *p = frame->payload;
-    if (frame->version != PW_VERSION || frame->type != PW_TYPE_STIM_ACK
-        || frame->payload_len != PW_ACK_PAYLOAD_BYTES) {
+    if (!is_frame(frame, PW_TYPE_STIM_ACK, PW_ACK_PAYLOAD_BYTES)) {
         return -1;
     }
     ack->seq = frame->seq;
