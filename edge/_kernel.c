@@ -534,5 +534,10 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__kernel(void)
 {
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "MERGE_MAX_RECENT", MERGE_MAX_RECENT) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -153,7 +153,7 @@ def _prepare_stats(ring: np.ndarray, slots: np.ndarray, m: int, recent_slots: np
         return _Exact(center, inv_scale)
     rows = np.ascontiguousarray(known.T)
     rows.sort(axis=1)
-    if kernel is not None and m <= 256:  # the kernel merges from the sorted rows, reading the bands
+    if kernel is not None and m <= kernel.MERGE_MAX_RECENT:  # the kernel merges from the sorted rows
         C = rows.shape[0]
         band = np.zeros((C, 3, 8 + 2 * m), np.float32)
         start = np.zeros((C, 4), np.int64)

@@ -273,7 +273,8 @@ def test_merge_hints_never_change_the_result_and_zeros_keep_numpys_sign():
         assert center.view(np.uint32)[0] == want_c.astype(np.float32).view(np.uint32)[0], trial
         assert mad.view(np.uint32)[0] == want_d.astype(np.float32).view(np.uint32)[0], trial
     with pytest.raises(ValueError):  # more values to come than the kernel merges
-        KERNEL.bands(rows, 257, np.zeros((1, 3, 4), np.float32), np.zeros((1, 4), np.int64))
+        KERNEL.bands(rows, KERNEL.MERGE_MAX_RECENT + 1, np.zeros((1, 3, 4), np.float32),
+                     np.zeros((1, 4), np.int64))
 
 
 def test_quantise_with_non_finite_statistics_writes_numpys_zero():
