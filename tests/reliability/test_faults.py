@@ -63,8 +63,11 @@ def test_lossy_link_counts_exactly_and_never_decides_on_missing_data(bundle_path
     # decisions resume within one window: every cadence window that is healthy was decided
     decided = {tuple(d["window"]) for d in decisions}
     W = res.records and decisions[0]["window"][1] - decisions[0]["window"][0]
-    refused_other = {tuple(r["window"]) for r in res.of("no_decision") if r.get("window")
-                     and r["reason"] in ("warming_up", "stale")}
+    # a run of stale windows after a backlog is one line: its newest window and `skipped`,
+    # the number of consecutive cadence windows (16 samples apart) it covers
+    refused_other = {(r["window"][0] - 16 * j, r["window"][1] - 16 * j)
+                     for r in res.of("no_decision") if r.get("window")
+                     and r["reason"] in ("warming_up", "stale") for j in range(r.get("skipped", 1))}
     first = min(w[0] for w in decided)
     last = max(w[1] for w in decided)
     for stop in range(first + W, last + 1, 16):
